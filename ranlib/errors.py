@@ -1,0 +1,36 @@
+"""Errors that ranlib reports to a user as one clear line.
+
+Every class here is a :class:`RanlibError`. The CLI catches ``RanlibError``, prints its
+message (what was wrong, what to do) on stderr and exits non-zero, never with a traceback.
+Workers append classes at the end of this file.
+"""
+
+from __future__ import annotations
+
+
+class RanlibError(Exception):
+    """Base class: the message is a complete one-line explanation for the user."""
+
+
+class ConfigError(RanlibError, ValueError):
+    """A configuration value is invalid (unknown profile, bad noise level, bad schedule, ...)."""
+
+
+class UnknownNameError(ConfigError):
+    """An unknown model, dataset or profile name; the message lists the valid names."""
+
+
+class CheckpointError(RanlibError):
+    """A checkpoint is missing, corrupt, or does not match the run that wants to load it."""
+
+
+class ResultsExistError(RanlibError, FileExistsError):
+    """Writing a results file (or starting a run) would overwrite an existing run."""
+
+
+class ResultsSchemaError(RanlibError, ValueError):
+    """A results file does not follow the results schema."""
+
+
+class InputSizeError(RanlibError, ValueError):
+    """Images have the wrong size for the model."""
