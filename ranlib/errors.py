@@ -34,3 +34,11 @@ class ResultsSchemaError(RanlibError, ValueError):
 
 class InputSizeError(RanlibError, ValueError):
     """Images have the wrong size for the model."""
+
+
+class DataNotFoundError(RanlibError, FileNotFoundError):
+    """A dataset root or file does not exist; the message says how to get the data."""
+
+
+class DataFormatError(RanlibError, ValueError):
+    """A dataset exists but is not in the expected layout (missing keys, wrong image size, ...)."""
