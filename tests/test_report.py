@@ -1,0 +1,357 @@
+"""ranlib.report on synthetic results records: verdict rules, mean ± std, deltas, missing data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ranlib import paper, report
+from ranlib.results import write_results
+
+JPEG = report.JPEG_LABEL
+
+
+def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", kwargs=None,
+                dataset="cifar10-jpeg", label=JPEG, noise_level=None, stage_response=(1.0, 0.5, 0.3),
+                device_type="cuda", wall_time_s=600.0, iterations=16000):
+    """A schema-1 results record as ranlib.train.run writes it (values made up)."""
+    noise = None
+    if noise_level:
+        k = 10
+        q = np.full((k, k), noise_level / (k - 1))
+        np.fill_diagonal(q, 1 - noise_level)
+        noise = {"level": noise_level, "seed": seed, "achieved_rate": noise_level + 0.004,
+                 "transition_matrix": q.tolist(), "counts": [[0] * k] * k}
+    return {
+        "schema": 1, "experiment": experiment, "run_name": run_name,
+        "config": {"profile": profile, "seed": seed, "iterations": iterations, "model": model,
+                   "model_kwargs": kwargs or {}, "noise_level": noise_level or 0.0},
+        "model": {"name": model, "kwargs": kwargs or {}, "params": 1_000_000, "macs": 2_000_000},
+        "dataset": {"name": dataset, "id": "cifar10-jpeg-q75", "label": label,
+                    "fingerprint": "ab" * 32, "num_train": 50000, "num_test": 10000},
+        "noise": noise,
+        "final": {"top1_error": error, "top5_error": None, "test_loss": 0.3},
+        "curve": [{"iteration": i, "epoch": i / 10, "lr": 0.1, "train_loss": 1.0 / i,
+                   "train_top1_error": error + 10 / i, "test_top1_error": error + 5 / i}
+                  for i in (1, 2)],
+        "analysis": {"stage_response": list(stage_response)},
+        "provenance": {"git_commit": "0" * 40, "git_dirty": False, "hostname": "h",
+                       "device_name": "NVIDIA H100" if device_type == "cuda" else "CPU",
+                       "device_type": device_type, "torch": "2.14.1", "cuda": None, "cudnn": None,
+                       "python": "3.11", "precision": "bf16", "seed": seed,
+                       "started_at": f"2026-11-22T00:0{seed}:00+00:00",
+                       "finished_at": f"2026-11-22T01:0{seed}:00+00:00", "command": "test"},
+        "cost": {"wall_time_s": wall_time_s, "train_time_s": wall_time_s * 0.9,
+                 "images_per_s": 1000.0, "peak_memory_bytes": 1, "device_hours": wall_time_s / 3600},
+    }
+
+
+def arl_nal_records(arl, nal, model="cifar_attention56", profile="quick", **kw):
+    """Runs of one ARL/NAL pair, one record per seed."""
+    short = model.removeprefix("cifar_")
+    out = []
+    for mode, errors, residual in (("arl", arl, True), ("nal", nal, False)):
+        for seed, err in enumerate(errors):
+            out.append(make_record("arl_vs_nal", f"{short}-{mode}-{profile}-s{seed}", model,
+                                   error=err, seed=seed, profile=profile,
+                                   kwargs={"residual_attention": residual}, **kw))
+    return out
+
+
+def claim(claims: pd.DataFrame, text: str) -> dict:
+    rows = claims[claims["claim"].str.contains(text, regex=False)]
+    assert len(rows) == 1, f"{text!r} matches {len(rows)} claims"
+    return rows.iloc[0].to_dict()
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+def test_resolve_path_is_relative_to_the_repo_root_not_the_cwd(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert report.repo_root() == tmp_path
+    assert report.resolve_path("results") == tmp_path / "results"
+    assert report.resolve_path(tmp_path / "x") == tmp_path / "x"
+
+
+# --- mean ± std, formatting -------------------------------------------------------------------
+
+def test_mean_std_uses_the_sample_std_and_skips_missing_values():
+    mean, std, n = report.mean_std([5.0, 6.0, None, float("nan")])
+    assert (mean, n) == (5.5, 2)
+    assert std == pytest.approx(math.sqrt(0.5))
+    assert math.isnan(report.mean_std([4.0])[1])
+    assert report.mean_std([])[2] == 0
+
+
+def test_format_mean_std():
+    assert report.format_mean_std(5.5, 0.7071, 2) == "5.50 ± 0.71 (n=2)"
+    assert report.format_mean_std(5.5, math.nan, 1) == "5.50 (n=1)"
+    assert report.format_mean_std(math.nan, math.nan, 0) == "–"
+
+
+# --- verdict rules ----------------------------------------------------------------------------
+
+def test_ordering_verdicts():
+    q = dict(profile="quick")
+    assert report.judge_ordering([5.0, 5.1], [6.0, 6.1], **q)[0] == report.REPRODUCED
+    # right direction, but within two standard errors of the gap
+    assert report.judge_ordering([5.0, 6.0], [5.3, 6.3], **q)[0] == report.PARTLY
+    assert report.judge_ordering([5.0], [6.0], **q)[0] == report.PARTLY  # one seed: no spread
+    assert report.judge_ordering([6.0, 6.1], [5.0, 5.1], **q)[0] == report.NOT_REPRODUCED
+    assert report.judge_ordering([5.0, 5.0], [5.0, 5.0], **q)[0] == report.NOT_REPRODUCED
+    assert report.judge_ordering([5.0], [6.0], profile="smoke")[0] == report.NOT_RUN_SMOKE
+    assert report.judge_ordering([], [6.0], profile="paper")[0] == report.NOT_RUN
+
+
+def test_absolute_verdicts_account_for_the_jpeg_copy_only_upwards():
+    p = dict(profile="paper", task="cifar")
+    assert report.judge_absolute(5.0, [5.3], dataset="CIFAR-10", **p)[0] == report.REPRODUCED
+    assert report.judge_absolute(5.0, [5.8], dataset="CIFAR-10", **p)[0] == report.PARTLY
+    assert report.judge_absolute(5.0, [6.5], dataset="CIFAR-10", **p)[0] == report.NOT_REPRODUCED
+    # the JPEG copy costs accuracy: +3.0 is inside the band on it, not on the official data
+    assert report.judge_absolute(5.0, [8.0], dataset=JPEG, **p)[0] == report.REPRODUCED
+    # ...but never excuses an error far *below* the paper's
+    assert report.judge_absolute(5.0, [3.8], dataset=JPEG, **p)[0] == report.NOT_REPRODUCED
+    # seed spread widens the band
+    assert report.judge_absolute(5.0, [5.5, 6.1], dataset="CIFAR-10", **p)[0] == report.REPRODUCED
+
+
+def test_absolute_claims_are_not_judged_below_the_paper_budget_or_off_imagenet():
+    assert report.judge_absolute(5.0, [5.0], profile="quick", task="cifar",
+                                 dataset=JPEG)[0] == report.NOT_RUN_BUDGET
+    assert report.judge_absolute(5.0, [5.0], profile="smoke", task="cifar",
+                                 dataset=JPEG)[0] == report.NOT_RUN_SMOKE
+    assert report.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
+                                 dataset="Imagenette (imagenette2-320)")[0] == report.NOT_RUN_IMAGENET
+    assert report.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
+                                 dataset="ImageNet (ILSVRC-2012)")[0] == report.REPRODUCED
+
+
+def test_complexity_verdicts():
+    assert report.judge_complexity(1.75, 1.7)[0] == report.REPRODUCED  # +2.9 %
+    assert report.judge_complexity(1.9, 1.7)[0] == report.PARTLY  # +11.8 %
+    assert report.judge_complexity(3.0, 1.7)[0] == report.NOT_REPRODUCED
+    assert report.judge_complexity(None, 1.7)[0] == report.NOT_RUN
+    assert report.judge_complexity(31.9, 31.8, report.DEPLOY_TOLERANCE)[0] == report.REPRODUCED
+    assert report.judge_complexity(33.0, 31.8, report.DEPLOY_TOLERANCE)[0] != report.REPRODUCED
+
+
+# --- tables from records ----------------------------------------------------------------------
+
+def test_results_table_mean_std_delta_and_missing_rows():
+    records = arl_nal_records([5.0, 6.0], [7.0, 7.0])
+    table = report.results_table("arl_vs_nal", records).set_index("row")
+    arl = table.loc["attention56-arl"]
+    assert arl["ours (%)"] == "5.50 ± 0.71 (n=2)"
+    assert arl["delta"] == pytest.approx(5.5 - paper.TABLE3_ARL_NAL["cifar_attention56"]["arl"])
+    assert arl["budget"] == "quick (16,000 it)"
+    assert arl["dataset"] == JPEG
+    assert arl["seeds"] == "0, 1"
+    assert arl["device min"] == pytest.approx(20.0)
+    missing = table.loc["attention164-nal"]
+    assert missing["ours (%)"] == "–" and missing["budget"] == "not run here"
+    assert missing["paper (%)"] == paper.TABLE3_ARL_NAL["cifar_attention164"]["nal"]
+
+
+def test_rows_match_on_model_variant_defaults_and_noise_level():
+    row = report.experiment("attention_types").row("attention56-mixed")
+    # a record without an explicit attention= kwarg is the default (mixed) variant
+    assert row.matches(make_record("attention_types", "r", "cifar_attention56", error=5.0))
+    assert not row.matches(make_record("attention_types", "r", "cifar_attention56", error=5.0,
+                                       kwargs={"attention": "spatial"}))
+    noisy = report.experiment("label_noise").row("attention92-noise30")
+    assert noisy.matches(make_record("label_noise", "r", "cifar_attention92", error=6.0,
+                                     noise_level=0.3))
+    assert not noisy.matches(make_record("label_noise", "r", "cifar_attention92", error=6.0,
+                                         noise_level=0.5))
+
+
+def test_claims_table_judges_orderings_and_reports_gaps():
+    records = arl_nal_records([5.0, 5.1], [6.0, 6.1])
+    claims = report.claims_table("arl_vs_nal", records)
+    a56 = claim(claims, "Attention-56: ARL beats NAL")
+    assert a56["verdict"] == report.REPRODUCED
+    assert a56["ours"] == pytest.approx(1.0)
+    paper_gap = paper.TABLE3_ARL_NAL["cifar_attention56"]["nal"] - paper.TABLE3_ARL_NAL[
+        "cifar_attention56"]["arl"]
+    assert a56["paper"] == pytest.approx(paper_gap)
+    assert a56["delta"] == pytest.approx(1.0 - paper_gap)
+    assert claim(claims, "Attention-164: ARL beats NAL")["verdict"] == report.NOT_RUN
+    # the absolute cell at a quick budget is shown but not judged
+    absolute = claim(claims, "Attention-56 ARL: error")
+    assert absolute["verdict"] == report.NOT_RUN_BUDGET
+    assert absolute["ours"] == pytest.approx(5.05)
+
+
+def test_reversed_ordering_is_not_reproduced():
+    claims = report.claims_table("arl_vs_nal", arl_nal_records([6.0, 6.1], [5.0, 5.1]))
+    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == report.NOT_REPRODUCED
+
+
+def test_claims_use_the_largest_budget_present():
+    records = arl_nal_records([6.0, 6.1], [5.0, 5.1], profile="quick")
+    records += arl_nal_records([5.0, 5.1], [6.0, 6.1], profile="paper", iterations=160000)
+    line = claim(report.claims_table("arl_vs_nal", records), "Attention-56: ARL beats NAL")
+    assert line["verdict"] == report.REPRODUCED
+    assert line["budget"] == "paper (160,000 it)"
+
+
+def test_smoke_results_are_never_judged():
+    records = arl_nal_records([5.0, 5.1], [60.0, 61.0], profile="smoke")
+    claims = report.claims_table("arl_vs_nal", records)
+    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == report.NOT_RUN_SMOKE
+    assert claim(claims, "Attention-56 ARL: error")["verdict"] == report.NOT_RUN_SMOKE
+
+
+def test_no_records_gives_every_claim_not_run_here():
+    for name, exp in report.EXPERIMENTS.items():
+        claims = report.claims_table(name, [])
+        assert len(claims) == len(exp.claims)
+        assert set(claims["verdict"]) <= {report.NOT_RUN}
+
+
+def test_figure4_response_claim_uses_normalised_last_stage():
+    records = []
+    for mode, residual, curve in (("arl", True, (2.0, 1.0, 0.6)), ("nal", False, (2.0, 0.03, 0.02))):
+        for seed in (0, 1):
+            records.append(make_record(
+                "arl_vs_nal", f"attention164-{mode}-quick-s{seed}", "cifar_attention164",
+                error=5.0, seed=seed, kwargs={"residual_attention": residual},
+                stage_response=[v * (1 + 0.01 * seed) if i else v for i, v in enumerate(curve)]))
+    line = claim(report.claims_table("arl_vs_nal", records), "Figure 4")
+    assert line["verdict"] == report.REPRODUCED
+    assert line["ours"] == pytest.approx(0.3 * 1.005 - 0.01 * 1.005, rel=1e-6)
+    frame = report.responses_frame("arl_vs_nal", records)
+    ours = frame[frame["source"] != "paper"]
+    assert set(ours["stage"]) == {1, 2, 3}
+    assert (ours[ours["stage"] == 1]["response"] == 1.0).all()
+
+
+def test_label_noise_tables():
+    records = [make_record("label_noise", f"{m}-noise70-quick-s0", f"cifar_{m}", error=e,
+                           noise_level=0.7)
+               for m, e in (("resnet164", 20.0), ("attention92", 18.0))]
+    claims = report.claims_table("label_noise", records)
+    assert claim(claims, "70% label noise")["verdict"] == report.PARTLY  # one seed
+    assert claim(claims, "10% label noise")["verdict"] == report.NOT_RUN
+    noise = report.noise_frame(records)
+    assert list(noise["level"]) == [0.7, 0.7]
+    assert noise["achieved_rate"].iloc[0] == pytest.approx(0.704)
+
+
+def test_cifar100_rows_only_match_cifar100_runs():
+    c10 = make_record("cifar_sota", "attention92-quick-s0", "cifar_attention92", error=5.0)
+    c100 = make_record("cifar_sota", "attention92-c100-quick-s0", "cifar_attention92", error=22.0,
+                       dataset="cifar100", label="CIFAR-100")
+    table = report.results_table("cifar_sota", [c10, c100]).set_index("row")
+    assert table.loc["attention92", "ours (%)"] == "5.00 (n=1)"
+    assert table.loc["attention92-c100", "ours (%)"] == "22.00 (n=1)"
+    assert table.loc["attention92-c100", "delta"] == pytest.approx(
+        22.0 - paper.TABLE6_CIFAR["cifar_attention92"][2])
+
+
+def test_plan_runs_names_every_run_and_uses_the_smoke_subset(tmp_path):
+    plan = report.plan_runs("label_noise", profile="smoke", seeds=[0, 1], dataset="folder",
+                            data_root=tmp_path, results_dir=tmp_path / "r",
+                            overrides={"iterations": 2})
+    exp = report.experiment("label_noise")
+    assert len(plan) == 2 * len(exp.smoke_rows)
+    assert len({c["run_name"] for c in plan}) == len(plan)
+    assert all(c["iterations"] == 2 and c["results_dir"] == str(tmp_path / "r") for c in plan)
+    assert {c["noise_level"] for c in plan} == {0.1, 0.7}
+    full = report.plan_runs("cifar_sota", profile="quick", seeds=[0], dataset="cifar10-jpeg",
+                            data_root="d")
+    assert all(not c["run_name"].endswith("c100-quick-s0") for c in full)
+    with pytest.raises(ValueError, match="unknown row"):
+        report.plan_runs("arl_vs_nal", profile="quick", seeds=[0], dataset="x", data_root="d",
+                         rows=["nope"])
+    with pytest.raises(ValueError, match="unknown experiment"):
+        report.experiment("table9")
+
+
+def test_plan_runs_configs_are_valid_train_configs(tmp_path):
+    train = pytest.importorskip("ranlib.train")
+    for name in report.EXPERIMENTS:
+        exp = report.experiment(name)
+        for config in report.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
+                                       data_root=tmp_path):
+            resolved = train.resolve(train.TrainConfig(**config))
+            assert resolved.run_name == config["run_name"]
+
+
+def test_no_results_page_gives_the_commands():
+    text = report.no_results_markdown("mask_structure")
+    assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
+    assert "python -m ranlib train --experiment mask_structure --model cifar_attention56" in text
+    assert "--model-kwargs '{\"mask\": \"local\"}'" in text
+
+
+# --- complexity -------------------------------------------------------------------------------
+
+def test_complexity_claims_against_paper_and_deploy_files(tmp_path):
+    entries = [{"name": "attention56", "params": 31.8e6, "macs": 6.27e9, "input_size": 224},
+               {"name": "cifar_attention92", "params": 2.6e6, "macs": 1e9, "input_size": 32}]
+    path = tmp_path / "complexity.json"
+    path.write_text(json.dumps({"models": entries}))
+    claims = report.complexity_claims(report.read_complexity(path))
+    assert claim(claims, "attention56: params (M), official")["verdict"] == report.REPRODUCED
+    assert claim(claims, "attention56: params (M), paper")["verdict"] == report.REPRODUCED
+    assert claim(claims, "cifar_attention92: params (M), paper")["verdict"] == report.NOT_REPRODUCED
+    assert claim(claims, "resnet152: params (M), paper")["verdict"] == report.NOT_RUN
+    table = report.complexity_table(entries).set_index("model")
+    assert table.loc["attention56", "official params (M)"] == pytest.approx(31.8)
+    assert report.read_complexity(tmp_path / "absent.json") is None
+
+
+# --- summaries on a results folder ------------------------------------------------------------
+
+def test_claims_summary_and_ledger_from_a_results_folder(tmp_path):
+    for record in arl_nal_records([5.0, 5.1], [6.0, 6.1]):
+        write_results(record, tmp_path)
+    write_results(make_record("label_noise", "resnet164-noise10-quick-s0", "cifar_resnet164",
+                              error=6.0, noise_level=0.1, device_type="cpu", wall_time_s=120),
+                  tmp_path)
+    summary = report.claims_summary(tmp_path)
+    assert {"claim", "paper", "ours", "delta", "verdict", "budget", "seeds"} <= set(summary)
+    assert set(summary["experiment"]) >= {"models", "arl_vs_nal", "label_noise", "imagenet"}
+    assert set(summary["verdict"]) <= set(report.VERDICTS)
+    assert claim(summary, "Attention-56: ARL beats NAL")["verdict"] == report.REPRODUCED
+
+    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    assert ledger.loc["arl_vs_nal", "runs"] == 4
+    assert ledger.loc["arl_vs_nal", "gpu_minutes"] == pytest.approx(40.0)
+    assert ledger.loc["label_noise", "cpu_minutes"] == pytest.approx(2.0)
+    assert ledger.loc["label_noise", "gpu_minutes"] == 0
+    assert ledger.loc["total", "runs"] == 5
+    assert ledger.loc["imagenet", "runs"] == 0
+
+
+def test_ledger_skips_files_that_are_not_run_records(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "complexity.json").write_text(json.dumps({"models": []}))
+    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    assert ledger.loc["models", "runs"] == 0
+
+
+def test_runs_summary():
+    assert report.runs_summary([]) == "no runs yet"
+    text = report.runs_summary(arl_nal_records([5.0], [6.0]))
+    assert text.startswith("2 runs (quick budget; CIFAR-10 (JPEG q75 copy);")
+
+
+def test_plots_render_with_and_without_results():
+    import matplotlib
+    matplotlib.use("Agg")
+    records = arl_nal_records([5.0, 5.1], [6.0, 6.1])
+    assert report.plot_learning_curves("arl_vs_nal", records) is not None
+    assert report.plot_learning_curves("arl_vs_nal", []) is not None
+    assert report.plot_stage_responses("arl_vs_nal", records) is not None
+    assert report.plot_error_vs_noise([]) is not None
+    noisy = make_record("label_noise", "r", "cifar_resnet164", error=6.0, noise_level=0.3)
+    assert report.plot_transition_matrix(noisy) is not None
