@@ -1,0 +1,96 @@
+"""What the paper leaves open about its models, and what ranlib chose — one place the book shows.
+
+Each entry: ``topic``, ``paper_says``, ``we_chose``, ``why``. The code that implements a choice
+cites it in its own docstring; ``tests/test_models.py`` checks the facts these entries state.
+"""
+
+OPEN_CHOICES = [
+    dict(
+        topic="CIFAR network widths",
+        paper_says='Only "3 stages, equal number of modules per stage"; Attention-92 has 1.9M parameters.',
+        we_chose="Pre-activation ResNet-164's widths: stem conv 16, stages with bottleneck 16/32/64 and "
+                 "outputs 64/128/256 at 32/16/8.",
+        why="The paper compares Attention-92 with ResNet-164 as a like-for-like trunk; these widths give "
+            "1.84M (Attention-92) and 5.08M (Attention-236), near the paper's 1.9M and 5.1M. The popular PyTorch "
+            "port widens to 1024 channels and is about 6x larger.",
+    ),
+    dict(
+        topic="Units outside the attention modules (CIFAR)",
+        paper_says="Trunk depth 36m + 20; two more residual units per stage.",
+        we_chose="Each stage: one transition unit (stride 2 in stages 2 and 3), m modules, one more unit.",
+        why="Stem conv + 6 units (18 layers) + classifier = 20 layers, and every stage stays alike.",
+    ),
+    dict(
+        topic="Mask pooling levels at 32/16/8 (CIFAR)",
+        paper_says="Not stated for CIFAR. The ImageNet deploy files pool 3/2/1 times at 56/28/14, down to 7x7, "
+                   "the last stage's resolution.",
+        we_chose="3/2/1 max-pools at 32/16/8, down to 4x4, with 2/1/0 skip units.",
+        why="The same rule as the official ImageNet networks: every mask pools down to one resolution below "
+            "the last attention stage.",
+    ),
+    dict(
+        topic="Units at the mask's coarsest level for r > 1",
+        paper_says="r units between adjacent pooling layers; the deploy files (r = 1) have 2 units at the "
+                   "coarsest level.",
+        we_chose="r + 1 units at the coarsest level (2 for r = 1, as deployed).",
+        why="Both 2r and r + 1 match the deploy files; only r + 1 keeps Attention-452 (r = 3) near the "
+            "paper's 8.6M parameters: 9.07M, where 2r gives 10.2M.",
+    ),
+    dict(
+        topic="Skip connections in the mask",
+        paper_says="Skip connections between bottom-up and top-down parts (Figure 3).",
+        we_chose="One residual unit on the down path's features at each intermediate resolution, added to "
+                 "the up-sampled map — nothing else (no trunk or encoder features).",
+        why="The deploy files' two-input Interp layer uses its second input for the output size only.",
+    ),
+    dict(
+        topic="Up-sampling",
+        paper_says="Bilinear interpolation.",
+        we_chose="Bilinear with aligned corners.",
+        why="Caffe's Interp layer maps corner pixels onto corner pixels.",
+    ),
+    dict(
+        topic="Channel attention f2 epsilon",
+        paper_says="f2(x) = x / ||x_i||, no epsilon.",
+        we_chose="x / sqrt(||x_i||^2 + 1e-5); f3 uses the same 1e-5 inside its standard deviation.",
+        why="Keeps an all-zero position finite; BatchNorm's epsilon, too small to change a non-degenerate value.",
+    ),
+    dict(
+        topic="How f2 and f3 combine with attention residual learning",
+        paper_says="Eq. 3, H = (1 + M) * T, is stated for the mask in general.",
+        we_chose="The same fusion for every activation: f1/f2/f3 only replace the sigmoid at the end of the "
+                 "mask head (residual_attention=False gives M * T for each).",
+        why="Table 1 varies the activation alone; everything else is held fixed.",
+    ),
+    dict(
+        topic="Local-convolution mask (Table 4)",
+        paper_says="Three residual units, the same FLOPs as the encoder-decoder mask, no down/up-sampling.",
+        we_chose="Three units at full resolution whose bottleneck width is set so the branch's multiply-adds "
+                 "match the encoder-decoder branch of the same stage (within a few per cent).",
+        why="Three full-width units would cost about three times the encoder-decoder branch; the paper fixes "
+            "the FLOPs, so the width gives.",
+    ),
+    dict(
+        topic="The Inception unit (AttentionInception-56)",
+        paper_says="Only named.",
+        we_chose="A pre-activation Inception-ResNet-A-style unit: 1x1, 1x1-3x3 and 1x1-3x3-3x3 branches of "
+                 "half the bottleneck width, concatenated, a 1x1 projection, identity shortcut; stride on the "
+                 "last conv of each branch.",
+        why="The closest published Inception unit with a residual connection; it keeps Attention-56's layout "
+            "and costs about 10 % more (34.0M, 6.9G multiply-adds).",
+    ),
+    dict(
+        topic="The ResNeXt unit (AttentionNeXt-56)",
+        paper_says="Only named; the deploy file is public.",
+        we_chose="The deploy file's post-activation 32x4d unit (bottleneck half the output width), with the "
+                 "mask head starting directly at its 1x1 convolution.",
+        why="Matches AttentionNeXt-56's deploy file conv for conv.",
+    ),
+    dict(
+        topic="Initialisation",
+        paper_says="He (MSRA) initialisation.",
+        we_chose="N(0, 2 / fan_in) for every convolution and the classifier, BN scale 1 and shift 0, "
+                 "for every model including the torchvision baselines.",
+        why="Caffe's MSRA filler normalises by fan-in; one initialisation for all models keeps comparisons fair.",
+    ),
+]
