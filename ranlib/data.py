@@ -228,22 +228,21 @@ def _load_folder(root: Path, cache_dir) -> ArrayDataset:
         root, "image folder", "the JPEG copy unpacks to this layout: ../shared/data/cifar10-jpeg/unpack DEST"
     )
     class_names = _class_dirs(train_dir)
-    unpacked_copy = tuple(class_names) == CIFAR10_CLASSES
-    listing = {}
-    for split, split_dir in (("train", train_dir), ("test", test_dir)):
-        files = _image_files(split_dir, class_names)
-        unpacked_copy = unpacked_copy and all(UNPACKED_NAME.match(p.name) for p, _ in files)
-        listing[split] = files
+    listing = {"train": _image_files(train_dir, class_names), "test": _image_files(test_dir, class_names)}
+    unpacked_copy = tuple(class_names) == CIFAR10_CLASSES and all(
+        UNPACKED_NAME.match(os.path.basename(rel)) for files in listing.values() for rel, _ in files
+    )
     if unpacked_copy:  # restore the official order the unpack script encoded in the file names
-        listing = {s: sorted(files, key=lambda f: int(f[0].stem)) for s, files in listing.items()}
+        listing = {s: sorted(files, key=lambda f: int(os.path.basename(f[0])[:5])) for s, files in listing.items()}
 
     blobs, digests, keys = {}, [], hashlib.sha256()
     for split, files in listing.items():
-        blobs[split] = [p.read_bytes() for p, _ in files]
-        for (path, label), blob in zip(files, blobs[split]):
-            file_digest = hashlib.sha256(blob).hexdigest()
-            digests.append(file_digest)
-            keys.update(f"{path.relative_to(root).as_posix()}\t{label}\t{file_digest}\n".encode())
+        blobs[split] = []
+        for rel, label in files:
+            with open(os.path.join(root, rel), "rb") as f:
+                blobs[split].append(f.read())
+            digests.append(hashlib.sha256(blobs[split][-1]).hexdigest())
+            keys.update(f"{rel}\t{label}\t{digests[-1]}\n".encode())
     source = keys.hexdigest()
     same_files_as_copy = hashlib.sha256("".join(sorted(digests)).encode()).hexdigest() == JPEG_COPY_FILES_DIGEST
 
@@ -253,7 +252,7 @@ def _load_folder(root: Path, cache_dir) -> ArrayDataset:
     if arrays is None:
         arrays = {"class_names": np.asarray(class_names)}
         for split, files in listing.items():
-            names = [str(p) for p, _ in files]
+            names = [os.path.join(root, rel) for rel, _ in files]
             arrays[f"{split}_images"] = _decode_images(blobs[split], names)
             arrays[f"{split}_labels"] = np.asarray([label for _, label in files], dtype=np.int64)
         _write_cache(cache, source, arrays)
@@ -281,10 +280,10 @@ def _class_dirs(train_dir: Path) -> list[str]:
     return classes
 
 
-def _image_files(split_dir: Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
-    """(path, label) for every image of one split, class by class (sorted), files sorted by name."""
+def _image_files(split_dir: Path, class_names: Sequence[str]) -> list[tuple[str, int]]:
+    """(path relative to the root, label) of every image of a split, class by class, files sorted by name."""
     extra = sorted(
-        d.name for d in split_dir.iterdir()
+        d.name for d in os.scandir(split_dir)
         if d.is_dir() and not d.name.startswith(".") and d.name not in class_names
     )
     if extra:
@@ -293,10 +292,11 @@ def _image_files(split_dir: Path, class_names: Sequence[str]) -> list[tuple[Path
     for label, cls in enumerate(class_names):
         cls_dir = split_dir / cls
         if cls_dir.is_dir():
-            files += [
-                (p, label) for p in sorted(cls_dir.iterdir())
-                if p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-            ]
+            names = sorted(
+                e.name for e in os.scandir(cls_dir)
+                if e.name.lower().endswith(IMG_EXTENSIONS) and not e.name.startswith(".") and e.is_file()
+            )
+            files += [(f"{split_dir.name}/{cls}/{name}", label) for name in names]
     if not files:
         raise DataFormatError(f"{split_dir} holds no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
     return files
