@@ -8,6 +8,7 @@ unpacked folder tree and any data whose decoded pixels equal the copy's are all 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -17,7 +18,6 @@ import re
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,8 +54,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # sha256 of the sorted sha256 digests of the copy's 60,000 JPEG files: recognises them under any names,
 # independent of the JPEG decoder.
 JPEG_COPY_FILES_DIGEST = "3a5f59a34448b6c3d3f744bccbb5f6b00a993cd10a393dfdf24cb63a7544e736"
-# sha256 of the sorted sha256 digests of the copy's 60,000 decoded images (Pillow 13.0, libjpeg-turbo):
-# recognises its pixels in any order, format or split. Another decoder may round differently, so this
+# `_pixels_digest` of the copy's 60,000 decoded images (Pillow 13.0, libjpeg-turbo): recognises its pixels
+# in any order, file format, split or labelling. Another decoder may round differently, so this
 # guard only ever adds the JPEG label, it never removes it.
 JPEG_COPY_PIXELS_DIGEST = "ccfae75c6dca728e72c7596b88d916a629649cdef7f8d095c730075286fb08c7"
 # How the copy's `unpack` script names files: <split>/<class>/<official index, 5 digits>.jpg
@@ -74,7 +74,7 @@ _PARALLEL_DECODE_MIN = 4096  # below this, starting worker processes costs more 
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ArrayDataset:
     """A 32x32 dataset in memory: uint8 NHWC images, int64 labels, and where the data came from."""
 
@@ -133,7 +133,7 @@ def load_arrays(name: str, root, *, download: bool = False, cache_dir=None) -> A
     else:
         dataset = _load_folder(root, cache_dir)
     if dataset.dataset_id != JPEG_COPY_ID and _pixels_digest(dataset) == JPEG_COPY_PIXELS_DIGEST:
-        dataset = _relabel_as_jpeg_copy(dataset)
+        dataset = dataclasses.replace(dataset, dataset_id=JPEG_COPY_ID, label=JPEG_COPY_LABEL)
     return dataset
 
 
@@ -146,11 +146,6 @@ def _pixels_digest(dataset: ArrayDataset) -> str:
     weights = np.random.default_rng(0).integers(1, 2**63, images.shape[1] // 8, dtype=np.uint64) | np.uint64(1)
     keys = images.view(np.uint64) @ weights
     return hashlib.sha256(images[np.argsort(keys, kind="stable")]).hexdigest()
-
-
-def _relabel_as_jpeg_copy(dataset: ArrayDataset) -> ArrayDataset:
-    fields = {k: getattr(dataset, k) for k in ArrayDataset.__dataclass_fields__}
-    return ArrayDataset(**{**fields, "dataset_id": JPEG_COPY_ID, "label": JPEG_COPY_LABEL})
 
 
 def _load_torchvision_cifar(name: str, root: Path, download: bool) -> ArrayDataset:
@@ -336,7 +331,8 @@ def _decode_chunk(blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
 def _decode_images(blobs: Sequence[bytes], names: Sequence[str], workers: int | None = None) -> np.ndarray:
     """Decode encoded images into uint8 (N, 32, 32, 3), in worker processes when that pays off."""
     if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if len(blobs) >= _PARALLEL_DECODE_MIN else 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(cores, 8) if len(blobs) >= _PARALLEL_DECODE_MIN else 0
     # Forked workers inherit the interpreter (no re-import of torch); only where fork is safe and available.
     if workers < 2 or not sys.platform.startswith("linux"):
         return _decode_chunk(blobs, names)
@@ -473,7 +469,9 @@ class GpuBatches:
         self.mean = self._channel_broadcast(mean, "mean")
         self.std = None if std is None else self._channel_broadcast(std, "std")
         if len(self) == 0:
-            raise ConfigError(f"batch_size {self.batch_size} with drop_last leaves no batch of {len(self.labels)} samples")
+            raise ConfigError(
+                f"batch_size {self.batch_size} with drop_last leaves no batch of {len(self.labels)} samples"
+            )
         self.epoch = 0
         self.position = 0  # batches of `epoch` already handed out
 

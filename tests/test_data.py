@@ -305,7 +305,8 @@ def test_jpeg_copy_files_under_other_names_are_still_the_copy(fake_copy, tmp_pat
     plain = load_arrays("folder", tree, cache_dir=tmp_path / "cache")
     assert plain.dataset_id == "folder:renamed"  # not the copy's files (the digest is the real copy's)
     every_file = [hashlib.sha256(b).hexdigest() for s in ("train", "test") for b in blobs[s]]
-    monkeypatch.setattr(data, "JPEG_COPY_FILES_DIGEST", hashlib.sha256("".join(sorted(every_file)).encode()).hexdigest())
+    digest = hashlib.sha256("".join(sorted(every_file)).encode()).hexdigest()
+    monkeypatch.setattr(data, "JPEG_COPY_FILES_DIGEST", digest)
     recognised = load_arrays("folder", tree, cache_dir=tmp_path / "cache")
     assert recognised.dataset_id == JPEG_COPY_ID and recognised.label == JPEG_COPY_LABEL
 
