@@ -1,0 +1,86 @@
+"""Results files: the schema, validation, never overwriting silently, and the reader."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from ranlib import results
+from ranlib.errors import ResultsExistError, ResultsSchemaError
+
+
+def make_record(run_name: str = "run-a", top1: float = 5.5) -> dict:
+    """A minimal record that follows schema 1 (what a reader may rely on)."""
+    return {
+        "schema": 1, "experiment": "table1", "run_name": run_name, "config": {"seed": 0},
+        "model": {"name": "cifar_attention56", "kwargs": {}, "params": 1, "macs": 2},
+        "dataset": {"name": "folder", "id": "folder:x", "label": "x", "fingerprint": "ab", "num_train": 1,
+                    "num_test": 1},
+        "noise": None,
+        "final": {"top1_error": top1, "top5_error": None, "test_loss": 0.2},
+        "curve": [{"iteration": 1, "epoch": 0.1, "lr": 0.1, "train_loss": 1.0, "train_top1_error": 50.0,
+                   "test_top1_error": top1}],
+        "analysis": {"stage_response": [1.0, 0.5, 0.3]},
+        "provenance": {k: None for k in ("git_commit", "git_dirty", "hostname", "device_name", "device_type",
+                                         "torch", "cuda", "cudnn", "python", "precision", "seed", "started_at",
+                                         "finished_at", "command")},
+        "cost": {"wall_time_s": 1.0, "train_time_s": 0.5, "images_per_s": 10.0, "peak_memory_bytes": 1,
+                 "device_hours": 0.001},
+    }
+
+
+def test_write_then_load(tmp_path):
+    path = results.write_results(make_record(), tmp_path)
+    assert path == tmp_path / "table1" / "run-a.json"
+    results.write_results(make_record("run-b", 4.0), tmp_path)
+    loaded = results.load_results(tmp_path)
+    assert [r["run_name"] for r in loaded] == ["run-a", "run-b"]
+    assert results.load_results(path)[0]["final"]["top1_error"] == 5.5
+
+
+def test_never_overwrites_silently(tmp_path):
+    results.write_results(make_record(top1=5.5), tmp_path)
+    with pytest.raises(ResultsExistError, match="--overwrite"):
+        results.write_results(make_record(top1=9.9), tmp_path)
+    assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 5.5
+    results.write_results(make_record(top1=9.9), tmp_path, overwrite=True)
+    assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 9.9
+
+
+@pytest.mark.parametrize("breaks", [
+    lambda r: r.pop("final"),
+    lambda r: r["final"].pop("top5_error"),
+    lambda r: r["provenance"].pop("git_commit"),
+    lambda r: r["cost"].pop("device_hours"),
+    lambda r: r["curve"][0].pop("test_top1_error"),
+    lambda r: r.update(schema=2),
+    lambda r: r["final"].update(top1_error=140.0),
+    lambda r: r.update(noise={"level": 0.1}),
+])
+def test_schema_violations_are_caught(tmp_path, breaks):
+    record = copy.deepcopy(make_record())
+    breaks(record)
+    with pytest.raises(ResultsSchemaError):
+        results.validate(record)
+    (tmp_path / "bad.json").write_text(json.dumps(record))
+    with pytest.raises(ResultsSchemaError, match="bad.json"):
+        results.load_results(tmp_path)
+
+
+def test_non_finite_numbers_become_null(tmp_path):
+    record = make_record()
+    record["final"]["test_loss"] = float("nan")
+    path = results.write_results(record, tmp_path)
+    assert json.loads(path.read_text())["final"]["test_loss"] is None
+
+
+def test_unsafe_names_and_missing_paths(tmp_path):
+    with pytest.raises(ResultsSchemaError, match="not a valid name"):
+        results.results_path(tmp_path, "../escape", "run")
+    with pytest.raises(ResultsSchemaError, match="no results"):
+        results.load_results(tmp_path / "nothing-here")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ResultsSchemaError, match="cannot be read as JSON"):
+        results.load_results(tmp_path)

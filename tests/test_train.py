@@ -1,0 +1,243 @@
+"""Training loop: the paper's schedule and its scaling, a real CPU run, and kill/resume bit-identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ranlib import train
+from ranlib.errors import ConfigError, ResultsExistError, UnknownNameError
+from ranlib.results import load_results
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_MODEL = "cifar_attention56"
+
+
+def make_folder_dataset(root, n_train: int = 32, n_test: int = 16, classes: int = 3, size: int = 32,
+                        seed: int = 0) -> Path:
+    """A tiny `folder` dataset of random PNGs with a colour cue per class (so training can learn)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            label = i % classes
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            image[..., label] = 255 - image[..., label] // 4
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return root
+
+
+def subprocess_env() -> dict:
+    """One thread per process (2 shared cores) and ranlib importable from the checkout."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def tiny_config(tmp_path: Path, data_root: Path, **overrides) -> train.TrainConfig:
+    values = dict(model=TINY_MODEL, dataset="folder", data_root=str(data_root), profile="smoke", batch_size=4,
+                  iterations=4, eval_every=2, checkpoint_every=2, device="cpu", experiment="unit",
+                  results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
+                  progress=False)
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- schedule -------------------------------------------------------------------------------------------
+
+def test_paper_schedule_is_the_default():
+    rule = train.scaled_schedule(train.RECIPES["cifar"], 64)
+    assert rule == {"lr": 0.1, "iterations": 160_000, "milestones": [64_000, 96_000], "warmup_iterations": 0}
+    config = train.resolve(train.TrainConfig(model="cifar_attention92"))
+    assert (config.batch_size, config.lr, config.iterations, config.milestones) == (64, 0.1, 160_000, [64_000, 96_000])
+    assert (config.momentum, config.nesterov, config.weight_decay, config.warmup_iterations) == (0.9, True, 1e-4, 0)
+
+
+def test_large_batch_rule_keeps_epochs_and_scales_lr():
+    rule = train.scaled_schedule(train.RECIPES["cifar"], 512)
+    assert rule["lr"] == pytest.approx(0.8)
+    assert rule["iterations"] == 20_000 and rule["milestones"] == [8_000, 12_000]
+    assert rule["iterations"] * 512 == 160_000 * 64  # same number of epochs
+    # 5 epochs of 50,000 images at batch 512
+    assert rule["warmup_iterations"] == pytest.approx(5 * 50_000 / 512, abs=1)
+
+
+def test_quick_profile_is_a_tenth_of_the_scaled_schedule():
+    config = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick"))
+    assert config.batch_size == 256 and config.lr == pytest.approx(0.4)
+    assert config.iterations == 4_000 and config.milestones == [1_600, 2_400]
+    assert "Goyal" in config.schedule_rule and "0.1 of that schedule" in config.schedule_rule
+    explicit = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", lr=0.05, iterations=100))
+    assert explicit.lr == 0.05 and explicit.iterations == 100 and explicit.milestones == [40, 60]
+    assert "explicit iterations, lr" in explicit.schedule_rule
+
+
+def test_imagenet_recipe():
+    config = train.resolve(train.TrainConfig(model="attention56", dataset="imagenet-folder"))
+    assert (config.batch_size, config.lr, config.weight_decay, config.nesterov) == (256, 0.1, 1e-4, False)
+    assert config.iterations == 530_000 and config.milestones == [200_000, 400_000, 500_000]
+    assert config.test_size == 224
+    assert train.resolve(train.TrainConfig(model="attention92", dataset="imagenet-folder")).test_size == 320
+
+
+def test_warmup_then_step_decay():
+    factor = train.WarmupStepLR([10, 20], decay=0.1, warmup_iterations=4)
+    assert [factor(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factor(9) == 1.0 and factor(10) == pytest.approx(0.1) and factor(25) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (dict(model="no_such_net"), UnknownNameError),
+    (dict(dataset="mnist"), UnknownNameError),
+    (dict(dataset="imagenet-folder"), ConfigError),
+    (dict(noise_level=1.0), ConfigError),
+    (dict(noise_level=-0.1), ConfigError),
+    (dict(profile="huge"), UnknownNameError),
+    (dict(batch_size=6, accum_steps=4), ConfigError),
+    (dict(model_kwargs={"colour": "red"}), ConfigError),
+])
+def test_bad_configs_are_refused(overrides, error):
+    with pytest.raises(error):
+        train.resolve(train.TrainConfig(**{"model": TINY_MODEL, **overrides}))
+
+
+# --- a real run -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory, data_root):
+    tmp = tmp_path_factory.mktemp("run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record = train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
+    finally:
+        torch.set_num_threads(threads)
+    return tmp, record
+
+
+def test_run_writes_a_complete_results_file(noisy_run):
+    tmp, record = noisy_run
+    [loaded] = load_results(tmp / "results" / "unit")
+    assert loaded["run_name"] == record["run_name"] == f"{TINY_MODEL}-folder-noise0.3-smoke-s3"
+    assert loaded["final"]["top1_error"] == loaded["curve"][-1]["test_top1_error"]  # final iterate
+    assert loaded["final"]["top5_error"] is None  # 3 classes: no top-5
+    assert [p["iteration"] for p in loaded["curve"]] == [2, 4]
+    assert loaded["dataset"]["num_train"] == 32 and loaded["dataset"]["fingerprint"]
+    assert loaded["noise"]["level"] == 0.3 and loaded["noise"]["seed"] == 3
+    assert 0 < loaded["noise"]["achieved_rate"] < 1
+    assert len(loaded["analysis"]["stage_response"]) == 3
+    assert all(r > 0 for r in loaded["analysis"]["stage_response"])
+    assert loaded["model"]["params"] > 1e5 and loaded["model"]["macs"] > 1e7
+    prov = loaded["provenance"]
+    assert prov["device_type"] == "cpu" and prov["precision"] == "fp32" and prov["seed"] == 3
+    assert prov["torch"] == torch.__version__ and prov["started_at"] <= prov["finished_at"]
+    assert loaded["cost"]["images_per_s"] > 0 and loaded["cost"]["peak_memory_bytes"] > 0
+    assert loaded["config"]["schedule_rule"]
+
+
+def test_metrics_jsonl_and_lr_schedule(noisy_run):
+    tmp, record = noisy_run
+    lines = [json.loads(line) for line in
+             (tmp / "checkpoints" / "unit" / record["run_name"] / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [line for line in lines if line["event"] == "train"]
+    # milestones at 40% and 60% of 4 iterations: iterations 2 and 2 -> lr/100 from iteration 3 on
+    assert record["config"]["milestones"] == [2, 2]
+    assert [line["lr"] for line in train_lines] == pytest.approx([0.00625, 0.00625, 6.25e-5, 6.25e-5])
+    assert lines[0]["event"] == "start" and lines[-1]["event"] == "final"
+
+
+def test_a_finished_run_is_never_overwritten(noisy_run, data_root):
+    tmp, _ = noisy_run
+    with pytest.raises(ResultsExistError, match="--overwrite"):
+        train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
+
+
+# --- kill -9 and resume ---------------------------------------------------------------------------------
+
+def _train_cmd(tmp: Path, data_root: Path, run_name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ranlib", "train", "--model", TINY_MODEL, "--dataset", "folder",
+            "--data-root", str(data_root), "--profile", "smoke", "--batch-size", "4", "--iterations", "8",
+            "--eval-every", "4", "--checkpoint-every", "2", "--max-train-samples", "24", "--max-test-samples", "8",
+            "--device", "cpu", "--no-progress", "--experiment", "resume", "--run-name", run_name,
+            "--results-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "checkpoints"), *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tmp_path, data_root):
+    env = subprocess_env()
+    # The uninterrupted reference and the run to be killed start together (two cores).
+    reference = subprocess.Popen(_train_cmd(tmp_path, data_root, "reference"), env=env, cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "checkpoints" / "resume" / "interrupted" / "last.pt"
+    victim = subprocess.Popen(_train_cmd(tmp_path, data_root, "interrupted"), env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before it could be killed: " + victim.stderr.read()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = torch.load(checkpoint, weights_only=False)["iteration"]
+    assert 0 < killed_at < 8
+    assert not (tmp_path / "results" / "resume" / "interrupted.json").exists()
+
+    resumed = subprocess.run(_train_cmd(tmp_path, data_root, "interrupted", "--resume"), env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _, reference_err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, reference_err
+
+    final_ref = torch.load(tmp_path / "checkpoints" / "resume" / "reference" / "last.pt", weights_only=False)
+    final_res = torch.load(checkpoint, weights_only=False)
+    assert final_res["iteration"] == final_ref["iteration"] == 8
+    assert final_ref["model"].keys() == final_res["model"].keys()
+    for name, tensor in final_ref["model"].items():
+        assert torch.equal(tensor, final_res["model"][name]), f"{name} differs after resume from {killed_at}"
+    for a, b in zip(final_ref["optimizer"]["state"].values(), final_res["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    ref_record, res_record = (json.loads((tmp_path / "results" / "resume" / f"{n}.json").read_text())
+                              for n in ("reference", "interrupted"))
+    assert ref_record["curve"] == res_record["curve"]
+    assert res_record["provenance"]["resumed"] is True
+    iterations = [json.loads(line)["iteration"] for line in
+                  (checkpoint.parent / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["event"] == "train"]
+    assert iterations == list(range(1, 9))  # the killed run's unsaved lines were trimmed
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, data_root, one_thread):
+    config = tiny_config(tmp_path, data_root, iterations=2, run_name="changed")
+    train.run(config)
+    (tmp_path / "results" / "unit" / "changed.json").unlink()  # as if it had been killed
+    from ranlib.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="lr"):
+        train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed", resume=True, lr=0.5))
+    with pytest.raises(ResultsExistError, match="--resume"):
+        train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed"))
