@@ -1,0 +1,138 @@
+"""The command line: bad input is one clear line and a non-zero exit; train, eval and models work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ranlib import checkpoint as ckpt
+from ranlib.cli import main
+from test_train import REPO, TINY_MODEL, make_folder_dataset, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_folder_dataset(tmp_path_factory.mktemp("cli") / "tiny", n_train=16, n_test=8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """A 2-iteration run through the CLI: its results file and its checkpoint."""
+    tmp = tmp_path_factory.mktemp("trained")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root),
+                     "--profile", "smoke", "--batch-size", "4", "--iterations", "2", "--device", "cpu",
+                     "--experiment", "cli", "--run-name", "tiny", "--results-dir", str(tmp / "results"),
+                     "--checkpoint-dir", str(tmp / "checkpoints"), "--no-progress",
+                     "--model-kwargs", "attention=mixed", "residual_attention=true"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return tmp
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("ranlib: error: ")
+    return lines[0]
+
+
+def train_args(data_root, tmp_path, *extra):
+    return ["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root), "--profile",
+            "smoke", "--device", "cpu", "--results-dir", str(tmp_path / "r"), "--checkpoint-dir",
+            str(tmp_path / "c"), "--no-progress", *extra]
+
+
+def test_train_prints_the_final_error_and_writes_results(trained, capsys):
+    record = json.loads((trained / "results" / "cli" / "tiny.json").read_text())
+    assert record["config"]["model_kwargs"] == {"attention": "mixed", "residual_attention": True}
+    assert record["config"]["iterations"] == 2
+
+
+def test_eval_reproduces_the_final_error(trained, capsys, tmp_path):
+    capsys.readouterr()
+    record = json.loads((trained / "results" / "cli" / "tiny.json").read_text())
+    out_json = tmp_path / "eval.json"
+    checkpoint = trained / "checkpoints" / "cli" / "tiny" / "last.pt"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out_json)]) == 0
+    assert f"top-1 error {record['final']['top1_error']:.2f} %" in capsys.readouterr().out
+    written = json.loads(out_json.read_text())
+    assert written["top1_error"] == pytest.approx(record["final"]["top1_error"])
+    assert written["dataset"]["fingerprint"] == record["dataset"]["fingerprint"]
+    assert main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out_json)]) == 1
+    assert "--overwrite" in error_line(capsys)
+
+
+def test_models_table(capsys):
+    assert main(["models", "cifar_resnet164", "attention56"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar_resnet164" in out and "1.70" in out  # 1.7M parameters (Table 6)
+    assert "attention56" in out and "6.27" in out  # 6.27 G multiply-adds at 224 (deploy files)
+    assert main(["models", "--dataset", "cifar", "cifar_resnet164", "attention56"]) == 0
+    assert "attention56 " not in capsys.readouterr().out.split("cifar_resnet164")[1]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--model", "resnet9000"], "valid models: attention56"),
+    (["--dataset", "mnist"], "valid: cifar10"),
+    (["--noise-level", "1.0"], "outside [0, 1)"),
+    (["--noise-level", "-0.2"], "outside [0, 1)"),
+    (["--profile", "forever"], "valid: smoke, quick, paper"),
+    (["--model-kwargs", "attention"], "not key=value"),
+    (["--model-kwargs", "colour=red"], "does not take colour"),
+])
+def test_bad_train_input_is_one_line(data_root, tmp_path, capsys, extra, expected):
+    assert main(train_args(data_root, tmp_path, *extra)) == 1
+    assert expected in error_line(capsys)
+
+
+def test_missing_data_root_says_how_to_get_the_data(tmp_path, capsys):
+    args = train_args(tmp_path / "nowhere", tmp_path, "--dataset", "cifar10-jpeg")
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert "nowhere" in line and ("download" in line or "unpack" in line or "cifar10-jpeg" in line)
+
+
+def test_wrong_image_size(tmp_path, capsys):
+    big = make_folder_dataset(tmp_path / "big", n_train=3, n_test=3, size=40)
+    assert main(train_args(big, tmp_path)) == 1
+    assert "40x40" in error_line(capsys)
+
+
+def test_results_that_would_be_overwritten(trained, data_root, capsys):
+    args = ["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root), "--profile",
+            "smoke", "--device", "cpu", "--experiment", "cli", "--run-name", "tiny", "--results-dir",
+            str(trained / "results"), "--checkpoint-dir", str(trained / "other")]
+    assert main(args) == 1
+    assert "already exists" in error_line(capsys)
+
+
+def test_corrupt_and_mismatched_checkpoints(trained, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    assert main(["eval", "--checkpoint", str(corrupt)]) == 1
+    assert "corrupt" in error_line(capsys)
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "not found" in error_line(capsys)
+
+    state = ckpt.load_checkpoint(trained / "checkpoints" / "cli" / "tiny" / "last.pt")
+    state["config"]["model"] = "cifar_attention92"  # same switches, more modules
+    mismatched = tmp_path / "mismatched.pt"
+    ckpt.save_checkpoint(mismatched, {k: v for k, v in state.items() if k != "format_version"})
+    assert main(["eval", "--checkpoint", str(mismatched), "--device", "cpu"]) == 1
+    assert "does not match the model" in error_line(capsys)
+
+
+def test_python_dash_m_exits_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "ranlib", "models", "no_such_model"], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("ranlib: error: unknown model 'no_such_model'") and "Traceback" not in proc.stderr
