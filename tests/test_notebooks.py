@@ -1,0 +1,194 @@
+"""Every notebook runs through papermill: trained in the smoke profile on tiny data made here (CPU),
+and rendered from an empty results folder (the "no results yet" page).
+
+Smoke runs here are cut to one iteration of two images and the cheapest rows of each table
+(``rows=``), so that a notebook takes well under a minute on two CPU cores; the profile's own
+subset (``report.EXPERIMENTS[...].smoke_rows``) is what ``make reproduce PROFILE=smoke`` trains.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("myst_nb")
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ["arl_vs_nal", "attention_masks", "attention_types", "cifar_sota", "imagenet",
+            "label_noise", "mask_structure", "models"]
+COMMON_PARAMETERS = ("profile", "seeds", "dataset", "data_root", "device", "results_dir", "train")
+
+# The cheapest rows per notebook (attention56 where the table has it) and a one-step schedule.
+TINY_TRAINING = {"iterations": 1, "batch_size": 2, "max_train_samples": 8, "max_test_samples": 4,
+                 "num_workers": 0}
+SMOKE_ROWS = {
+    "attention_types": ["attention56-mixed", "attention56-spatial"],
+    "arl_vs_nal": ["attention56-arl", "attention56-nal"],
+    "mask_structure": ["attention56-encoder_decoder", "attention56-local"],
+    "label_noise": ["resnet164-noise70"],
+    "cifar_sota": ["resnet164"],
+    "imagenet": ["attention56"],
+    "attention_masks": ["attention56"],
+}
+# Counting every registered model (ImageNet ones at 224) is too slow for a test.
+MODEL_NAMES = ["cifar_attention56", "cifar_resnet164"]
+GLUE_REFERENCE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
+
+
+def _write_images(root: Path, split: str, classes: int, per_class: int, size: int, seed: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / split / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            image[..., c % 3] = 20 * c  # a little signal per class
+            Image.fromarray(image).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A 10-class 32x32 `folder` dataset and a 2-class 64x64 `imagenet-folder` one."""
+    root = tmp_path_factory.mktemp("data")
+    _write_images(root / "cifar", "train", 10, 2, 32, 0)
+    _write_images(root / "cifar", "test", 10, 1, 32, 1)
+    _write_images(root / "imagenet", "train", 2, 4, 64, 2)
+    _write_images(root / "imagenet", "val", 2, 2, 64, 3)
+    return root
+
+
+def _parameters(name: str, data: Path, results: Path, checkpoints: Path, train: bool) -> dict:
+    params = {"profile": "smoke", "seeds": [0], "device": "cpu", "train": train,
+              "results_dir": str(results), "checkpoint_dir": str(checkpoints),
+              "dataset": "folder", "data_root": str(data / "cifar"),
+              "train_overrides": dict(TINY_TRAINING)}
+    if name == "imagenet":
+        params.update(dataset="imagenet-folder", data_root=str(data / "imagenet"))
+        params["train_overrides"].update(train_size=64, test_size=64)
+    if name == "models":
+        params["model_names"] = MODEL_NAMES
+        params["complexity_file"] = str(results / "models" / "complexity.json")
+    if name in SMOKE_ROWS:
+        params["rows"] = SMOKE_ROWS[name]
+    return params
+
+
+def _execute(name: str, out: Path, params: dict, cwd: Path):
+    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=params,
+                               kernel_name="python3", cwd=str(cwd), progress_bar=False)
+    return nbformat.read(out, as_version=4)
+
+
+def _text_outputs(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            for key, value in output.get("data", {}).items():
+                if key.startswith(("text/", "application/papermill.record/text")):
+                    parts.append(value if isinstance(value, str) else "".join(value))
+    return "\n".join(parts)
+
+
+def _glued_keys(nb) -> set[str]:
+    """Names myst_nb.glue stored (it tags each glued output's metadata with "scrapbook")."""
+    return {output["metadata"]["scrapbook"]["name"] for cell in nb.cells
+            for output in cell.get("outputs", []) if "scrapbook" in output.get("metadata", {})}
+
+
+def _check_glue_references_resolve(nb):
+    """Every {glue:...}`key` in the prose has a glued output (else the book build warns)."""
+    referenced = {key for cell in nb.cells if cell.cell_type == "markdown"
+                  for key in GLUE_REFERENCE.findall(cell.source)}
+    glued = _glued_keys(nb)
+    assert referenced, "the prose cites no glued numbers"
+    assert referenced <= glued, f"glue keys cited but never glued: {sorted(referenced - glued)}"
+
+
+def test_every_experiment_has_a_notebook_generated_from_the_template():
+    assert NOTEBOOKS == EXPECTED
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "make_notebooks.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_structure(name):
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    assert "**Claim checked.**" in first.source or "**Idea checked.**" in first.source
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for parameter in COMMON_PARAMETERS:
+        assert re.search(rf"^{parameter} = ", tagged[0].source, re.M), parameter
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+        "commit notebooks without outputs (the book renders executed copies)"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "optimizer" not in code and ".backward(" not in code, "training code belongs in ranlib"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_path):
+    results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
+    nb = _execute(name, tmp_path / f"{name}.ipynb",
+                  _parameters(name, tiny_data, results, checkpoints, train=True), NOTEBOOK_DIR)
+    _check_glue_references_resolve(nb)
+    text = _text_outputs(nb)
+    if name == "models":
+        assert "computed live" in text
+        assert "cifar_attention56" in text
+        return
+    written = sorted(p.stem for p in (results / name).glob("*.json"))
+    assert written == sorted(f"{row}-smoke-s0" for row in SMOKE_ROWS[name])
+    record = json.loads((results / name / f"{written[0]}.json").read_text())
+    assert record["config"]["profile"] == "smoke"
+    if name == "attention_masks":
+        assert "image/png" in json.dumps([c.get("outputs") for c in nb.cells])
+        assert "Not run here" not in text
+    else:
+        assert "not run here (smoke only)" in text
+        assert "No results yet" not in text
+    if name == "label_noise":
+        assert record["noise"]["level"] == 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_without_results_says_so_and_gives_the_command(name, tiny_data, tmp_path):
+    results = tmp_path / "empty-results"
+    nb = _execute(name, tmp_path / f"{name}.ipynb",
+                  _parameters(name, tiny_data, results, tmp_path / "ckpt", train=False), REPO)
+    _check_glue_references_resolve(nb)
+    text = _text_outputs(nb)
+    assert not results.exists() or not any(results.rglob("*.json")), "train=False wrote results"
+    if name == "models":
+        return
+    if name == "attention_masks":
+        assert "Not run here" in text
+    assert "No results yet" in text
+    assert f"make reproduce PROFILE=quick NOTEBOOKS={name}" in text
+    assert f"python -m ranlib train --experiment {name}" in text
+
+
+@pytest.mark.slow
+def test_notebook_reports_missing_data_instead_of_failing(tmp_path):
+    params = _parameters("mask_structure", tmp_path / "no-data", tmp_path / "r", tmp_path / "c",
+                         train=True)
+    nb = _execute("mask_structure", tmp_path / "out.ipynb", params, REPO)
+    text = _text_outputs(nb)
+    assert "Not run here: no data." in text
+    assert not (tmp_path / "r").exists()
