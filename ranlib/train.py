@@ -788,7 +788,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        broadcast_buffers=False)
+                                        forward_sync_buffers=False)  # BN stats: averaged after each step
     step_model = torch.compile(model) if c.compile else model
 
     metrics = _MetricsLog(run_dir / "metrics.jsonl", keep_until=start_iteration if saved else None, enabled=d.main)
