@@ -11,7 +11,7 @@ import torch
 
 from ranlib import checkpoint as ckpt
 from ranlib.cli import main
-from test_train import REPO, TINY_MODEL, make_folder_dataset, subprocess_env
+from test_train import REPO, TINY_MODEL, make_folder_dataset, one_thread, subprocess_env  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,36 @@ def test_python_dash_m_exits_without_traceback():
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("ranlib: error: unknown model 'no_such_model'") and "Traceback" not in proc.stderr
+
+
+# --- benchmark ------------------------------------------------------------------------------------------
+
+def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
+    from ranlib import bench
+
+    out = tmp_path / "bench.json"
+    argv = ["--model", TINY_MODEL, "--batch-size", "2", "--steps", "2", "--warmup", "0", "--device", "cpu",
+            "--baseline", "--baseline-workers", "0", "--json", str(out)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "images/s" in printed and "speed-up ranlib / baseline" in printed
+    record = json.loads(out.read_text())
+    for path in ("ranlib", "baseline"):
+        figures = record[path]
+        assert figures["images_per_s"] == pytest.approx(2 / (figures["step_time_ms_mean"] / 1e3))
+        assert figures["timer"] == "perf_counter" and figures["mfu"] is None  # no GPU peak on CPU
+        assert figures["achieved_tflops"] == pytest.approx(6 * record["macs"] * figures["images_per_s"] / 1e12)
+    assert record["ranlib"]["data"] == "gpu_batches" and record["baseline"]["data"] == "dataloader"
+    assert record["speedup"] == pytest.approx(record["ranlib"]["images_per_s"] / record["baseline"]["images_per_s"])
+    assert record["provenance"]["torch"] == torch.__version__
+    assert bench.main(argv) == 1  # the figures file is not overwritten silently
+    assert "--overwrite" in error_line(capsys)
+
+
+def test_bf16_peaks_by_gpu_name():
+    from ranlib.bench import bf16_peak_tflops
+
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert bf16_peak_tflops("NVIDIA GeForce GTX 1080") is None
