@@ -241,3 +241,69 @@ def test_resume_refuses_a_different_configuration(tmp_path, data_root, one_threa
         train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed", resume=True, lr=0.5))
     with pytest.raises(ResultsExistError, match="--resume"):
         train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed"))
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path, data_root):
+    env = subprocess_env()
+    cmd = _train_cmd(tmp_path, data_root, "terminated") + ["--checkpoint-every", "100", "--log-every", "1"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "checkpoints" / "resume" / "terminated" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and (
+            not metrics.exists() or '"event": "train"' not in metrics.read_text()):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1].startswith("ranlib: error: stopped by signal 15 at iteration")
+    assert "--resume" in err
+    saved = torch.load(metrics.parent / "last.pt", weights_only=False)
+    assert 1 <= saved["iteration"] < 8  # written by the signal (checkpoint_every is 100)
+    resumed = subprocess.run(cmd + ["--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(metrics.parent / "last.pt", weights_only=False)["iteration"] == 8
+
+
+# --- the ImageNet path ----------------------------------------------------------------------------------
+
+def test_loader_stream_is_seeded_per_epoch_and_resumes_mid_epoch():
+    dataset = torch.utils.data.TensorDataset(torch.arange(10), torch.arange(10))
+
+    def stream():
+        loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=True, drop_last=True,
+                                             generator=torch.Generator())
+        return train._LoaderStream(loader, seed=5, device=torch.device("cpu"), channels_last=False)
+
+    first = stream()
+    iterator = iter(first)
+    batches, states = [], []
+    for _ in range(7):  # 3 batches per epoch: crosses two epoch boundaries
+        batches.append(next(iterator)[0])
+        states.append(first.state_dict())
+    assert not torch.equal(torch.cat(batches[0:3]), torch.cat(batches[3:6]))  # each epoch reshuffled
+    again = [x for x, _ in (next(iter(stream())) for _ in range(1))]
+    assert torch.equal(again[0], batches[0])  # the order depends on (seed, epoch) only
+    second = stream()
+    second.load_state_dict(states[3])  # after the first batch of epoch 1
+    rest = iter(second)
+    assert all(torch.equal(next(rest)[0], b) for b in batches[4:7])
+
+
+def test_imagenet_folder_smoke_run(tmp_path, one_thread):
+    root = tmp_path / "inet"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            folder = root / split / f"n0{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    record = train.run(train.TrainConfig(
+        model="attention56", dataset="imagenet-folder", data_root=str(root), profile="smoke", batch_size=2,
+        iterations=1, train_size=64, test_size=64, num_workers=0, device="cpu", progress=False,
+        results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints")))
+    assert record["dataset"]["id"] == "imagenet-folder:inet" and record["dataset"]["num_test"] == 2
+    assert record["config"]["train_size"] == 64 and record["config"]["nesterov"] is False
+    assert record["final"]["top5_error"] is None  # 2 classes
+    assert len(record["analysis"]["stage_response"]) == 4  # three attention stages and the last 2048-wide one
