@@ -714,9 +714,11 @@ def run(config: TrainConfig) -> dict:
     """Train, evaluate the final iterate, write the results file (main process) and return the record."""
     started_at = provenance.utc_now()
     d = init_distributed(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _run(config, d, started_at)
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         if d.enabled:
             torch.distributed.destroy_process_group()
 
@@ -837,12 +839,11 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                         logits = step_model(xm)
                         loss = F.cross_entropy(logits, ym)
                     (loss / c.accum_steps).backward()
-                with torch.no_grad():
-                    batch_stats = torch.stack([loss.detach().double() * len(ym),
-                                               logits.argmax(1).eq(ym).sum().double(),
-                                               torch.tensor(float(len(ym)), dtype=torch.float64, device=device)])
-                    window += batch_stats
-                    log_window += batch_stats
+                with torch.no_grad():  # device-side sums: no host sync per step
+                    batch_stats = torch.stack([loss.detach().double() * len(ym), logits.argmax(1).eq(ym).sum()])
+                    for w in (window, log_window):
+                        w[:2] += batch_stats
+                        w[2] += len(ym)
             if bn_start is not None:
                 _finish_running_average(raw_model, _add_running(bn_sums, _bn_running_state(raw_model)),
                                         c.accum_steps)
@@ -869,10 +870,9 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                                "lr": lr, "train_loss": loss_sum / max(count, 1),
                                "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
             if iteration % c.eval_every == 0 or iteration == c.iterations:
-                now = time.perf_counter()
-                train_time += now - tick
-                loss_sum, correct, count = _all_reduce(window.clone(), d).tolist()
+                loss_sum, correct, count = _all_reduce(window.clone(), d).tolist()  # waits for the device
                 window.zero_()
+                train_time += time.perf_counter() - tick
                 test = evaluate(raw_model if d.enabled else step_model, split.test, device, c.precision, d)
                 point = {"iteration": iteration, "epoch": iteration * c.batch_size / num_train, "lr": lr,
                          "train_loss": loss_sum / max(count, 1),
@@ -892,6 +892,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                     f"stopped by signal {stop_now} at iteration {iteration}/{c.iterations}; checkpoint saved to "
                     f"{ckpt_path}; continue with the same command plus --resume", stop_now)
             if iteration % c.checkpoint_every == 0 and iteration < c.iterations:
+                _synchronize(device)  # queued steps count as training, not as checkpoint time
                 t0 = time.perf_counter()
                 save(iteration)
                 tick += time.perf_counter() - t0  # checkpoint time is not training time
@@ -933,6 +934,11 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
         write_results(record, c.results_dir, overwrite=c.overwrite)
         metrics.write({"event": "final", "iteration": iteration, **record["final"]})
     return record
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _agree_to_stop(signum: int, d: Dist) -> int:
