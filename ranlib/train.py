@@ -53,12 +53,14 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import paper, provenance
-from .errors import CheckpointError, ConfigError, InputSizeError, RanlibError, ResultsExistError, UnknownNameError
+from .errors import (CheckpointError, ConfigError, DataNotFoundError, InputSizeError, RanlibError, ResultsExistError,
+                     UnknownNameError)
 from .results import SCHEMA_VERSION, check_name, ensure_writable, results_path, write_results
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
 IMAGENET_DATASETS = ("imagenet-folder",)
 PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_DOWNLOAD_ROOT = ".data"  # where --download puts official CIFAR when no --data-root is given
 TOP5_MIN_CLASSES = 100  # top-5 error is reported for CIFAR-100 and ImageNet, not for 10 classes
 STAGE_RESPONSE_BATCH = 64  # fixed test images (the first ones) for Figure 4's stage responses
 
@@ -282,6 +284,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.profile not in profiles:
         raise UnknownNameError(f"unknown profile {c.profile!r}; valid: {', '.join(profiles)}")
     c.noise_level = _check_noise_level(c.noise_level)
+    if c.data_root is None:
+        if c.download and c.dataset in ("cifar10", "cifar100"):
+            c.data_root = DEFAULT_DOWNLOAD_ROOT
+        else:
+            from .data import HOW_TO_GET_CIFAR
+            how = HOW_TO_GET_CIFAR if c.dataset.startswith("cifar") else "point it at the dataset's folder"
+            raise DataNotFoundError(f"no --data-root given for dataset {c.dataset!r}: {how}")
     if c.precision not in PRECISIONS:
         raise UnknownNameError(f"unknown precision {c.precision!r}; valid: {', '.join(PRECISIONS)}")
     profile, recipe = profiles[c.profile], RECIPES[info.dataset]

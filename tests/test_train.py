@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ranlib import train
-from ranlib.errors import ConfigError, ResultsExistError, UnknownNameError
+from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.results import load_results
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def one_thread():
 def test_paper_schedule_is_the_default():
     rule = train.scaled_schedule(train.RECIPES["cifar"], 64)
     assert rule == {"lr": 0.1, "iterations": 160_000, "milestones": [64_000, 96_000], "warmup_iterations": 0}
-    config = train.resolve(train.TrainConfig(model="cifar_attention92"))
+    config = train.resolve(train.TrainConfig(model="cifar_attention92", data_root="unused"))
     assert (config.batch_size, config.lr, config.iterations, config.milestones) == (64, 0.1, 160_000, [64_000, 96_000])
     assert (config.momentum, config.nesterov, config.weight_decay, config.warmup_iterations) == (0.9, True, 1e-4, 0)
 
@@ -89,21 +89,23 @@ def test_large_batch_rule_keeps_epochs_and_scales_lr():
 
 
 def test_quick_profile_is_a_tenth_of_the_scaled_schedule():
-    config = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick"))
+    config = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", data_root="unused"))
     assert config.batch_size == 256 and config.lr == pytest.approx(0.4)
     assert config.iterations == 4_000 and config.milestones == [1_600, 2_400]
     assert "Goyal" in config.schedule_rule and "0.1 of that schedule" in config.schedule_rule
-    explicit = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", lr=0.05, iterations=100))
+    explicit = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", lr=0.05, iterations=100,
+                                                  data_root="unused"))
     assert explicit.lr == 0.05 and explicit.iterations == 100 and explicit.milestones == [40, 60]
     assert "explicit iterations, lr" in explicit.schedule_rule
 
 
 def test_imagenet_recipe():
-    config = train.resolve(train.TrainConfig(model="attention56", dataset="imagenet-folder"))
+    config = train.resolve(train.TrainConfig(model="attention56", dataset="imagenet-folder", data_root="unused"))
     assert (config.batch_size, config.lr, config.weight_decay, config.nesterov) == (256, 0.1, 1e-4, False)
     assert config.iterations == 530_000 and config.milestones == [200_000, 400_000, 500_000]
     assert config.test_size == 224
-    assert train.resolve(train.TrainConfig(model="attention92", dataset="imagenet-folder")).test_size == 320
+    assert train.resolve(train.TrainConfig(model="attention92", dataset="imagenet-folder",
+                                          data_root="unused")).test_size == 320
 
 
 def test_warmup_then_step_decay():
@@ -121,10 +123,11 @@ def test_warmup_then_step_decay():
     (dict(profile="huge"), UnknownNameError),
     (dict(batch_size=6, accum_steps=4), ConfigError),
     (dict(model_kwargs={"colour": "red"}), ConfigError),
+    (dict(data_root=None), DataNotFoundError),
 ])
 def test_bad_configs_are_refused(overrides, error):
     with pytest.raises(error):
-        train.resolve(train.TrainConfig(**{"model": TINY_MODEL, **overrides}))
+        train.resolve(train.TrainConfig(**{"model": TINY_MODEL, "data_root": "unused", **overrides}))
 
 
 # --- a real run -----------------------------------------------------------------------------------------
