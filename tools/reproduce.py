@@ -18,6 +18,7 @@ import datetime as dt
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -217,22 +218,28 @@ def main(argv: list[str] | None = None) -> int:
     mode = "report only (train=False)" if args.report_only else f"train=True, profile {args.profile}"
     print(f"reproduce: {len(args.notebooks)} notebook(s), {mode}, device {args.device} ({device_name})", flush=True)
 
+    ledger = None if args.report_only else args.ledger or REPO / args.results_dir / "reproduce_ledger.csv"
+    ledger_lock = threading.Lock()
+
     def run_all(jobs: list[tuple[str, Path, Path, dict, bool]]) -> list[Outcome]:
         """Execute (name, source, output, parameters, is_page) jobs, ``args.jobs`` at a time, in order."""
         def one(job):
             name, source, output, job_parameters, is_page = job
             print(f"-> {name}", flush=True)
-            return execute(name, source, output, job_parameters, failed_dir=failed_dir,
-                           log_output=not args.report_only and not is_page, timeout=args.timeout,
-                           hide_parameters=is_page)
+            outcome = execute(name, source, output, job_parameters, failed_dir=failed_dir,
+                              log_output=not args.report_only and not is_page, timeout=args.timeout,
+                              hide_parameters=is_page)
+            if ledger is not None and not is_page:
+                # Recorded as each training notebook ends, so a run cut short keeps what it spent.
+                with ledger_lock:
+                    append_ledger(ledger, [outcome], args, device_name)
+            return outcome
         # Threads suffice: each notebook runs in its own kernel process.
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             return list(pool.map(one, jobs))
 
     outcomes = run_all([(name, NOTEBOOK_DIR / f"{name}.ipynb", book_dir / "experiments" / f"{name}.ipynb",
                          parameters, False) for name in args.notebooks])
-    if not args.report_only:
-        append_ledger(args.ledger or REPO / args.results_dir / "reproduce_ledger.csv", outcomes, args, device_name)
     if not args.no_pages:
         # The book's pages read results only, after the experiments have written theirs.
         outcomes += run_all([(f"page:{name}", PAGE_SOURCE_DIR / f"{name}.md", book_dir / f"{name}.ipynb",
