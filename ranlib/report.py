@@ -407,7 +407,9 @@ def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
                 f"--run-name {config['run_name']} --profile {profile} --seed {seed}",
                 f"--dataset {exp.dataset} --data-root {exp.data_root}"]
         if config["model_kwargs"]:
-            args.append(f"--model-kwargs '{json.dumps(config['model_kwargs'])}'")
+            args.append("--model-kwargs " + " ".join(
+                f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+                for k, v in config["model_kwargs"].items()))
         if config.get("noise_level"):
             args.append(f"--noise-level {config['noise_level']}")
         lines.append(" ".join(args))
@@ -766,16 +768,11 @@ def complexity_claims(entries: Sequence[dict] | None) -> pd.DataFrame:
 
 
 def complexity_entries(names: Sequence[str] | None = None) -> list[dict]:
-    """Count parameters and multiply-adds live with :func:`ranlib.complexity` (at the models'
-    training input size: 32 for CIFAR, 224 for ImageNet, where the paper counts FLOPs)."""
-    import ranlib
+    """Count parameters and multiply-adds live (``python -m ranlib models``' table: shapes only,
+    at the models' input size, 32 for CIFAR and 224 for ImageNet, where the paper counts FLOPs)."""
+    from .cli import model_table
 
-    entries = []
-    for name in names or ranlib.list_models():
-        info = ranlib.model_info(name)
-        counts = ranlib.complexity(ranlib.create_model(name), info.input_size)
-        entries.append({"name": name, "input_size": info.input_size, **counts})
-    return entries
+    return model_table(list(names) if names else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1054,7 +1051,11 @@ def plot_masks(images: np.ndarray, masks: dict, *, max_images: int = 4):
         for j, module in enumerate(names, start=1):
             mask = torch.as_tensor(masks[module][i:i + 1]).float().mean(dim=1, keepdim=True)
             mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)[0, 0]
+            # Each panel is scaled to its own range (printed under it), so structure shows even
+            # where a mask is nearly flat.
             axes[i, j].imshow(mask.numpy(), cmap="magma")
+            axes[i, j].text(0.5, -0.08, f"{mask.min():.2f}–{mask.max():.2f}", fontsize=6,
+                            ha="center", va="top", transform=axes[i, j].transAxes)
             if i == 0:
                 axes[i, j].set_title(module, fontsize=7)
     axes[0, 0].set_title("image", fontsize=7)

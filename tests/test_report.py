@@ -289,7 +289,26 @@ def test_no_results_page_gives_the_commands():
     text = report.no_results_markdown("mask_structure")
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
     assert "python -m ranlib train --experiment mask_structure --model cifar_attention56" in text
-    assert "--model-kwargs '{\"mask\": \"local\"}'" in text
+    assert "--run-name attention56-local-quick-s0" in text
+    assert "--model-kwargs mask=local" in text
+
+
+@pytest.mark.parametrize("name", sorted(report.EXPERIMENTS))
+def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
+    import shlex
+
+    cli = pytest.importorskip("ranlib.cli")
+
+    lines = [l for l in report.train_commands(name).splitlines() if l.startswith("python -m")]
+    plan = report.plan_runs(name, profile="quick", seeds=[0], dataset="x", data_root="d")
+    assert len(lines) == len(plan)
+    for line, config in zip(lines, plan):
+        args = cli.build_parser().parse_args(shlex.split(line)[3:])
+        parsed = cli._key_values(args.model_kwargs) if hasattr(args, "model_kwargs") else {}
+        assert parsed == config["model_kwargs"]
+        assert (args.run_name, args.model, args.experiment) == (
+            config["run_name"], config["model"], name)
+        assert getattr(args, "noise_level", 0.0) == config.get("noise_level", 0.0)
 
 
 # --- complexity -------------------------------------------------------------------------------
@@ -355,3 +374,12 @@ def test_plots_render_with_and_without_results():
     assert report.plot_error_vs_noise([]) is not None
     noisy = make_record("label_noise", "r", "cifar_resnet164", error=6.0, noise_level=0.3)
     assert report.plot_transition_matrix(noisy) is not None
+
+
+def test_plot_masks_draws_one_panel_per_module_and_image():
+    import matplotlib
+    import torch
+    matplotlib.use("Agg")
+    masks = {"stages.0.1": torch.rand(3, 4, 16, 16), "stages.1.1": torch.rand(3, 4, 8, 8)}
+    fig = report.plot_masks(np.zeros((3, 32, 32, 3), np.uint8), masks, max_images=2)
+    assert len(fig.axes) == 2 * 3
