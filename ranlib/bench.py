@@ -76,9 +76,10 @@ class _Timer:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def _synthetic_images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_images(n: int, size: int, seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.int64)
+    return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            rng.integers(0, num_classes, n, dtype=np.int64))
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -102,7 +103,7 @@ def _endless(iterable_factory):
 
 def measure(model_name: str, *, batch_size: int, device: torch.device, precision: str, channels_last: bool,
             compile_model: bool, steps: int, warmup: int, data: str, num_images: int, seed: int,
-            workers: int = 4) -> dict:
+            workers: int = 4, image_size: int | None = None) -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones; returns the figures."""
     from . import data as ranlib_data
     from .train import autocast, build_model, peak_memory_bytes
@@ -110,23 +111,26 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     import ranlib
 
     info = ranlib.model_info(model_name)
-    size = info.input_size
-    model = build_model(model_name, {}, 10, seed)
+    size = image_size or info.input_size
+    model = build_model(model_name, {}, info.num_classes, seed)
     counts = ranlib.complexity(model, size)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     step_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
-    images, labels = _synthetic_images(num_images, 32 if size == 32 else 256, seed)
+    if data in ("gpu_batches", "dataloader"):
+        if size != 32:
+            raise RanlibError(f"the {data} data path is for 32x32 models; {model_name} takes {size}x{size}")
+        images, labels = _synthetic_images(num_images, size, seed, info.num_classes)
     if data == "gpu_batches":
         batches = ranlib_data.GpuBatches(images, labels, batch_size=batch_size, train=True, device=device,
                                          channels_last=channels_last, seed=seed)
         stream = batches.forever()
     elif data == "dataloader":
         from torchvision import transforms
-        crop = (transforms.RandomCrop(32, padding=4) if size == 32 else transforms.RandomResizedCrop(size))
-        transform = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                        transforms.ToTensor(),
                                         transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
         loader = torch.utils.data.DataLoader(_PilDataset(images, labels, transform), batch_size=batch_size,
                                              shuffle=True, drop_last=True, num_workers=workers,
@@ -137,7 +141,7 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
         generator = torch.Generator(device=device).manual_seed(seed)
         x = torch.randn(batch_size, 3, size, size, device=device, generator=generator)
         x = x.contiguous(memory_format=memory_format)
-        y = torch.randint(0, 10, (batch_size,), device=device, generator=generator)
+        y = torch.randint(0, info.num_classes, (batch_size,), device=device, generator=generator)
         stream = iter(lambda: (x, y), None)
 
     def step():
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--device", default="auto")
+    p.add_argument("--image-size", type=int, help="input resolution of a 224 model (e.g. 320, the paper's "
+                   "Attention-92 test size); default: the model's training size")
     p.add_argument("--num-images", type=int, help="synthetic training images (default 50,000 on CUDA, 4 batches on CPU)")
     p.add_argument("--baseline", action="store_true",
                    help="also measure eager fp32 NCHW with a torchvision-transforms DataLoader, and the ratio")
@@ -219,6 +225,9 @@ def run(args: argparse.Namespace) -> dict:
         raise RanlibError("need --steps >= 1, --warmup >= 0 and --batch-size >= 1")
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise ResultsExistError(f"{args.json} already exists; pass --overwrite to replace it or choose another path")
+    size = args.image_size or info.input_size
+    if info.input_size == 32 and size != 32:
+        raise RanlibError(f"{args.model} is a 32x32 CIFAR model; --image-size applies to the 224 models")
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
@@ -227,16 +236,16 @@ def run(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.benchmark = True
     started = provenance.utc_now()
     common = dict(batch_size=args.batch_size, device=device, steps=args.steps, warmup=args.warmup,
-                  num_images=max(num_images, args.batch_size), seed=args.seed)
-    fast_data = "gpu_batches" if info.input_size == 32 else "synthetic_device"
+                  num_images=max(num_images, args.batch_size), seed=args.seed, image_size=size)
+    fast_data = "gpu_batches" if size == 32 else "synthetic_device"
     figures = {"ranlib": measure(args.model, precision=precision, channels_last=channels_last,
                                  compile_model=args.compile, data=fast_data, **common)}
     if args.baseline:
         figures["baseline"] = measure(args.model, precision="fp32", channels_last=False, compile_model=False,
-                                      data="dataloader" if info.input_size == 32 else "synthetic_device",
+                                      data="dataloader" if size == 32 else "synthetic_device",
                                       workers=args.baseline_workers, **common)
     record = {
-        "benchmark": 1, "model": args.model, "input_size": info.input_size, "batch_size": args.batch_size,
+        "benchmark": 1, "model": args.model, "input_size": size, "batch_size": args.batch_size,
         "params": figures["ranlib"].pop("params"), "macs": figures["ranlib"].pop("macs"),
         "device_name": provenance.device_name(device),
         "bf16_peak_tflops": bf16_peak_tflops(provenance.device_name(device)) if device.type == "cuda" else None,

@@ -803,8 +803,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
     step_model = torch.compile(model) if c.compile else model
 
     metrics = _MetricsLog(run_dir / "metrics.jsonl", keep_until=start_iteration if saved else None, enabled=d.main)
-    if d.main and saved is None:
-        metrics.write({"event": "start", "iteration": 0, "config": c.to_dict()})
+    metrics.write({"event": "resume" if saved else "start", "iteration": start_iteration, "config": c.to_dict()})
 
     def save(iteration: int) -> None:
         if not d.main:

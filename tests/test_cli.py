@@ -162,6 +162,17 @@ def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
     assert "--overwrite" in error_line(capsys)
 
 
+def test_bench_of_a_224_model_feeds_device_tensors(capsys, one_thread):
+    from ranlib import bench
+
+    assert bench.main(["--model", "attention56", "--image-size", "64", "--batch-size", "1", "--steps", "1",
+                       "--warmup", "0", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "at 64x64" in printed and "synthetic_device" in printed and "data loading is not measured" in printed
+    assert bench.main(["--model", TINY_MODEL, "--image-size", "64", "--device", "cpu"]) == 1
+    assert "32x32 CIFAR model" in error_line(capsys)
+
+
 def test_bf16_peaks_by_gpu_name():
     from ranlib.bench import bf16_peak_tflops
 
