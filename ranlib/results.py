@@ -138,7 +138,8 @@ def load_results(path_or_dir: str | os.PathLike) -> list[dict]:
     """Read one results file, or every ``*.json`` under a folder (recursively, sorted by path).
 
     Each record is validated; a malformed file raises :class:`ResultsSchemaError` naming it.
-    Files whose name starts with ``.`` (temporary files) are skipped.
+    Files whose name starts with ``.`` (temporary files) and benchmark figures written by
+    ``python -m ranlib.bench --json`` (a top-level ``"benchmark"`` key) are skipped.
     """
     root = Path(path_or_dir)
     if root.is_dir():
@@ -153,5 +154,7 @@ def load_results(path_or_dir: str | os.PathLike) -> list[dict]:
             record = json.loads(file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ResultsSchemaError(f"{file}: cannot be read as JSON ({exc})") from None
+        if isinstance(record, dict) and "benchmark" in record and "schema" not in record:
+            continue
         records.append(validate(record, source=str(file)))
     return records

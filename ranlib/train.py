@@ -232,12 +232,7 @@ def _model_info(name: str):
     try:
         return models.model_info(name)
     except models.UnknownModelError as exc:
-        raise UnknownNameError(str(exc).strip("'\"")) from None
-
-
-def recipe_for(model: str) -> str:
-    """'cifar' or 'imagenet': which recipe trains this model."""
-    return _model_info(model).dataset
+        raise UnknownNameError(str(exc)) from None
 
 
 def default_run_name(config: TrainConfig) -> str:

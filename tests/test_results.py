@@ -38,6 +38,9 @@ def test_write_then_load(tmp_path):
     loaded = results.load_results(tmp_path)
     assert [r["run_name"] for r in loaded] == ["run-a", "run-b"]
     assert results.load_results(path)[0]["final"]["top1_error"] == 5.5
+    (tmp_path / "performance").mkdir()
+    (tmp_path / "performance" / "bench.json").write_text(json.dumps({"benchmark": 1, "model": "x"}))
+    assert len(results.load_results(tmp_path)) == 2  # benchmark figures are not run records
 
 
 def test_never_overwrites_silently(tmp_path):

@@ -160,6 +160,7 @@ def test_run_writes_a_complete_results_file(noisy_run):
     prov = loaded["provenance"]
     assert prov["device_type"] == "cpu" and prov["precision"] == "fp32" and prov["seed"] == 3
     assert prov["torch"] == torch.__version__ and prov["started_at"] <= prov["finished_at"]
+    assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
     assert loaded["cost"]["images_per_s"] > 0 and loaded["cost"]["peak_memory_bytes"] > 0
     assert loaded["config"]["schedule_rule"]
 
