@@ -189,6 +189,17 @@ def _format_row(label: str, r: dict) -> str:
             f"{'channels_last' if r['channels_last'] else 'NCHW'}{', compiled' if r['compile'] else ''}")
 
 
+# Issue 5's side-by-side set: (model, batch size). The paper's CIFAR batch, ranlib's GPU-profile
+# batch, the ResNet-164 baseline, and the ImageNet networks at 224.
+SUITE = (
+    ("cifar_attention92", 64),
+    ("cifar_attention92", 256),  # the `quick` profile's batch (ranlib.train.PROFILES)
+    ("cifar_resnet164", 64),
+    ("attention56", 64),
+    ("attention92", 64),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ranlib.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="cifar_attention92")
@@ -207,56 +218,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true",
                    help="also measure eager fp32 NCHW with a torchvision-transforms DataLoader, and the ratio")
     p.add_argument("--baseline-workers", type=int, default=4, help="DataLoader workers of the baseline")
+    p.add_argument("--suite", action="store_true",
+                   help="measure every (model, batch) of SUITE with its baseline (ignores --model/--batch-size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the figures with provenance to this file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--out", type=Path, help="write each configuration's figures to a file named after it in this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing figure files")
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
+def file_name(record: dict) -> str:
+    r = record["ranlib"]
+    parts = [record["model"], str(record["input_size"]), f"b{record['batch_size']}", r["precision"],
+             "cl" if r["channels_last"] else "nchw"] + (["compiled"] if r["compile"] else [])
+    return "-".join(parts) + ".json"
+
+
+def bench_one(model_name: str, batch_size: int, args: argparse.Namespace, *, baseline: bool) -> dict:
+    """Measure one (model, batch size) with the settings in ``args``; the record written to disk."""
     import ranlib
-    from .train import Dist, resolve_precision, select_device
+    from .train import RECIPES, Dist, PROFILES, resolve_precision, select_device
 
     try:
-        info = ranlib.model_info(args.model)
+        info = ranlib.model_info(model_name)
     except ranlib.UnknownModelError as exc:
         raise RanlibError(str(exc)) from None
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+    if args.steps < 1 or args.warmup < 0 or batch_size < 1:
         raise RanlibError("need --steps >= 1, --warmup >= 0 and --batch-size >= 1")
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise ResultsExistError(f"{args.json} already exists; pass --overwrite to replace it or choose another path")
-    size = args.image_size or info.input_size
-    if info.input_size == 32 and size != 32:
-        raise RanlibError(f"{args.model} is a 32x32 CIFAR model; --image-size applies to the 224 models")
+    size = args.image_size if args.image_size and info.input_size != 32 else info.input_size
+    if args.image_size and info.input_size == 32 and not args.suite:
+        raise RanlibError(f"{model_name} is a 32x32 CIFAR model; --image-size applies to the 224 models")
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
-    num_images = args.num_images or (50_000 if device.type == "cuda" else 4 * args.batch_size)
+    num_images = args.num_images or (50_000 if device.type == "cuda" else 4 * batch_size)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     started = provenance.utc_now()
-    common = dict(batch_size=args.batch_size, device=device, steps=args.steps, warmup=args.warmup,
-                  num_images=max(num_images, args.batch_size), seed=args.seed, image_size=size)
+    common = dict(batch_size=batch_size, device=device, steps=args.steps, warmup=args.warmup,
+                  num_images=max(num_images, batch_size), seed=args.seed, image_size=size)
     fast_data = "gpu_batches" if size == 32 else "synthetic_device"
-    figures = {"ranlib": measure(args.model, precision=precision, channels_last=channels_last,
+    figures = {"ranlib": measure(model_name, precision=precision, channels_last=channels_last,
                                  compile_model=args.compile, data=fast_data, **common)}
-    if args.baseline:
-        figures["baseline"] = measure(args.model, precision="fp32", channels_last=False, compile_model=False,
+    if baseline:
+        figures["baseline"] = measure(model_name, precision="fp32", channels_last=False, compile_model=False,
                                       data="dataloader" if size == 32 else "synthetic_device",
                                       workers=args.baseline_workers, **common)
-    record = {
-        "benchmark": 1, "model": args.model, "input_size": size, "batch_size": args.batch_size,
-        "params": figures["ranlib"].pop("params"), "macs": figures["ranlib"].pop("macs"),
+    counts = {k: figures["ranlib"][k] for k in ("params", "macs")}
+    for f in figures.values():
+        del f["params"], f["macs"]
+    # What the measured rate means for whole schedules (training steps only: no evaluation, no start-up).
+    recipe = RECIPES[info.dataset]
+    paper_images = recipe.iterations * recipe.batch_size
+    rate = figures["ranlib"]["images_per_s"]
+    projection = {"paper_schedule_images": paper_images, "paper_schedule_min": paper_images / rate / 60,
+                  "quick_profile_min": paper_images * PROFILES[info.dataset]["quick"].fraction / rate / 60}
+    return {
+        "benchmark": 1, "model": model_name, "input_size": size, "batch_size": batch_size, **counts,
         "device_name": provenance.device_name(device),
         "bf16_peak_tflops": bf16_peak_tflops(provenance.device_name(device)) if device.type == "cuda" else None,
         **figures,
-        "speedup": (figures["ranlib"]["images_per_s"] / figures["baseline"]["images_per_s"]
-                    if "baseline" in figures else None),
+        "speedup": figures["ranlib"]["images_per_s"] / figures["baseline"]["images_per_s"] if baseline else None,
+        "projection": projection,
         "provenance": provenance.collect(device, precision=precision, seed=args.seed, started_at=started),
     }
-    figures.get("baseline", {}).pop("params", None)
-    figures.get("baseline", {}).pop("macs", None)
-    return record
 
 
 def report(record: dict) -> str:
@@ -267,22 +292,40 @@ def report(record: dict) -> str:
     if "baseline" in record:
         lines.append(_format_row("baseline", record["baseline"]))
         lines.append(f"speed-up ranlib / baseline: {record['speedup']:.2f}x")
+    projection = record["projection"]
+    lines.append(f"at this rate the paper's schedule ({projection['paper_schedule_images']:,} images) takes "
+                 f"{projection['paper_schedule_min']:.1f} min of training steps, the quick profile "
+                 f"{projection['quick_profile_min']:.1f} min")
     if record["ranlib"]["data"] == "synthetic_device":
         lines.append("note: 224 models are fed device-resident synthetic batches; data loading is not measured")
     return "\n".join(lines)
 
 
+def _write(path: Path | None, record: dict, overwrite: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and not overwrite:
+        raise ResultsExistError(f"{path} already exists; pass --overwrite to replace it or choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configurations = SUITE if args.suite else ((args.model, args.batch_size),)
     try:
-        record = run(args)
+        if args.json is not None and args.json.exists() and not args.overwrite:  # before minutes of measuring
+            raise ResultsExistError(f"{args.json} already exists; pass --overwrite to replace it or choose "
+                                    "another path")
+        if args.json is not None and len(configurations) > 1:
+            raise RanlibError("--suite writes several files: use --out DIR instead of --json")
+        for model_name, batch_size in configurations:
+            record = bench_one(model_name, batch_size, args, baseline=args.baseline or args.suite)
+            print(report(record), flush=True)
+            _write(args.out / file_name(record) if args.out else args.json, record, args.overwrite)
     except RanlibError as exc:
         print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    print(report(record))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -163,22 +163,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _complexity_cache() -> Path:
+    """A JSON cache of model counts, keyed by the model code and torch version (counting is slow)."""
+    import hashlib
+
+    import torch
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted([*package.joinpath("models").glob("*.py"), package / "complexity.py"]):
+        digest.update(source.name.encode() + source.read_bytes())
+    root = Path(os.environ.get("RANLIB_CACHE_DIR", Path.home() / ".cache" / "ranlib"))
+    return root / f"complexity-{digest.hexdigest()[:16]}.json"
+
+
 def model_table(names: list[str] | None = None, dataset: str | None = None) -> list[dict]:
-    """One row per model: name, dataset, paper name, params, multiply-adds at its input size (32 or 224)."""
+    """One row per model: name, dataset, paper name, params, multiply-adds at its input size (32 or 224).
+
+    Counts come from ``ranlib.complexity`` on a meta-device model (shapes only); they are cached
+    per version of the model code, so only the first listing pays for counting.
+    """
     import torch
 
     import ranlib
 
-    rows = []
+    cache_path = _complexity_cache()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    rows, missed = [], False
     for name in names or ranlib.list_models(dataset):
         info = ranlib.model_info(name)
         if dataset and info.dataset != dataset:
             continue
-        with torch.device("meta"):  # shapes only: counting needs no real weights
-            model = ranlib.create_model(name)
-        counts = ranlib.complexity(model, info.input_size)
+        if name not in cache:
+            with torch.device("meta"):  # shapes only: counting needs no real weights
+                model = ranlib.create_model(name)
+            cache[name], missed = ranlib.complexity(model, info.input_size), True
         rows.append({"name": name, "dataset": info.dataset, "paper_name": info.paper_name,
-                     "input_size": info.input_size, "test_size": info.test_size, **counts})
+                     "input_size": info.input_size, "test_size": info.test_size,
+                     "params": int(cache[name]["params"]), "macs": int(cache[name]["macs"])})
+    if missed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_path)
+        except OSError:  # a read-only home: count again next time
+            pass
     return rows
 
 

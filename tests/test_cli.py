@@ -71,13 +71,17 @@ def test_eval_reproduces_the_final_error(trained, capsys, tmp_path):
     assert "--overwrite" in error_line(capsys)
 
 
-def test_models_table(capsys):
+def test_models_table(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANLIB_CACHE_DIR", str(tmp_path))
     assert main(["models", "cifar_resnet164", "attention56"]) == 0
     out = capsys.readouterr().out
+    [cache] = tmp_path.glob("complexity-*.json")
+    assert json.loads(cache.read_text())["cifar_resnet164"]["params"] == 1_703_258
     assert "cifar_resnet164" in out and "1.70" in out  # 1.7M parameters (Table 6)
     assert "attention56" in out and "6.27" in out  # 6.27 G multiply-adds at 224 (deploy files)
-    assert main(["models", "--dataset", "cifar", "cifar_resnet164", "attention56"]) == 0
-    assert "attention56 " not in capsys.readouterr().out.split("cifar_resnet164")[1]
+    assert main(["models", "--dataset", "cifar", "cifar_resnet164", "attention56"]) == 0  # from the cache
+    second = capsys.readouterr().out
+    assert "1.70" in second and "attention56 " not in second.split("cifar_resnet164")[1]
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -158,15 +162,18 @@ def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
     assert record["ranlib"]["data"] == "gpu_batches" and record["baseline"]["data"] == "dataloader"
     assert record["speedup"] == pytest.approx(record["ranlib"]["images_per_s"] / record["baseline"]["images_per_s"])
     assert record["provenance"]["torch"] == torch.__version__
+    assert record["projection"]["paper_schedule_min"] == pytest.approx(
+        160_000 * 64 / record["ranlib"]["images_per_s"] / 60)
     assert bench.main(argv) == 1  # the figures file is not overwritten silently
     assert "--overwrite" in error_line(capsys)
 
 
-def test_bench_of_a_224_model_feeds_device_tensors(capsys, one_thread):
+def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread):
     from ranlib import bench
 
     assert bench.main(["--model", "attention56", "--image-size", "64", "--batch-size", "1", "--steps", "1",
-                       "--warmup", "0", "--device", "cpu"]) == 0
+                       "--warmup", "0", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["attention56-64-b1-fp32-nchw.json"]
     printed = capsys.readouterr().out
     assert "at 64x64" in printed and "synthetic_device" in printed and "data loading is not measured" in printed
     assert bench.main(["--model", TINY_MODEL, "--image-size", "64", "--device", "cpu"]) == 1
