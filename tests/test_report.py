@@ -383,3 +383,12 @@ def test_plot_masks_draws_one_panel_per_module_and_image():
     masks = {"stages.0.1": torch.rand(3, 4, 16, 16), "stages.1.1": torch.rand(3, 4, 8, 8)}
     fig = report.plot_masks(np.zeros((3, 32, 32, 3), np.uint8), masks, max_images=2)
     assert len(fig.axes) == 2 * 3
+
+
+def test_write_complexity_round_trip(tmp_path):
+    path = report.write_complexity(tmp_path / "models" / "complexity.json", ["cifar_attention56"])
+    entries = report.read_complexity(path)
+    assert [e["name"] for e in entries] == ["cifar_attention56"]
+    assert entries[0]["params"] > 0 and entries[0]["macs"] > 0
+    table = report.complexity_table(entries)
+    assert table.loc[0, "paper params (M)"] is None  # Attention-56 is not in Table 6

@@ -184,11 +184,13 @@ def models() -> nbformat.NotebookNode:
         "and no training budget; the verdict rule for counts is in `ranlib.report`. "
         f"{PATHS_NOTE}")
     params = parameters_cell("models", '''\
-complexity_file = "results/models/complexity.json"  # written by the models' table command
-model_names = []  # counted live when the file is missing (empty: every registered model)
+complexity_file = "results/models/complexity.json"  # train=True (re)writes it; else read if present
+model_names = []  # models to count (empty: every registered model)
 ''')
     body = [
         new_code_cell('''\
+if train:  # count again and keep the counts (with provenance) as this experiment's results
+    report.write_complexity(complexity_file, model_names or None)
 entries = report.read_complexity(complexity_file)
 if entries is not None:
     source = f"read from `{report.resolve_path(complexity_file)}`"
