@@ -11,7 +11,8 @@ import torch
 
 from ranlib import checkpoint as ckpt
 from ranlib.cli import main
-from test_train import REPO, TINY_MODEL, make_folder_dataset, one_thread, subprocess_env  # noqa: F401 (fixture)
+from test_train import (REPO, TINY_MODEL, make_folder_dataset, one_thread, single_thread,  # noqa: F401 (fixture)
+                        subprocess_env)
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +24,12 @@ def data_root(tmp_path_factory):
 def trained(tmp_path_factory, data_root):
     """A 2-iteration run through the CLI: its results file and its checkpoint."""
     tmp = tmp_path_factory.mktemp("trained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         code = main(["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root),
                      "--profile", "smoke", "--batch-size", "4", "--iterations", "2", "--device", "cpu",
                      "--experiment", "cli", "--run-name", "tiny", "--results-dir", str(tmp / "results"),
                      "--checkpoint-dir", str(tmp / "checkpoints"), "--no-progress",
                      "--model-kwargs", "attention=mixed", "residual_attention=true"])
-    finally:
-        torch.set_num_threads(threads)
     assert code == 0
     return tmp
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,12 +62,21 @@ def data_root(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread: the 2 shared cores are faster without oversubscription."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
 
 
 # --- schedule -------------------------------------------------------------------------------------------
@@ -135,12 +145,8 @@ def test_bad_configs_are_refused(overrides, error):
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("run")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         record = train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
-    finally:
-        torch.set_num_threads(threads)
     return tmp, record
 
 
