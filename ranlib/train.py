@@ -509,11 +509,40 @@ def load_cifar_split(c: TrainConfig, device: torch.device, input_size: int, *, t
     return Split(train_stream, test, fixed, info, num_classes, noise, mean=mean.cpu())
 
 
-class _LoaderStream:
-    """Endless batches from a DataLoader, moved to ``device``, with a resumable (epoch, position).
+class EpochSampler(torch.utils.data.Sampler):
+    """This process's share of one epoch's shuffled indices, from a start position.
 
-    Each epoch reseeds the loader's generator from (seed, epoch), which fixes the shuffling and the
-    workers' augmentation seeds; a resumed run skips the batches of the epoch it had already seen.
+    The order depends on (seed, epoch) only; every process takes every world_size-th index of the
+    same permutation (the tail that does not divide evenly is dropped, so shares are equal), and
+    a resumed run starts inside the epoch without loading the batches it had already seen.
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _share(self) -> int:
+        return self.num_samples // self.world_size
+
+    def __len__(self) -> int:
+        return max(0, self._share() - self.start)
+
+    def __iter__(self) -> Iterator[int]:
+        from .data import _epoch_seed
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.num_samples, generator=generator)[:self._share() * self.world_size]
+        return iter(order[self.rank::self.world_size][self.start:].tolist())
+
+
+class _LoaderStream:
+    """Endless batches from a DataLoader over an :class:`EpochSampler`, with a resumable (epoch, position).
+
+    Each epoch also reseeds the loader's generator from (seed, epoch), which fixes the workers'
+    augmentation seeds. A run resumed mid-epoch sees the same images in the same order; their random
+    crops differ from the uninterrupted run's, since workers then take different batches.
     """
 
     def __init__(self, loader, seed: int, device: torch.device, channels_last: bool):
@@ -525,13 +554,9 @@ class _LoaderStream:
         from .data import _epoch_seed
         while True:
             self.loader.generator.manual_seed(_epoch_seed(self.seed, self.epoch))
-            if hasattr(self.loader.sampler, "set_epoch"):
-                self.loader.sampler.set_epoch(self.epoch)
-            skip = self.position
-            for k, (x, y) in enumerate(self.loader):
-                if k < skip:
-                    continue
-                self.position = k + 1
+            self.loader.sampler.set_epoch(self.epoch, start=self.position * self.loader.batch_size)
+            for x, y in self.loader:
+                self.position += 1
                 yield self.test.to_device(x, y)
             self.epoch, self.position = self.epoch + 1, 0
 
@@ -542,19 +567,18 @@ class _LoaderStream:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def _loader(dataset, batch_size: int, workers: int, *, shuffle: bool = False, sampler=None, drop_last=False):
+def _loader(dataset, batch_size: int, workers: int, *, sampler=None, drop_last=False):
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, drop_last=drop_last,
-        num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-        generator=torch.Generator())
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=torch.Generator())
 
 
 def load_imagenet_split(c: TrainConfig, device: torch.device, d: "Dist", *, train: bool = True,
                         eval_batch_size: int | None = None) -> Split:
     """The ImageNet-folder path: ranlib.data's datasets and transforms, DataLoaders with workers.
 
-    Under torchrun each process loads its 1/N of the global batch (DistributedSampler); the test
-    set is read whole by every process and sharded in ``evaluate``.
+    Under torchrun each process loads its 1/N of the global batch (EpochSampler); the test set is
+    read whole by every process and sharded in ``evaluate``.
     """
     from . import data
 
@@ -573,10 +597,9 @@ def load_imagenet_split(c: TrainConfig, device: torch.device, d: "Dist", *, trai
     fixed = torch.stack([test_set[i][0] for i in range(min(STAGE_RESPONSE_BATCH, len(test_set)))])
     train_stream = None
     if train:
-        sampler = (torch.utils.data.distributed.DistributedSampler(train_set, d.world_size, d.rank, seed=c.seed)
-                   if d.enabled else None)
-        train_loader = _loader(train_set, c.batch_size // d.world_size, c.num_workers, shuffle=True,
-                               sampler=sampler, drop_last=True)
+        sampler = EpochSampler(len(train_set), c.seed, d.rank, d.world_size)
+        train_loader = _loader(train_set, c.batch_size // d.world_size, c.num_workers, sampler=sampler,
+                               drop_last=True)
         train_stream = _LoaderStream(train_loader, c.seed, device, bool(c.channels_last))
     info = {**loaders.to_dict(), "num_train": len(train_set), "num_test": len(test_set),
             "subset": bool(c.max_train_samples or c.max_test_samples)}

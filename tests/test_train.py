@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -281,9 +282,9 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path, data_root)
 def test_loader_stream_is_seeded_per_epoch_and_resumes_mid_epoch():
     dataset = torch.utils.data.TensorDataset(torch.arange(10), torch.arange(10))
 
-    def stream():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=True, drop_last=True,
-                                             generator=torch.Generator())
+    def stream(rank=0, world_size=1):
+        sampler = train.EpochSampler(len(dataset), seed=5, rank=rank, world_size=world_size)
+        loader = train._loader(dataset, 3 // world_size or 1, workers=0, sampler=sampler, drop_last=True)
         return train._LoaderStream(loader, seed=5, device=torch.device("cpu"), channels_last=False)
 
     first = stream()
@@ -292,13 +293,16 @@ def test_loader_stream_is_seeded_per_epoch_and_resumes_mid_epoch():
     for _ in range(7):  # 3 batches per epoch: crosses two epoch boundaries
         batches.append(next(iterator)[0])
         states.append(first.state_dict())
+    assert states[2] == {"epoch": 0, "position": 3} and states[3] == {"epoch": 1, "position": 1}
     assert not torch.equal(torch.cat(batches[0:3]), torch.cat(batches[3:6]))  # each epoch reshuffled
-    again = [x for x, _ in (next(iter(stream())) for _ in range(1))]
-    assert torch.equal(again[0], batches[0])  # the order depends on (seed, epoch) only
+    assert torch.equal(next(iter(stream()))[0], batches[0])  # the order depends on (seed, epoch) only
     second = stream()
     second.load_state_dict(states[3])  # after the first batch of epoch 1
     rest = iter(second)
     assert all(torch.equal(next(rest)[0], b) for b in batches[4:7])
+    # Two processes (batch 1 each) split each epoch's permutation into disjoint halves.
+    shares = [torch.cat([x for x, _ in itertools.islice(iter(stream(r, 2)), 5)]).tolist() for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(10))
 
 
 def test_imagenet_folder_smoke_run(tmp_path, one_thread):
