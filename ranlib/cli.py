@@ -177,11 +177,12 @@ def _complexity_cache() -> Path:
     return root / f"complexity-{digest.hexdigest()[:16]}.json"
 
 
-def model_table(names: list[str] | None = None, dataset: str | None = None) -> list[dict]:
+def model_table(names: list[str] | None = None, dataset: str | None = None, *, use_cache: bool = True) -> list[dict]:
     """One row per model: name, dataset, paper name, params, multiply-adds at its input size (32 or 224).
 
     Counts come from ``ranlib.complexity`` on a meta-device model (shapes only); they are cached
-    per version of the model code, so only the first listing pays for counting.
+    per version of the model code, so only the first listing pays for counting. A results file
+    counts afresh (``use_cache=False``).
     """
     import torch
 
@@ -189,7 +190,7 @@ def model_table(names: list[str] | None = None, dataset: str | None = None) -> l
 
     cache_path = _complexity_cache()
     try:
-        cache = json.loads(cache_path.read_text())
+        cache = json.loads(cache_path.read_text()) if use_cache else {}
     except (OSError, ValueError):
         cache = {}
     rows, missed = [], False

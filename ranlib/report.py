@@ -769,18 +769,21 @@ def complexity_claims(entries: Sequence[dict] | None) -> pd.DataFrame:
 
 def write_complexity(path: str | os.PathLike = "results/models/complexity.json",
                      names: Sequence[str] | None = None) -> Path:
-    """Count every (or the named) registered model and write the counts with provenance, so
+    """Count every (or the named) registered model afresh and write the counts with provenance, so
     re-rendering the models notebook reads them instead of counting again (a minute on 2 CPUs)."""
-    import torch
+    import time
 
-    from .provenance import git_state, utc_now
+    from .cli import model_table
+    from .provenance import collect
 
     path = resolve_path(path)
-    commit, dirty = git_state()
-    payload = {"models": complexity_entries(names),
-               "provenance": {"git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
-                              "created_at": utc_now(),
-                              "counter": "torch.utils.flop_counter (multiply-adds = FLOPs / 2)"}}
+    started = time.perf_counter()
+    entries = model_table(list(names) if names else None, use_cache=False)
+    payload = {"models": entries,
+               "counter": "torch.utils.flop_counter on a meta-device model (multiply-adds = FLOPs / 2), "
+                          "at 224 for ImageNet models and 32 for CIFAR models",
+               "counting_time_s": round(time.perf_counter() - started, 1),
+               "provenance": collect("cpu")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path

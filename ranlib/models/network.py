@@ -97,6 +97,16 @@ class ResidualNet(nn.Module):
         self.fc = nn.Linear(chs, num_classes)
         init_weights(self)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every attention module's mask branch during backward (saves activation memory).
+
+        Outputs and gradients are unchanged; the mask's BatchNorm running statistics see each
+        batch twice (once more in the recomputation), as with any checkpointed BatchNorm.
+        """
+        for module in self.modules():
+            if hasattr(module, "checkpoint_mask"):
+                module.checkpoint_mask = enable
+
     def stage_modules(self) -> list[nn.Module]:
         """The modules whose outputs are 'each stage's output' (Figure 4)."""
         return list(self.stages)

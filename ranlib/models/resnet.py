@@ -9,7 +9,7 @@ every model starts from the same He initialisation.
 
 from __future__ import annotations
 
-from torchvision.models.resnet import Bottleneck, ResNet
+import functools
 
 from ._registry import register_model
 from .network import ResidualNet, StageSpec
@@ -70,30 +70,44 @@ def resnet200(*, num_classes=1000):
                           num_classes=num_classes)
 
 
-class TorchvisionResNet(ResNet):
-    """torchvision's ResNet with the ``forward_features``/``forward_head``/``stage_modules`` API."""
+@functools.cache
+def _torchvision_resnet_class():
+    """torchvision's ResNet with the ``forward_features``/``forward_head``/``stage_modules`` API.
 
-    def stage_modules(self):
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+    Imported on first use: importing torchvision costs seconds in every process that never
+    builds these two baselines.
+    """
+    from torchvision.models.resnet import ResNet
 
-    def forward_features(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    class TorchvisionResNet(ResNet):
+        def stage_modules(self):
+            return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward_head(self, x):
-        return self.fc(self.avgpool(x).flatten(1))
+        def forward_features(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+        def forward_head(self, x):
+            return self.fc(self.avgpool(x).flatten(1))
+
+        def forward(self, x):
+            return self.forward_head(self.forward_features(x))
+
+    return TorchvisionResNet
+
+
+def _torchvision_bottleneck_resnet(layers: list[int], **kwargs):
+    from torchvision.models.resnet import Bottleneck
+
+    return init_weights(_torchvision_resnet_class()(Bottleneck, layers, **kwargs))
 
 
 @register_model(family="resnet", dataset="imagenet", paper_name="ResNet-152")
 def resnet152(*, num_classes=1000):
-    return init_weights(TorchvisionResNet(Bottleneck, [3, 8, 36, 3], num_classes=num_classes))
+    return _torchvision_bottleneck_resnet([3, 8, 36, 3], num_classes=num_classes)
 
 
 @register_model(family="resnet", dataset="imagenet", paper_name="ResNeXt-101")
 def resnext101(*, num_classes=1000):
     """ResNeXt-101 32x4d (Xie et al. 2017)."""
-    return init_weights(TorchvisionResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4,
-                                          num_classes=num_classes))
+    return _torchvision_bottleneck_resnet([3, 4, 23, 3], groups=32, width_per_group=4, num_classes=num_classes)
