@@ -1,7 +1,8 @@
-"""What the paper leaves open about its models, and what ranlib chose — one place the book shows.
+"""What the paper leaves open, and what ranlib chose — one place the book shows.
 
 Each entry: ``topic``, ``paper_says``, ``we_chose``, ``why``. The code that implements a choice
-cites it in its own docstring; ``tests/test_models.py`` checks the facts these entries state.
+cites it in its own docstring (models here, data in ``ranlib.data``, noise in ``ranlib.noise``,
+schedules in ``ranlib.train``); ``tests/test_models.py`` checks the model facts stated here.
 """
 
 OPEN_CHOICES = [
@@ -93,4 +94,43 @@ OPEN_CHOICES = [
                  "for every model including the torchvision baselines.",
         why="Caffe's MSRA filler normalises by fan-in; one initialisation for all models keeps comparisons fair.",
     ),
+    dict(
+        topic="Input normalisation (CIFAR)",
+        paper_says="Per-pixel mean subtracted.",
+        we_chose="Pixels scaled to [0, 1], minus the training set's per-pixel mean image; no division by a "
+                 "standard deviation.",
+        why="Exactly the paper's preprocessing; the scale is irrelevant after the first BatchNorm.",
+    ),
+    dict(
+        topic="Label noise draws (Table 5)",
+        paper_says="Transition matrix Q with r on the diagonal and (1 - r)/9 elsewhere; per-sample draws or an "
+                   "exact count is not said, nor the seed.",
+        we_chose="An independent draw per training sample from its row of Q, from a seeded generator; the test "
+                 "set stays clean. Each results file records the achieved noise rate and the empirical 10x10 "
+                 "transition matrix.",
+        why="Per-sample draws are what a transition matrix describes (Sukhbaatar et al.); recording the achieved "
+            "rate keeps the comparison honest.",
+    ),
+    dict(
+        topic="Batch size on a GPU (large-batch rule)",
+        paper_says="Batch 64, lr 0.1, 160k iterations, lr / 10 at 64k and 96k (CIFAR).",
+        we_chose="At batch B: lr 0.1 * B / 64, iterations and milestones * 64 / B (same epochs), and a linear "
+                 "warm-up over 5 epochs when B > 64. The `paper` profile keeps batch 64.",
+        why="Goyal et al. (2017)'s linear scaling rule with gradual warm-up; every results file records the rule "
+            "and the resolved schedule.",
+    ),
+    dict(
+        topic="ImageNet batch size, weight decay and momentum",
+        paper_says="Not given (lr 0.1, momentum 0.9, lr / 10 at 200k/400k/500k, stop at 530k).",
+        we_chose="Batch 256, weight decay 1e-4, plain (not Nesterov) momentum.",
+        why="The values of the ResNet recipes the paper builds on; only the CIFAR section names Nesterov.",
+    ),
+    dict(
+        topic="Final model, not best epoch",
+        paper_says="Not said whether reported errors are final or best.",
+        we_chose="The final iterate, evaluated once at the end; the test set is evaluated a few times during "
+                 "training for learning curves only.",
+        why="Picking the best epoch on the test set overstates accuracy (several community ports do).",
+    ),
 ]
+
