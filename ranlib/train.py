@@ -1015,10 +1015,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
                         device: str = "auto", batch_size: int = 256, precision: str = "auto",
                         max_test_samples: int | None = None, test_size: int | None = None) -> dict:
     """Top-1/top-5 error of a checkpoint's model on a dataset's test split."""
-    saved = ckpt.load_checkpoint(path, map_location="cpu")
-    if "config" not in saved:
-        raise CheckpointError(f"{path} holds no training configuration; it was not written by ranlib train")
-    trained = TrainConfig.from_dict(saved["config"])
+    saved, trained = load_trained(path)
     c = dataclasses.replace(trained, dataset=dataset or trained.dataset, data_root=data_root or trained.data_root,
                             max_test_samples=max_test_samples, max_train_samples=None, noise_level=0.0,
                             test_size=test_size or trained.test_size, run_name=trained.run_name, profile=trained.profile)
@@ -1032,8 +1029,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     if num_classes is not None and num_classes != split.num_classes:
         raise CheckpointError(f"checkpoint {path} predicts {num_classes} classes but {c.dataset} has "
                               f"{split.num_classes}; evaluate it on the dataset it was trained for")
-    model = build_model(c.model, c.model_kwargs, split.num_classes, 0)
-    ckpt.load_model_state(model, saved["model"], path)
+    model = trained_model(saved, trained, split.num_classes, path)
     model = model.to(dev, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
     result = evaluate(model, split.test, dev, prec)
     return {"checkpoint": str(path), "model": c.model, "model_kwargs": c.model_kwargs,
@@ -1041,6 +1037,21 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
             "top5_error": result["top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
             "test_loss": result["loss"],
             "provenance": provenance.collect(dev, precision=prec, seed=c.seed)}
+
+
+def load_trained(path: str | os.PathLike) -> tuple[dict, TrainConfig]:
+    """A checkpoint written by ``ranlib train`` and the configuration it was trained with."""
+    saved = ckpt.load_checkpoint(path, map_location="cpu")
+    if "config" not in saved:
+        raise CheckpointError(f"{path} holds no training configuration; it was not written by ranlib train")
+    return saved, TrainConfig.from_dict(saved["config"])
+
+
+def trained_model(saved: dict, trained: TrainConfig, num_classes: int, path: str | os.PathLike) -> nn.Module:
+    """The checkpoint's model with its trained weights (on the CPU)."""
+    model = build_model(trained.model, trained.model_kwargs, num_classes, 0)
+    ckpt.load_model_state(model, saved["model"], path)
+    return model
 
 
 def _num_classes_of(state_dict: dict) -> int | None:

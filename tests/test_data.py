@@ -24,36 +24,16 @@ from ranlib.data import (
 )
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, DataNotFoundError, RanlibError
 
-REAL_NPZ = Path("/work/shared/data/cifar10-jpeg/cifar10-jpeg.npz")
+from fakedata import encode, pack_npz, random_images
+
+REAL_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "cifar10-jpeg.npz"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def random_images(n, seed=0, size=32):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def encode(image, fmt="JPEG"):
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt, **({"quality": 75} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
 def pillow_decode(blob):
     return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
-
-
-def pack_npz(path, blobs, labels, class_names=CIFAR10_CLASSES):
-    """An npz in the layout of ../shared/data/cifar10-jpeg (README), from per-split blobs and labels."""
-    arrays = {"class_names": np.asarray(class_names)}
-    for split in ("train", "test"):
-        sizes = [len(b) for b in blobs[split]]
-        arrays[f"{split}_jpeg"] = np.frombuffer(b"".join(blobs[split]), dtype=np.uint8)
-        arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        arrays[f"{split}_labels"] = np.asarray(labels[split], dtype=np.uint8)
-    np.savez(path, **arrays)
-    return path
 
 
 @pytest.fixture
