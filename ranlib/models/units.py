@@ -24,27 +24,40 @@ def conv3x3(in_chs: int, out_chs: int, stride: int = 1, groups: int = 1) -> nn.C
     return nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
-class PreActBottleneck(nn.Module):
+class PreActUnit(nn.Module):
+    """What every pre-activation unit shares: BN-ReLU on the input, and a projection shortcut
+    (1x1, stride) on the pre-activated input when the shape changes, identity otherwise."""
+
+    preact = True
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.relu = nn.ReLU(inplace=True)
+        needs_projection = stride != 1 or in_chs != out_chs
+        self.shortcut = conv1x1(in_chs, out_chs, stride) if needs_projection else None
+
+    def preactivate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BN-ReLU of x, the shortcut branch)."""
+        pre = self.relu(self.bn1(x))
+        return pre, x if self.shortcut is None else self.shortcut(pre)
+
+
+class PreActBottleneck(PreActUnit):
     """BN-ReLU-1x1, BN-ReLU-3x3 (stride), BN-ReLU-1x1, plus identity (He et al. 2016).
 
     As in the official deploy files, the stride sits on the 3x3 convolution, and a projection
     shortcut (1x1, stride) takes the pre-activated input.
     """
 
-    preact = True
-
     def __init__(self, in_chs: int, out_chs: int, *, stride: int = 1, mid_chs: int | None = None):
-        super().__init__()
-        mid_chs = mid_chs or out_chs // 4
-        self.bn1 = nn.BatchNorm2d(in_chs)
+        super().__init__(in_chs, out_chs, stride)
+        mid_chs = mid_chs or self.default_mid_chs(out_chs)
         self.conv1 = conv1x1(in_chs, mid_chs)
         self.bn2 = nn.BatchNorm2d(mid_chs)
         self.conv2 = conv3x3(mid_chs, mid_chs, stride)
         self.bn3 = nn.BatchNorm2d(mid_chs)
         self.conv3 = conv1x1(mid_chs, out_chs)
-        self.relu = nn.ReLU(inplace=True)
-        needs_projection = stride != 1 or in_chs != out_chs
-        self.shortcut = conv1x1(in_chs, out_chs, stride) if needs_projection else None
 
     @staticmethod
     def default_mid_chs(out_chs: int) -> int:
@@ -55,29 +68,22 @@ class PreActBottleneck(nn.Module):
         return chs * mid_chs + 9 * mid_chs * mid_chs + mid_chs * chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        pre, shortcut = self.preactivate(x)
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
         return out + shortcut
 
 
-class PreActBasic(nn.Module):
+class PreActBasic(PreActUnit):
     """BN-ReLU-3x3 (stride), BN-ReLU-3x3, plus identity: the wide ResNet unit (Zagoruyko and
     Komodakis 2016), projection shortcut on the pre-activated input when the shape changes."""
 
-    preact = True
-
     def __init__(self, in_chs: int, out_chs: int, *, stride: int = 1, mid_chs: int | None = None):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_chs)
+        super().__init__(in_chs, out_chs, stride)
         self.conv1 = conv3x3(in_chs, out_chs, stride)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.conv2 = conv3x3(out_chs, out_chs)
-        self.relu = nn.ReLU(inplace=True)
-        needs_projection = stride != 1 or in_chs != out_chs
-        self.shortcut = conv1x1(in_chs, out_chs, stride) if needs_projection else None
 
     @staticmethod
     def default_mid_chs(out_chs: int) -> int:
@@ -88,8 +94,7 @@ class PreActBasic(nn.Module):
         return 9 * chs * mid_chs + 9 * mid_chs * chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        pre, shortcut = self.preactivate(x)
         return self.conv2(self.relu(self.bn2(self.conv1(pre)))) + shortcut
 
 
@@ -134,7 +139,7 @@ class ResNeXtBottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-class PreActInceptionUnit(nn.Module):
+class PreActInceptionUnit(PreActUnit):
     """Pre-activation Inception-ResNet-style unit (our reading; the paper only names it).
 
     BN-ReLU, then three branches of width ``mid_chs / 2`` — 1x1; 1x1-3x3; 1x1-3x3-3x3 (each
@@ -144,13 +149,9 @@ class PreActInceptionUnit(nn.Module):
     of the pre-activation unit this costs about 10 % more multiply-adds per unit.
     """
 
-    preact = True
-
     def __init__(self, in_chs: int, out_chs: int, *, stride: int = 1, mid_chs: int | None = None):
-        super().__init__()
+        super().__init__(in_chs, out_chs, stride)
         branch_chs = max(1, (mid_chs or self.default_mid_chs(out_chs)) // 2)
-        self.bn = nn.BatchNorm2d(in_chs)
-        self.relu = nn.ReLU(inplace=True)
         self.branch1 = conv1x1(in_chs, branch_chs, stride)
         self.branch3 = nn.Sequential(conv1x1(in_chs, branch_chs), *_bn_relu_conv3x3(branch_chs, stride))
         self.branch5 = nn.Sequential(
@@ -158,8 +159,6 @@ class PreActInceptionUnit(nn.Module):
         )
         self.bn_out = nn.BatchNorm2d(3 * branch_chs)
         self.project = conv1x1(3 * branch_chs, out_chs)
-        needs_projection = stride != 1 or in_chs != out_chs
-        self.shortcut = conv1x1(in_chs, out_chs, stride) if needs_projection else None
 
     @staticmethod
     def default_mid_chs(out_chs: int) -> int:
@@ -171,8 +170,7 @@ class PreActInceptionUnit(nn.Module):
         return 3 * chs * branch + 3 * 9 * branch * branch + 3 * branch * chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn(x))
-        shortcut = x if self.shortcut is None else self.shortcut(pre)
+        pre, shortcut = self.preactivate(x)
         out = torch.cat([self.branch1(pre), self.branch3(pre), self.branch5(pre)], dim=1)
         return self.project(self.relu(self.bn_out(out))) + shortcut
 
