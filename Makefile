@@ -29,8 +29,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $@
 
 # pytest exits 5 when it collects no tests (e.g. PYTEST_ARGS="-k nothing"): say so, do not fail.
+# One OpenMP thread per process: two pytest workers (and the notebook kernels and subprocesses they
+# start) on two cores; more threads oversubscribe the cores and OpenMP's spin-waits slow tests 10x.
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); \
 	status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; \
 	exit $$status
