@@ -728,12 +728,17 @@ def complexity_table(entries: Sequence[dict]) -> pd.DataFrame:
             "model": name, "input": entry.get("input_size"),
             "params (M)": round(params_m, 3),
             "paper params (M)": paper_params,
-            "Δ params": (params_m - paper_params) / paper_params if paper_params else math.nan,
-            "official params (M)": deploy["params"] / 1e6 if deploy else math.nan,
+            "Δ params vs paper (%)": _percent_delta(params_m, paper_params),
+            "official params (M)": round(deploy["params"] / 1e6, 3) if deploy else math.nan,
             "GMACs": round(gmacs, 3), "paper GFLOPs": paper_gflops,
-            "official GMACs": deploy["macs"] / 1e9 if deploy else math.nan,
+            "Δ GMACs vs paper (%)": _percent_delta(gmacs, paper_gflops),
+            "official GMACs": round(deploy["macs"] / 1e9, 3) if deploy else math.nan,
         })
     return pd.DataFrame(lines)
+
+
+def _percent_delta(ours: float, reference: float | None) -> float:
+    return round(100 * (ours - reference) / reference, 1) if reference else math.nan
 
 
 def complexity_claims(entries: Sequence[dict] | None) -> pd.DataFrame:
