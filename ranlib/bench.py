@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, help="synthetic training images (default 50,000 on CUDA, 4 batches on CPU)")
     p.add_argument("--baseline", action="store_true",
                    help="also measure eager fp32 NCHW with a torchvision-transforms DataLoader, and the ratio")
-    p.add_argument("--baseline-workers", type=int, default=4, help="DataLoader workers of the baseline")
+    p.add_argument("--baseline-workers", type=int, default=min(4, len(os.sched_getaffinity(0))),
+                   help="DataLoader workers of the baseline (default: 4, or fewer on fewer cores)")
     p.add_argument("--suite", action="store_true",
                    help="measure every (model, batch) of SUITE with its baseline (ignores --model/--batch-size)")
     p.add_argument("--seed", type=int, default=0)
