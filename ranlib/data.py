@@ -403,7 +403,7 @@ def pixel_mean(images) -> torch.Tensor:
     return (images.sum(0, dtype=torch.float64) / (255.0 * images.shape[0])).to(torch.float32)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for one epoch: batches depend on (seed, epoch) only."""
     words = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) ^ int(words[1])
@@ -504,7 +504,7 @@ class GpuBatches:
             offsets = torch.full((n, 2), self.pad, dtype=torch.int64, device=dev)
             return torch.arange(n, device=dev), offsets, torch.zeros(n, dtype=torch.bool, device=dev)
         generator = torch.Generator(device=dev)
-        generator.manual_seed(_epoch_seed(self.seed, epoch))
+        generator.manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=generator, device=dev)
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=generator, device=dev)
         flips = torch.rand(n, generator=generator, device=dev) < 0.5

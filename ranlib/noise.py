@@ -17,10 +17,11 @@ import numpy as np
 
 from ranlib.errors import ConfigError, DataFormatError
 
-__all__ = ["NoiseStats", "apply_label_noise", "transition_matrix"]
+__all__ = ["NoiseStats", "apply_label_noise", "check_noise_level", "transition_matrix"]
 
 
-def _check_noise_level(noise_level: float) -> float:
+def check_noise_level(noise_level: float) -> float:
+    """The noise level as a float in [0, 1), or one clear ConfigError."""
     try:
         level = float(noise_level)
     except (TypeError, ValueError):
@@ -35,7 +36,7 @@ def _check_noise_level(noise_level: float) -> float:
 
 def transition_matrix(noise_level: float, num_classes: int = 10) -> np.ndarray:
     """Q[i, j] = P(noisy label j | clean label i): r = 1 - noise_level on the diagonal, (1 - r)/(K - 1) elsewhere."""
-    level = _check_noise_level(noise_level)
+    level = check_noise_level(noise_level)
     if int(num_classes) != num_classes or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     k = int(num_classes)

@@ -270,7 +270,7 @@ def _check_model_kwargs(model: str, kwargs: dict) -> None:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` filled from the recipe and profile, validated."""
-    from .noise import _check_noise_level
+    from .noise import check_noise_level
 
     c = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     info = _check_dataset(c.model, c.dataset)
@@ -278,7 +278,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     profiles = PROFILES[info.dataset]
     if c.profile not in profiles:
         raise UnknownNameError(f"unknown profile {c.profile!r}; valid: {', '.join(profiles)}")
-    c.noise_level = _check_noise_level(c.noise_level)
+    c.noise_level = check_noise_level(c.noise_level)
     if c.data_root is None:
         if c.download and c.dataset in ("cifar10", "cifar100"):
             c.data_root = DEFAULT_DOWNLOAD_ROOT
@@ -531,8 +531,8 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, self._share() - self.start)
 
     def __iter__(self) -> Iterator[int]:
-        from .data import _epoch_seed
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        from .data import epoch_seed
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=generator)[:self._share() * self.world_size]
         return iter(order[self.rank::self.world_size][self.start:].tolist())
 
@@ -551,9 +551,9 @@ class _LoaderStream:
         self.epoch, self.position = 0, 0
 
     def __iter__(self) -> Iterator:
-        from .data import _epoch_seed
+        from .data import epoch_seed
         while True:
-            self.loader.generator.manual_seed(_epoch_seed(self.seed, self.epoch))
+            self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
             self.loader.sampler.set_epoch(self.epoch, start=self.position * self.loader.batch_size)
             for x, y in self.loader:
                 self.position += 1
