@@ -251,8 +251,6 @@ def _attention_net(
     t: int,
     r: int,
 ) -> ResidualNet:
-    if attention not in ATTENTION_TYPES:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_TYPES)}, not {attention!r}")
     if mask not in MASK_TYPES:
         raise ValueError(f"mask must be one of {', '.join(MASK_TYPES)}, not {mask!r}")
     if p < 0 or t < 1 or r < 1:
