@@ -47,7 +47,9 @@ def load_exact_test_subset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np
 def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str | Path | None = None,
              device: str = "auto", precision: str = "auto", batch_size: int = 256) -> dict:
     """Top-1 error of a checkpoint on the exact official test images and on their JPEG versions."""
-    exact_images, exact_labels, indices = load_exact_test_subset(exact_path or Path(data_root))
+    data_root = Path(data_root)
+    default_exact = data_root.parent if data_root.is_file() else data_root  # beside the JPEG copy's npz
+    exact_images, exact_labels, indices = load_exact_test_subset(exact_path or default_exact)
     jpeg = load_arrays("cifar10-jpeg", data_root)
     jpeg_images, jpeg_labels = jpeg.test_images[indices], jpeg.test_labels[indices].astype(np.int64)
     if not np.array_equal(jpeg_labels, exact_labels):
@@ -92,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.json is not None:
             ensure_writable(args.json, args.overwrite)
-        data_root = Path(args.data_root)
-        result = jpeg_gap(args.checkpoint, data_root=data_root, exact_path=args.exact or
-                          (data_root.parent if data_root.is_file() else data_root),
-                          device=args.device, precision=args.precision, batch_size=args.batch_size)
+        result = jpeg_gap(args.checkpoint, data_root=args.data_root, exact_path=args.exact, device=args.device,
+                          precision=args.precision, batch_size=args.batch_size)
     except RanlibError as exc:
         print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

@@ -77,3 +77,11 @@ def test_cli_writes_and_never_overwrites(trained, tmp_path, capsys):
     assert "exact official test images" in capsys.readouterr().out
     assert jpeg_gap.main(args) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_data_root_may_be_the_npz_file(trained):
+    root, checkpoint, _ = trained
+    by_file = jpeg_gap.jpeg_gap(checkpoint, data_root=root / "cifar10-jpeg.npz", device="cpu")
+    by_folder = jpeg_gap.jpeg_gap(checkpoint, data_root=root, device="cpu")
+    assert by_file["top1_error_exact"] == by_folder["top1_error_exact"]
+    assert by_file["top1_error_jpeg"] == by_folder["top1_error_jpeg"]
