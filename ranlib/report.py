@@ -117,6 +117,10 @@ def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
 # The experiments: rows (what is trained), and claims (what is judged)
 
 
+def _with_defaults(model_kwargs: dict | None) -> dict:
+    return {**MODEL_DEFAULTS, **(model_kwargs or {})}
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of a paper table: a model variant, optionally at a label-noise level."""
@@ -135,8 +139,8 @@ class Row:
         model = record["model"]
         if model["name"] != self.model:
             return False
-        kwargs = {**MODEL_DEFAULTS, **(model.get("kwargs") or {})}
-        if any(kwargs.get(k) != v for k, v in self.kwargs.items()):
+        # Every switch counts, defaults filled in: a NAL run is not Table 1's mixed-attention row.
+        if _with_defaults(model.get("kwargs")) != _with_defaults(self.kwargs):
             return False
         if _noise_level(record) != (self.noise_level or 0.0):
             return False
@@ -377,11 +381,49 @@ def plan_runs(name: str, *, profile: str, seeds: Sequence[int], dataset: str, da
     return plan
 
 
+# What makes two trainings the same one (with the plan's overrides, see `same_training`).
+_TRAINING_KEYS = ("model", "dataset", "profile", "seed")
+
+
+def same_training(config: dict, record: dict) -> bool:
+    """Whether ``record`` is a run of the training ``config`` (a :func:`plan_runs` entry) asks
+    for: same model and switches (defaults filled in), data, label noise, profile and seed, and
+    the same value of every extra field the config sets (overrides such as ``iterations``).
+    Experiment, run name, folders and device do not count."""
+    done = record["config"]
+    if any(done.get(k) != config.get(k) for k in _TRAINING_KEYS):
+        return False
+    if _with_defaults(done.get("model_kwargs")) != _with_defaults(config.get("model_kwargs")):
+        return False
+    if _noise_level(record) != float(config.get("noise_level") or 0.0):
+        return False
+    extra = set(config) - set(_TRAINING_KEYS) - _NOT_TRAINING
+    return all(done.get(k) == config[k] for k in extra)
+
+
+# plan_runs fields that name where a run goes, not what it trains.
+_NOT_TRAINING = {"experiment", "run_name", "model_kwargs", "noise_level", "data_root", "results_dir",
+                 "checkpoint_dir", "device"}
+
+
+def find_training(config: dict, results_dir: str | os.PathLike) -> dict | None:
+    """A record under ``results_dir`` (any experiment's folder) of the same training as
+    ``config``, so that it is not trained twice; None when there is none."""
+    root = resolve_path(results_dir)
+    for name in EXPERIMENTS:
+        for record in _folder_records(root, name):
+            if same_training(config, record):
+                return record
+    return None
+
+
 def train_experiment(name: str, *, skip_existing: bool = True, **plan_kwargs) -> list[dict]:
     """Run :func:`plan_runs`'s configs through :func:`ranlib.train.run`; returns their records.
 
-    A run whose results file already exists is skipped (``skip_existing``), so re-running a
-    notebook with ``train=True`` only trains what is missing.
+    A run is skipped (``skip_existing``) when its results file exists or another experiment
+    already trained the same thing (:func:`find_training`: Attention-56 with mixed attention,
+    ARL and the encoder-decoder mask is one row of Tables 1, 3 and 4), so re-running a notebook
+    with ``train=True`` only trains what is missing.
     """
     from .results import load_results, results_path
     from .train import TrainConfig, run
@@ -392,7 +434,8 @@ def train_experiment(name: str, *, skip_existing: bool = True, **plan_kwargs) ->
         if skip_existing and path.is_file():
             records += load_results(path)
             continue
-        records.append(run(TrainConfig(**config)))
+        done = find_training(config, config["results_dir"]) if skip_existing else None
+        records.append(done if done is not None else run(TrainConfig(**config)))
     return records
 
 
@@ -420,12 +463,27 @@ def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
 # Reading results
 
 
-def load_records(results_dir: str | os.PathLike, name: str) -> list[dict]:
-    """Every validated record under ``<results_dir>/<name>/``; empty when there is none."""
+def _folder_records(root: Path, name: str) -> list[dict]:
     from .results import load_results
 
-    folder = resolve_path(results_dir) / name
+    folder = root / name
     return load_results(folder) if folder.is_dir() else []
+
+
+def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = True) -> list[dict]:
+    """Every validated record under ``<results_dir>/<name>/``; empty when there is none.
+
+    ``shared``: also the records in other experiments' folders that are runs of one of this
+    experiment's rows (one training of Attention-56 serves Tables 1, 3 and 4), each listed once
+    and counted in the compute ledger of the experiment that trained it.
+    """
+    root = resolve_path(results_dir)
+    records = _folder_records(root, name)
+    if shared and name in EXPERIMENTS:
+        rows = experiment(name).rows
+        records += [r for other in EXPERIMENTS if other != name
+                    for r in _folder_records(root, other) if any(row.matches(r) for row in rows)]
+    return records
 
 
 def _noise_level(record: dict) -> float:

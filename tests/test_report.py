@@ -29,7 +29,8 @@ def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", 
     return {
         "schema": 1, "experiment": experiment, "run_name": run_name,
         "config": {"profile": profile, "seed": seed, "iterations": iterations, "model": model,
-                   "model_kwargs": kwargs or {}, "noise_level": noise_level or 0.0},
+                   "model_kwargs": kwargs or {}, "noise_level": noise_level or 0.0,
+                   "dataset": dataset},
         "model": {"name": model, "kwargs": kwargs or {}, "params": 1_000_000, "macs": 2_000_000},
         "dataset": {"name": dataset, "id": "cifar10-jpeg-q75", "label": label,
                     "fingerprint": "ab" * 32, "num_train": 50000, "num_test": 10000},
@@ -349,6 +350,51 @@ def test_claims_summary_and_ledger_from_a_results_folder(tmp_path):
     assert ledger.loc["label_noise", "gpu_minutes"] == 0
     assert ledger.loc["total", "runs"] == 5
     assert ledger.loc["imagenet", "runs"] == 0
+
+
+def test_one_training_serves_every_table_with_that_row(tmp_path):
+    """Attention-56 (mixed, ARL, encoder-decoder) trained for Table 3 is also Table 1's and 4's
+    row; it is listed there but counted once, in the ledger of the experiment that trained it."""
+    for record in arl_nal_records([5.0, 5.1], [6.0, 6.1]):
+        write_results(record, tmp_path)
+    types = report.load_records(tmp_path, "attention_types")
+    assert sorted(r["run_name"] for r in types) == ["attention56-arl-quick-s0",
+                                                    "attention56-arl-quick-s1"]
+    table = report.results_table("attention_types", types).set_index("row")
+    assert table.loc["attention56-mixed", "ours (%)"] == "5.05 ± 0.07 (n=2)"
+    assert table.loc["attention56-channel", "ours (%)"] == "–"
+    assert report.load_records(tmp_path, "attention_types", shared=False) == []
+    assert len(report.load_records(tmp_path, "arl_vs_nal")) == 4  # its own, not twice
+    assert report.load_records(tmp_path, "label_noise") == []  # noise rows do not match
+    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    assert (ledger.loc["attention_types", "runs"], ledger.loc["total", "runs"]) == (0, 4)
+
+
+def test_find_training_recognises_the_same_training_under_another_name(tmp_path):
+    write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
+                              error=5.0, kwargs={"residual_attention": True}), tmp_path)
+    [mixed] = report.plan_runs("attention_types", profile="quick", seeds=[0],
+                               dataset="cifar10-jpeg", data_root="d", results_dir=tmp_path,
+                               rows=["attention56-mixed"])
+    assert report.find_training(mixed, tmp_path)["run_name"] == "attention56-arl-quick-s0"
+    for change in ({"seed": 1}, {"profile": "paper"}, {"model_kwargs": {"attention": "channel"}},
+                   {"noise_level": 0.1}, {"iterations": 99}, {"dataset": "cifar10"}):
+        assert report.find_training({**mixed, **change}, tmp_path) is None, change
+    # where the run goes does not make it another training
+    moved = {**mixed, "experiment": "x", "run_name": "y", "device": "cpu", "data_root": "e"}
+    assert report.find_training(moved, tmp_path) is not None
+
+
+def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_path, monkeypatch):
+    write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
+                              error=5.0, kwargs={"residual_attention": True}), tmp_path)
+    trained = []
+    monkeypatch.setattr("ranlib.train.run", lambda config: trained.append(config.run_name) or {})
+    records = report.train_experiment("mask_structure", profile="quick", seeds=[0],
+                                      dataset="cifar10-jpeg", data_root="d",
+                                      results_dir=tmp_path)
+    assert trained == ["attention56-local-quick-s0"]
+    assert [r.get("run_name") for r in records if r] == ["attention56-arl-quick-s0"]
 
 
 def test_ledger_skips_files_that_are_not_run_records(tmp_path):
