@@ -46,6 +46,8 @@ TRAIN_HELP = {
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     "channels_last": "channels_last memory format (default: on for CUDA)",
     "compile": "torch.compile the model",
+    "grad_checkpointing": "recompute the attention mask branches in backward: less activation memory, about "
+                          "one more mask forward per step (the mask's BN running statistics update twice)",
     "sync_bn": "under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA only)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "resume": "continue from the run's last checkpoint",
@@ -100,6 +102,28 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=float, metavar="X", **common)
         else:
             parser.add_argument(flag, metavar=f.name.upper(), **common)
+
+
+def train_argv(config: dict) -> list[str]:
+    """The ``ranlib train`` flags that give ``config`` (TrainConfig field -> value; None is left
+    to the default): the inverse of the parser, so a planned run can be launched, and recorded in
+    its results file, as a command anyone can type."""
+    argv = []
+    for name, value in config.items():
+        if value is None:
+            continue
+        if name not in TRAIN_HELP:
+            raise RanlibError(f"{name!r} is not a training option; see `python -m ranlib train --help`")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [flag, *(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,42 +201,52 @@ def _complexity_cache() -> Path:
     return root / f"complexity-{digest.hexdigest()[:16]}.json"
 
 
-def model_table(names: list[str] | None = None, dataset: str | None = None, *, use_cache: bool = True) -> list[dict]:
-    """One row per model: name, dataset, paper name, params, multiply-adds at its input size (32 or 224).
+def model_counts(name: str, model_kwargs: dict | None = None, *, use_cache: bool = True) -> dict:
+    """Parameters and multiply-adds of a model variant at its input size (32 or 224).
 
-    Counts come from ``ranlib.complexity`` on a meta-device model (shapes only); they are cached
-    per version of the model code, so only the first listing pays for counting. A results file
-    counts afresh (``use_cache=False``).
+    Counted on a meta-device model (shapes only) and cached on disk per version of the model
+    code, so only the first call pays for counting. A results file counts afresh
+    (``use_cache=False``).
     """
     import torch
 
     import ranlib
 
+    key = name + (json.dumps(model_kwargs, sort_keys=True) if model_kwargs else "")
     cache_path = _complexity_cache()
     try:
         cache = json.loads(cache_path.read_text()) if use_cache else {}
     except (OSError, ValueError):
         cache = {}
-    rows, missed = [], False
+    if key in cache:
+        return cache[key]
+    with torch.device("meta"):  # shapes only: counting needs no real weights
+        model = ranlib.create_model(name, **(model_kwargs or {}))
+    counts = ranlib.complexity(model, ranlib.model_info(name).input_size)
+    counts = {"params": int(counts["params"]), "macs": int(counts["macs"])}
+    if use_cache:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cache, key: counts}))
+            os.replace(tmp, cache_path)
+        except OSError:  # a read-only home: count again next time
+            pass
+    return counts
+
+
+def model_table(names: list[str] | None = None, dataset: str | None = None, *, use_cache: bool = True) -> list[dict]:
+    """One row per model: name, dataset, paper name, params, multiply-adds at its input size."""
+    import ranlib
+
+    rows = []
     for name in names or ranlib.list_models(dataset):
         info = ranlib.model_info(name)
         if dataset and info.dataset != dataset:
             continue
-        if name not in cache:
-            with torch.device("meta"):  # shapes only: counting needs no real weights
-                model = ranlib.create_model(name)
-            cache[name], missed = ranlib.complexity(model, info.input_size), True
         rows.append({"name": name, "dataset": info.dataset, "paper_name": info.paper_name,
                      "input_size": info.input_size, "test_size": info.test_size,
-                     "params": int(cache[name]["params"]), "macs": int(cache[name]["macs"])})
-    if missed:
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_path)
-        except OSError:  # a read-only home: count again next time
-            pass
+                     **model_counts(name, use_cache=use_cache)})
     return rows
 
 

@@ -442,20 +442,19 @@ def train_experiment(name: str, *, skip_existing: bool = True, **plan_kwargs) ->
 def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
     """The commands that produce an experiment's results (for a page that has none yet): the
     batch rerun, then one ``ranlib train`` line per run of one seed."""
+    import shlex
+
+    from .cli import train_argv
+
     exp = experiment(name)
     lines = [f"make reproduce PROFILE={profile} NOTEBOOKS={name}", "# or, run by run:"]
     for config in plan_runs(name, profile=profile, seeds=[seed], dataset=exp.dataset,
                             data_root=exp.data_root):
-        args = [f"python -m ranlib train --experiment {name} --model {config['model']}",
-                f"--run-name {config['run_name']} --profile {profile} --seed {seed}",
-                f"--dataset {exp.dataset} --data-root {exp.data_root}"]
-        if config["model_kwargs"]:
-            args.append("--model-kwargs " + " ".join(
-                f"{k}={v if isinstance(v, str) else json.dumps(v)}"
-                for k, v in config["model_kwargs"].items()))
-        if config.get("noise_level"):
-            args.append(f"--noise-level {config['noise_level']}")
-        lines.append(" ".join(args))
+        # plan_runs resolves folders to absolute paths; the commands keep the defaults.
+        shown = {k: v for k, v in config.items()
+                 if k not in ("results_dir", "checkpoint_dir", "device") and v != {}}
+        shown["data_root"] = exp.data_root
+        lines.append(shlex.join(["python", "-m", "ranlib", "train", *train_argv(shown)]))
     return "\n".join(lines)
 
 

@@ -289,7 +289,8 @@ def test_plan_runs_configs_are_valid_train_configs(tmp_path):
 def test_no_results_page_gives_the_commands():
     text = report.no_results_markdown("mask_structure")
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
-    assert "python -m ranlib train --experiment mask_structure --model cifar_attention56" in text
+    assert "python -m ranlib train --experiment mask_structure" in text
+    assert "--model cifar_attention56" in text
     assert "--run-name attention56-local-quick-s0" in text
     assert "--model-kwargs mask=local" in text
 
@@ -301,15 +302,31 @@ def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
     cli = pytest.importorskip("ranlib.cli")
 
     lines = [l for l in report.train_commands(name).splitlines() if l.startswith("python -m")]
-    plan = report.plan_runs(name, profile="quick", seeds=[0], dataset="x", data_root="d")
+    exp = report.experiment(name)
+    plan = report.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
+                            data_root=exp.data_root)
     assert len(lines) == len(plan)
     for line, config in zip(lines, plan):
-        args = cli.build_parser().parse_args(shlex.split(line)[3:])
-        parsed = cli._key_values(args.model_kwargs) if hasattr(args, "model_kwargs") else {}
-        assert parsed == config["model_kwargs"]
-        assert (args.run_name, args.model, args.experiment) == (
-            config["run_name"], config["model"], name)
-        assert getattr(args, "noise_level", 0.0) == config.get("noise_level", 0.0)
+        args = vars(cli.build_parser().parse_args(shlex.split(line)[3:]))
+        args["model_kwargs"] = cli._key_values(args.get("model_kwargs", []))
+        assert args.pop("data_root") == exp.data_root
+        for where in ("data_root", "results_dir", "checkpoint_dir", "device"):
+            config.pop(where)
+        assert {k: v for k, v in args.items() if k != "command"} == config
+
+
+def test_train_argv_round_trips_every_kind_of_option():
+    cli = pytest.importorskip("ranlib.cli")
+    config = {"model": "cifar_attention92", "model_kwargs": {"attention": "channel",
+                                                             "residual_attention": False},
+              "milestones": [10, 20], "lr": 0.05, "nesterov": False, "compile": True,
+              "noise_level": 0.3, "seed": 2, "batch_size": None}
+    args = vars(cli.build_parser().parse_args(["train", *cli.train_argv(config)]))
+    args["model_kwargs"] = cli._key_values(args["model_kwargs"])
+    assert {k: v for k, v in args.items() if k != "command"} == {
+        k: v for k, v in config.items() if v is not None}
+    with pytest.raises(cli.RanlibError, match="'colour' is not a training option"):
+        cli.train_argv({"colour": "red"})
 
 
 # --- complexity -------------------------------------------------------------------------------

@@ -1,0 +1,495 @@
+"""Many trainings on one device within a time budget: ``python -m ranlib.campaign``.
+
+    python -m ranlib.campaign plan --profile quick --seeds 0 1            # what would run, and its size
+    python -m ranlib.campaign run --profile quick --seeds 0 1 --device cuda \\
+        --dataset cifar10-jpeg --data-root .data/cifar10-jpeg --concurrent 4 --budget-minutes 25
+    python -m ranlib.campaign pack --out campaign.tar.gz                  # results to bring back
+    python -m ranlib.campaign unpack campaign.tar.gz                      # here: into results/
+
+The study needs dozens of CIFAR trainings, and a GPU is lent in short sittings. A campaign:
+
+* plans the runs of the chosen experiments (:func:`ranlib.report.plan_runs`) seed by seed, so
+  that every table gets its first seed before any table gets its second, and leaves out a run
+  whose results exist or that another experiment trains anyway (:func:`ranlib.report.find_training`:
+  Attention-56 with the default switches is a row of Tables 1, 3 and 4);
+* runs up to ``--concurrent`` of them at once, each as its own ``python -m ranlib train ... --resume``
+  process on the same device (a small CIFAR model leaves most of an H100 idle; whether sharing
+  raises total throughput is measured by ``python -m ranlib.bench --processes K``);
+* launches nothing once less than ``--launch-margin-minutes`` of the budget is left, and at the
+  end of ``--budget-minutes`` sends SIGTERM: each training writes a checkpoint, which the next
+  campaign resumes (nothing is trained twice because a sitting ended);
+* appends one line per run and sitting to a ledger (``results/campaign_ledger.csv``): start, end,
+  status, wall time, and the **device seconds charged** to it, where every second of the
+  campaign is split equally between the trainings running in it, so the ledger adds up to the
+  device time actually held (a results file's own ``cost`` is its wall time, shared or not).
+
+``pack`` and ``unpack`` carry what a sitting produced (results files, the ledger, the runs'
+metrics and logs, and the checkpoints asked for) from the GPU machine back into the checkout;
+``unpack`` never replaces a different results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from . import provenance, report
+from .errors import RanlibError, ResultsExistError
+
+LEDGER_NAME = "campaign_ledger.csv"
+LEDGER_FIELDS = ("campaign_started_at", "experiment", "run_name", "model", "profile", "seed", "status",
+                 "started_at", "finished_at", "wall_s", "device_s", "max_concurrent", "device",
+                 "device_name", "git_commit", "exit_code", "message")
+LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
+# The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
+CIFAR_EXPERIMENTS = tuple(name for name, exp in report.EXPERIMENTS.items() if exp.task == "cifar")
+POLL_S = 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class Plan:
+    runs: list[dict]  # plan_runs configs, in launch order
+    skipped: list[tuple[dict, str]] = field(default_factory=list)  # (config, why)
+
+
+def plan_campaign(experiments: Sequence[str], *, profile: str, seeds: Sequence[int], dataset: str,
+                  data_root: str, results_dir: str | os.PathLike = "results",
+                  checkpoint_dir: str | os.PathLike = "checkpoints", device: str = "auto",
+                  rows: Sequence[str] | None = None, overrides: dict | None = None) -> Plan:
+    """The runs still to train, seed-major, without duplicates or runs that have results.
+
+    ``rows`` keeps only these row keys (of any of the experiments).
+    """
+    unknown = [name for name in experiments if name not in report.EXPERIMENTS]
+    if unknown:
+        raise RanlibError(f"unknown experiment(s) {', '.join(unknown)}; valid: {', '.join(report.EXPERIMENTS)}")
+    if rows:
+        known = {row.key for name in experiments for row in report.experiment(name).rows}
+        missing = sorted(set(rows) - known)
+        if missing:
+            raise RanlibError(f"row(s) {', '.join(missing)} are in none of {', '.join(experiments)}; "
+                              "see `python -m ranlib.campaign plan` for the row keys")
+    plan = Plan([])
+    for seed in seeds:
+        for name in experiments:
+            picked = [r.key for r in report.experiment(name).rows if r.key in rows] if rows else None
+            if picked == []:
+                continue
+            configs = report.plan_runs(name, profile=profile, seeds=[seed], dataset=dataset,
+                                       data_root=data_root, results_dir=results_dir,
+                                       checkpoint_dir=checkpoint_dir, device=device, rows=picked,
+                                       overrides=overrides)
+            for config in configs:
+                why = _why_skip(config, plan.runs)
+                if why:
+                    plan.skipped.append((config, why))
+                else:
+                    plan.runs.append(config)
+    return plan
+
+
+def _why_skip(config: dict, planned: list[dict]) -> str | None:
+    from .results import results_path
+
+    if results_path(config["results_dir"], config["experiment"], config["run_name"]).is_file():
+        return "results exist"
+    done = report.find_training(config, config["results_dir"])
+    if done is not None:
+        return f"trained as {done['experiment']}/{done['run_name']}"
+    twin = next((p for p in planned if report.same_training(config, {"config": p})), None)
+    if twin is not None:
+        return f"same training as {twin['experiment']}/{twin['run_name']}"
+    return None
+
+
+def training_size(config: dict) -> dict:
+    """Images and multiply-adds a planned run trains on (a training step costs about three
+    forward passes), from the resolved schedule and the model variant's counts."""
+    from .cli import model_counts
+    from .train import TrainConfig, resolve
+
+    resolved = resolve(TrainConfig(**config))
+    images = resolved.iterations * resolved.batch_size
+    macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
+    return {"iterations": resolved.iterations, "batch_size": resolved.batch_size, "images": images,
+            "train_macs": 3 * macs * images}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class _Active:
+    config: dict
+    process: subprocess.Popen
+    started_at: str
+    started: float
+    device_s: float = 0.0
+    max_concurrent: int = 1
+    log: io.TextIOBase | None = None
+
+
+@dataclass
+class Campaign:
+    """Runs ``runs`` (plan configs) at most ``concurrent`` at a time within ``budget_s`` seconds."""
+
+    runs: Sequence[dict]
+    concurrent: int = 1
+    budget_s: float = float("inf")
+    launch_margin_s: float = 60.0  # launch nothing with less than this left
+    stop_grace_s: float = 60.0  # time the trainings get to checkpoint after SIGTERM
+    ledger: Path | None = None
+    device_name: str = ""
+    echo: bool = True
+
+    def __post_init__(self):
+        if self.concurrent < 1:
+            raise RanlibError(f"--concurrent must be at least 1, not {self.concurrent}")
+        if not self.budget_s > 0:
+            raise RanlibError(f"the budget must be positive, not {self.budget_s / 60:g} minutes")
+        self.campaign_started_at = provenance.utc_now()
+        self.git_commit = provenance.git_state()[0] or ""
+        self.lines: list[dict] = []
+
+    def command(self, config: dict) -> list[str]:
+        from .cli import train_argv
+
+        return [sys.executable, "-m", "ranlib", "train", *train_argv(config), "--resume", "--no-progress"]
+
+    def run(self) -> list[dict]:
+        """Train until every run is done or the budget is spent; the ledger lines written."""
+        pending, active = deque(self.runs), []
+        start = last = time.monotonic()
+        stop_at, kill_at = start + self.budget_s - self.stop_grace_s, None
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._signalled = False
+        try:
+            while pending or active:
+                now = time.monotonic()
+                for a in active:  # every second of the campaign is split between the runs in it
+                    a.device_s += (now - last) / len(active)
+                last = now
+                for a in [a for a in active if a.process.poll() is not None]:
+                    active.remove(a)
+                    self._finish(a, stopped=kill_at is not None)
+                if kill_at is None and active and (now >= stop_at or self.stop_requested()):
+                    for a in active:
+                        a.process.send_signal(signal.SIGTERM)
+                    kill_at = now + self.stop_grace_s
+                if kill_at is not None and now >= kill_at:
+                    for a in active:
+                        a.process.kill()
+                launch = (kill_at is None and not self.stop_requested()
+                          and now < start + self.budget_s - self.launch_margin_s)
+                while launch and pending and len(active) < self.concurrent:
+                    active.append(self._launch(pending.popleft()))
+                for a in active:
+                    a.max_concurrent = max(a.max_concurrent, len(active))
+                if not active and (not launch or not pending):
+                    break
+                time.sleep(POLL_S)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.left = list(pending)
+        return self.lines
+
+    def _on_signal(self, signum, frame):
+        self._signalled = True
+
+    def stop_requested(self) -> bool:
+        """SIGTERM/SIGINT reached the campaign: stop the trainings (they checkpoint), launch no more."""
+        return self._signalled
+
+    def _launch(self, config: dict) -> _Active:
+        run_dir = Path(config["checkpoint_dir"]) / config["experiment"] / config["run_name"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir / LOG_NAME, "a")
+        command = self.command(config)
+        log.write(f"# {provenance.utc_now()} campaign {self.campaign_started_at}: {shlex.join(command)}\n")
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)  # a Ctrl-C reaches the campaign, which stops them in order
+        self._say(f"start {config['experiment']}/{config['run_name']}")
+        return _Active(config, process, provenance.utc_now(), time.monotonic(), log=log)
+
+    def _finish(self, a: _Active, *, stopped: bool) -> None:
+        a.log.close()
+        code = a.process.returncode
+        if code == 0:
+            status, message = "finished", ""
+        elif stopped and code in (128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL):
+            status, message = "interrupted", "stopped at the end of the budget; the next campaign resumes it"
+        else:
+            status, message = "failed", _last_error(Path(a.log.name))
+        config = a.config
+        line = {"campaign_started_at": self.campaign_started_at, "experiment": config["experiment"],
+                "run_name": config["run_name"], "model": config["model"], "profile": config["profile"],
+                "seed": config["seed"], "status": status, "started_at": a.started_at,
+                "finished_at": provenance.utc_now(), "wall_s": round(time.monotonic() - a.started, 1),
+                "device_s": round(a.device_s, 1), "max_concurrent": a.max_concurrent,
+                "device": config.get("device", ""), "device_name": self.device_name,
+                "git_commit": self.git_commit, "exit_code": code, "message": message}
+        self.lines.append(line)
+        if self.ledger is not None:
+            append_ledger(self.ledger, [line])
+        self._say(f"{status} {config['experiment']}/{config['run_name']} after {line['wall_s']:.0f} s"
+                  f"{': ' + message if message else ''}")
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            print(f"campaign: {text}", flush=True)
+
+
+def _last_error(log: Path) -> str:
+    """The one-line error a failed training printed (``ranlib: error: ...``), else its last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ranlib: error:")]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+def append_ledger(path: Path, lines: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LEDGER_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(lines)
+
+
+def read_ledger(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# Carrying results between machines
+
+
+def pack(out: Path, *, results_dir: Path, checkpoint_dir: Path, experiments: Sequence[str],
+         checkpoints: Sequence[str] = ()) -> list[str]:
+    """A ``.tar.gz`` of the experiments' results files, the ledger, every run's metrics and log,
+    and the checkpoints of the runs named in ``checkpoints`` (``experiment/run_name``)."""
+    from .checkpoint import CHECKPOINT_NAME
+
+    members = []
+    for name in experiments:
+        members += [(p, Path("results") / p.relative_to(results_dir))
+                    for p in sorted((results_dir / name).glob("*.json"))]
+        members += [(p, Path("checkpoints") / p.relative_to(checkpoint_dir))
+                    for p in sorted((checkpoint_dir / name).glob("*/*"))
+                    if p.name in ("metrics.jsonl", LOG_NAME)]
+    ledger = results_dir / LEDGER_NAME
+    if ledger.is_file():
+        members.append((ledger, Path("results") / LEDGER_NAME))
+    for run in checkpoints:
+        path = checkpoint_dir / run / CHECKPOINT_NAME
+        if not path.is_file():
+            raise RanlibError(f"no checkpoint {path} to pack; name runs as experiment/run_name")
+        members.append((path, Path("checkpoints") / run / CHECKPOINT_NAME))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for source, name in members:
+            tar.add(source, arcname=str(name))
+    os.replace(tmp, out)
+    return [str(name) for _, name in members]
+
+
+def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
+    """Put a :func:`pack` archive's files in place: new results files are added (identical ones
+    skipped; a different one with the same name is an error, nothing is replaced), ledger lines
+    not yet in the local ledger are appended, metrics, logs and checkpoints are written."""
+    from .results import validate
+
+    counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0}
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        for m in members:
+            parts = Path(m.name).parts
+            if parts[0] not in ("results", "checkpoints") or ".." in parts or Path(m.name).is_absolute():
+                raise RanlibError(f"{archive}: unexpected member {m.name!r}; not a campaign archive")
+        conflicts = []
+        for m in members:  # check every results file before writing any
+            if m.name.startswith("results/") and m.name.endswith(".json"):
+                target = results_dir / Path(m.name).relative_to("results")
+                data = tar.extractfile(m).read()
+                validate(json.loads(data), source=f"{archive}:{m.name}")
+                if target.exists() and target.read_bytes() != data:
+                    conflicts.append(str(target))
+        if conflicts:
+            raise ResultsExistError(f"{len(conflicts)} results file(s) differ from the archive's, e.g. "
+                                    f"{conflicts[0]}; nothing was unpacked (move them away to take the archive's)")
+        for m in members:
+            data = tar.extractfile(m).read()
+            relative = Path(m.name).relative_to(Path(m.name).parts[0])
+            if m.name == f"results/{LEDGER_NAME}":
+                theirs = list(csv.DictReader(io.StringIO(data.decode())))
+                ours = {tuple(line.values()) for line in read_ledger(results_dir / LEDGER_NAME)}
+                new = [line for line in theirs if tuple(line.values()) not in ours]
+                append_ledger(results_dir / LEDGER_NAME, new)
+                counts["ledger_lines"] += len(new)
+                continue
+            target = (results_dir if m.name.startswith("results/") else checkpoint_dir) / relative
+            if m.name.endswith(".json") and m.name.startswith("results/"):
+                if target.exists():
+                    counts["identical"] += 1
+                    continue
+                counts["results"] += 1
+            else:
+                counts["other"] += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ranlib.campaign", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def selection(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--experiments", nargs="+", default=list(CIFAR_EXPERIMENTS), metavar="NAME",
+                       help=f"experiments to train (default: {' '.join(CIFAR_EXPERIMENTS)})")
+        q.add_argument("--rows", nargs="+", metavar="KEY", help="only these rows (keys as in `plan`)")
+        q.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"))
+        q.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+        q.add_argument("--dataset", default="cifar10-jpeg")
+        q.add_argument("--data-root", default=".data/cifar10-jpeg")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--results-dir", type=Path, default=Path("results"))
+        q.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+        q.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                       help="TrainConfig fields for every run, e.g. iterations=4 (tests, trials)")
+
+    plan = sub.add_parser("plan", help="list the runs a campaign would train, with their size")
+    selection(plan)
+    plan.add_argument("--tflops", type=float, help="also give the time at this achieved TFLOP/s")
+    run = sub.add_parser("run", help="train the planned runs within a time budget")
+    selection(run)
+    run.add_argument("--concurrent", type=int, default=1, help="trainings at once on the device")
+    run.add_argument("--budget-minutes", type=float, default=float("inf"),
+                     help="stop (checkpointing) after this long; resume with the same command")
+    run.add_argument("--launch-margin-minutes", type=float, default=1.0,
+                     help="launch no run with less than this left of the budget")
+    run.add_argument("--stop-grace-minutes", type=float, default=1.0,
+                     help="time a stopped training gets to write its checkpoint")
+    run.add_argument("--ledger", type=Path, help=f"default: <results-dir>/{LEDGER_NAME}")
+    packer = sub.add_parser("pack", help="archive results, ledger, metrics (and checkpoints) to carry back")
+    packer.add_argument("--out", type=Path, required=True)
+    packer.add_argument("--experiments", nargs="+", default=list(CIFAR_EXPERIMENTS))
+    packer.add_argument("--checkpoints", nargs="*", default=[], metavar="EXPERIMENT/RUN",
+                        help="also these runs' checkpoints (e.g. for ranlib.jpeg_gap)")
+    packer.add_argument("--results-dir", type=Path, default=Path("results"))
+    packer.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    unpacker = sub.add_parser("unpack", help="put a packed archive's files into this checkout")
+    unpacker.add_argument("archive", type=Path)
+    unpacker.add_argument("--results-dir", type=Path, default=Path("results"))
+    unpacker.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    return p
+
+
+def _plan_from(args: argparse.Namespace) -> Plan:
+    from .cli import _key_values
+
+    return plan_campaign(args.experiments, profile=args.profile, seeds=args.seeds, dataset=args.dataset,
+                         data_root=args.data_root, results_dir=args.results_dir,
+                         checkpoint_dir=args.checkpoint_dir, device=args.device, rows=args.rows,
+                         overrides=_key_values(args.set))
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    plan = _plan_from(args)
+    total = 0
+    print(f"{'experiment/run':<52} {'model':<20} {'iters':>7} {'batch':>5} {'train PMAC':>10}")
+    for config in plan.runs:
+        size = training_size(config)
+        total += size["train_macs"]
+        print(f"{config['experiment'] + '/' + config['run_name']:<52} {config['model']:<20} "
+              f"{size['iterations']:>7} {size['batch_size']:>5} {size['train_macs'] / 1e15:>10.1f}")
+    print(f"{len(plan.runs)} runs to train, {total / 1e15:.1f} PMAC in all; {len(plan.skipped)} left out")
+    if args.tflops:
+        print(f"at {args.tflops:g} TFLOP/s achieved (2 FLOPs per multiply-add) that is "
+              f"{2 * total / (args.tflops * 1e12) / 60:.0f} device minutes of training steps")
+    for config, why in plan.skipped:
+        print(f"  left out {config['experiment']}/{config['run_name']}: {why}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .train import Dist, select_device
+
+    plan = _plan_from(args)
+    device = select_device(args.device, Dist())
+    campaign = Campaign(plan.runs, concurrent=args.concurrent, budget_s=args.budget_minutes * 60,
+                        launch_margin_s=args.launch_margin_minutes * 60,
+                        stop_grace_s=args.stop_grace_minutes * 60,
+                        ledger=args.ledger or args.results_dir / LEDGER_NAME,
+                        device_name=provenance.device_name(device))
+    print(f"campaign: {len(plan.runs)} runs to train ({len(plan.skipped)} left out), {args.concurrent} at a time "
+          f"on {campaign.device_name}", flush=True)
+    lines = campaign.run()
+    status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
+    print(f"campaign: {status['finished']} finished, {status['interrupted']} interrupted (resume with the same "
+          f"command), {status['failed']} failed, {len(campaign.left)} not started; "
+          f"{sum(line['device_s'] for line in lines) / 60:.1f} device minutes charged", flush=True)
+    return 1 if status["failed"] else 0
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    names = pack(args.out, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+                 experiments=args.experiments, checkpoints=args.checkpoints)
+    print(f"campaign: packed {len(names)} files into {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    if not args.archive.is_file():
+        raise RanlibError(f"no archive at {args.archive}; give the path of a file written by `campaign pack`")
+    counts = unpack(args.archive, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir)
+    print(f"campaign: {counts['results']} new results files ({counts['identical']} already here), "
+          f"{counts['ledger_lines']} ledger lines, {counts['other']} metrics/log/checkpoint files")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"plan": _cmd_plan, "run": _cmd_run, "pack": _cmd_pack, "unpack": _cmd_unpack}
+    try:
+        return commands[args.command](args)
+    except (RanlibError, tarfile.TarError) as exc:
+        print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""ranlib.campaign: planning without duplicates, concurrent trainings, the budget's stop and resume,
+the ledger, and carrying results between machines (real CPU trainings on tiny data)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ranlib import campaign, report
+from ranlib.errors import RanlibError, ResultsExistError
+from ranlib.results import load_results
+from test_train import REPO, make_folder_dataset, subprocess_env
+
+TINY = {"batch_size": 4, "iterations": 2, "eval_every": 2, "checkpoint_every": 2,
+        "max_train_samples": 16, "max_test_samples": 8}
+LONG = {"iterations": 30, "eval_every": 30, "checkpoint_every": 30}  # long enough to be stopped
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def tiny_plan(tmp_path, data_root, rows, **overrides):
+    return campaign.plan_campaign(["mask_structure"], profile="smoke", seeds=[0], dataset="folder",
+                                  data_root=str(data_root), results_dir=tmp_path / "results",
+                                  checkpoint_dir=tmp_path / "checkpoints", device="cpu", rows=rows,
+                                  overrides={**TINY, **overrides})
+
+
+@pytest.fixture
+def child_env(monkeypatch):
+    """Trainings start as `python -m ranlib train`: one thread each, ranlib importable."""
+    for key, value in subprocess_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(REPO)
+
+
+def ledger_lines(tmp_path) -> list[dict]:
+    return campaign.read_ledger(tmp_path / "results" / campaign.LEDGER_NAME)
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+def test_plan_is_seed_major_and_trains_a_shared_row_once(tmp_path):
+    plan = campaign.plan_campaign(["attention_types", "arl_vs_nal", "mask_structure"], profile="quick",
+                                  seeds=[0, 1], dataset="cifar10-jpeg", data_root="d",
+                                  results_dir=tmp_path)
+    names = [f"{c['experiment']}/{c['run_name']}" for c in plan.runs]
+    assert len(names) == len(set(names))
+    seeds = [c["seed"] for c in plan.runs]
+    assert seeds == sorted(seeds)  # every table's first seed before any second seed
+    # Attention-56 with default switches: Table 1's mixed row; Table 3's ARL and Table 4's
+    # encoder-decoder rows are the same training
+    assert "attention_types/attention56-mixed-quick-s0" in names
+    assert "arl_vs_nal/attention56-arl-quick-s0" not in names
+    assert "mask_structure/attention56-encoder_decoder-quick-s0" not in names
+    skipped = {f"{c['experiment']}/{c['run_name']}": why for c, why in plan.skipped}
+    assert skipped["arl_vs_nal/attention56-arl-quick-s1"] == \
+        "same training as attention_types/attention56-mixed-quick-s1"
+    assert len(plan.runs) == 2 * (3 + 8 + 1)  # Table 1, Table 3 less its shared row, Table 4's local row
+    assert len(plan.runs) + len(plan.skipped) == 2 * (3 + 9 + 2)
+
+
+def test_plan_rows_and_bad_selections(tmp_path):
+    plan = campaign.plan_campaign(list(campaign.CIFAR_EXPERIMENTS), profile="quick", seeds=[0],
+                                  dataset="cifar10-jpeg", data_root="d", results_dir=tmp_path,
+                                  rows=["attention92-noise70", "resnet164-noise70"])
+    assert [c["run_name"] for c in plan.runs] == ["resnet164-noise70-quick-s0",
+                                                  "attention92-noise70-quick-s0"]
+    with pytest.raises(RanlibError, match="unknown experiment"):
+        campaign.plan_campaign(["table9"], profile="quick", seeds=[0], dataset="x", data_root="d")
+    with pytest.raises(RanlibError, match="row.*nope"):
+        campaign.plan_campaign(["label_noise"], profile="quick", seeds=[0], dataset="x", data_root="d",
+                               rows=["nope"])
+
+
+def test_training_size_counts_the_variant_and_the_scaled_schedule():
+    [config] = report.plan_runs("label_noise", profile="quick", seeds=[0], dataset="cifar10-jpeg",
+                                data_root="d", rows=["attention92-noise10"])
+    size = campaign.training_size(config)
+    assert (size["iterations"], size["batch_size"]) == (4000, 256)  # a tenth of 160k at batch 64, x 64/256
+    from ranlib.cli import model_counts
+    assert size["train_macs"] == 3 * model_counts("cifar_attention92")["macs"] * 4000 * 256
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def test_concurrent_runs_finish_with_results_and_a_ledger(tmp_path, data_root, child_env):
+    plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
+    ledger = tmp_path / "results" / campaign.LEDGER_NAME
+    lines = campaign.Campaign(plan.runs, concurrent=2, ledger=ledger, device_name="CPU", echo=False).run()
+    assert [line["status"] for line in lines] == ["finished", "finished"], lines
+    assert {line["max_concurrent"] for line in lines} == {2}
+    for line in lines:  # shared time: each run is charged about half of what it held
+        assert 0 < line["device_s"] < line["wall_s"]
+    records = load_results(tmp_path / "results" / "mask_structure")
+    assert sorted(r["run_name"] for r in records) == sorted(c["run_name"] for c in plan.runs)
+    # launched as a command anyone can type, recorded in the results file
+    assert all("-m ranlib train" in r["provenance"]["command"] and "--resume" in r["provenance"]["command"]
+               for r in records)
+    assert [line["run_name"] for line in ledger_lines(tmp_path)] == [line["run_name"] for line in lines]
+    # a second campaign finds nothing left to do
+    assert tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"]).runs == []
+
+
+def _has_trained(metrics: Path) -> bool:
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return any(json.loads(line).get("event") == "train" for line in lines)
+
+
+class StopOnceTraining(campaign.Campaign):
+    """Stops the campaign (as the end of its budget does) once its training is past its first
+    step, so that the test does not depend on how fast this machine starts a process."""
+
+    def stop_requested(self) -> bool:
+        return super().stop_requested() or any(
+            _has_trained(Path(c["checkpoint_dir"]) / c["experiment"] / c["run_name"] / "metrics.jsonl")
+            for c in self.runs)
+
+
+def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, data_root, child_env):
+    plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)
+    ledger = tmp_path / "results" / campaign.LEDGER_NAME
+    [line] = StopOnceTraining(plan.runs, ledger=ledger, stop_grace_s=120, echo=False).run()
+    assert line["status"] == "interrupted", line
+    run_dir = tmp_path / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0"
+    assert (run_dir / "last.pt").is_file()
+    assert not (tmp_path / "results" / "mask_structure").exists()
+
+    plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)  # the next sitting
+    [line] = campaign.Campaign(plan.runs, ledger=ledger, echo=False).run()
+    assert line["status"] == "finished", line
+    [record] = load_results(tmp_path / "results" / "mask_structure")
+    assert record["provenance"]["resumed"] and record["final"]["iteration"] == 30
+    assert [l["status"] for l in ledger_lines(tmp_path)] == ["interrupted", "finished"]
+
+
+def test_a_failing_run_is_reported_in_one_line_and_the_others_go_on(tmp_path, data_root, child_env):
+    plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
+    plan.runs[0]["data_root"] = str(tmp_path / "missing")
+    lines = campaign.Campaign(plan.runs, concurrent=2, ledger=tmp_path / "l.csv", echo=False).run()
+    assert [line["status"] for line in lines] == ["failed", "finished"]
+    assert lines[0]["message"].startswith("ranlib: error:") and "missing" in lines[0]["message"]
+
+
+def test_no_run_is_launched_without_enough_budget(tmp_path, data_root):
+    plan = tiny_plan(tmp_path, data_root, ["attention56-local"])
+    runner = campaign.Campaign(plan.runs, budget_s=30, launch_margin_s=60, echo=False)
+    assert runner.run() == [] and runner.left == plan.runs
+    with pytest.raises(RanlibError, match="at least 1"):
+        campaign.Campaign(plan.runs, concurrent=0)
+
+
+# --- carrying results ---------------------------------------------------------------------------
+
+def test_pack_and_unpack_carry_results_ledger_and_checkpoints(tmp_path, data_root, child_env):
+    device = tmp_path / "device"
+    plan = tiny_plan(device, data_root, ["attention56-local"])
+    campaign.Campaign(plan.runs, ledger=device / "results" / campaign.LEDGER_NAME, echo=False).run()
+    archive = tmp_path / "out" / "campaign.tar.gz"
+    names = campaign.pack(archive, results_dir=device / "results", checkpoint_dir=device / "checkpoints",
+                          experiments=["mask_structure"],
+                          checkpoints=["mask_structure/attention56-local-smoke-s0"])
+    assert "results/mask_structure/attention56-local-smoke-s0.json" in names
+    assert f"results/{campaign.LEDGER_NAME}" in names
+    assert "checkpoints/mask_structure/attention56-local-smoke-s0/last.pt" in names
+
+    here = tmp_path / "here"
+    counts = campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
+    assert (counts["results"], counts["ledger_lines"]) == (1, 1)
+    assert (here / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0" / "last.pt").is_file()
+    again = campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
+    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 1, 0)
+
+    # a different file of the same name is never replaced
+    target = here / "results" / "mask_structure" / "attention56-local-smoke-s0.json"
+    record = json.loads(target.read_text())
+    record["final"]["top1_error"] = 1.0
+    target.write_text(json.dumps(record))
+    with pytest.raises(ResultsExistError, match="differ"):
+        campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
+    assert json.loads(target.read_text())["final"]["top1_error"] == 1.0
+
+
+def test_unpack_refuses_an_archive_that_is_not_a_campaign(tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    (tmp_path / "x.txt").write_text("x")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tmp_path / "x.txt", arcname="../x.txt")
+    with pytest.raises(RanlibError, match="not a campaign archive"):
+        campaign.unpack(bad, results_dir=tmp_path / "r", checkpoint_dir=tmp_path / "c")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert campaign.main(["unpack", str(tmp_path / "nope.tar.gz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ranlib: error: no archive") and "\n" not in err
+    assert campaign.main(["plan", "--experiments", "table9"]) == 1
+    assert "unknown experiment" in capsys.readouterr().err
