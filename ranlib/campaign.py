@@ -57,6 +57,8 @@ LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
 CIFAR_EXPERIMENTS = tuple(name for name, exp in report.EXPERIMENTS.items() if exp.task == "cifar")
 POLL_S = 0.5
+# Results folders written outside training runs that a sitting on a GPU machine also brings back.
+EXTRA_RESULTS = ("performance", "jpeg_gap")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ledger", type=Path, help=f"default: <results-dir>/{LEDGER_NAME}")
     packer = sub.add_parser("pack", help="archive results, ledger, metrics (and checkpoints) to carry back")
     packer.add_argument("--out", type=Path, required=True)
-    packer.add_argument("--experiments", nargs="+", default=list(CIFAR_EXPERIMENTS))
+    packer.add_argument("--experiments", nargs="+", default=[*CIFAR_EXPERIMENTS, *EXTRA_RESULTS], metavar="NAME",
+                        help="results folders to pack (default: the CIFAR experiments', benchmarks, JPEG gap)")
     packer.add_argument("--checkpoints", nargs="*", default=[], metavar="EXPERIMENT/RUN",
                         help="also these runs' checkpoints (e.g. for ranlib.jpeg_gap)")
     packer.add_argument("--results-dir", type=Path, default=Path("results"))

@@ -910,6 +910,28 @@ def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     return pd.concat([ledger, pd.DataFrame([total])], ignore_index=True)
 
 
+def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
+    """Device time ``ranlib.campaign`` charged, per experiment and run status, from its ledger.
+
+    The campaign splits every second it held the device equally between the trainings running
+    in it, so ``device_minutes`` adds up to the time the device was held (unlike the sum of the
+    runs' wall times when several shared it). Empty when no campaign ran.
+    """
+    from .campaign import LEDGER_NAME, read_ledger
+
+    columns = ["experiment", "status", "sittings", "device_minutes", "wall_minutes", "max_concurrent",
+               "device_name"]
+    lines = read_ledger(resolve_path(results_root) / LEDGER_NAME)
+    if not lines:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(lines).astype({"device_s": float, "wall_s": float, "max_concurrent": int})
+    out = frame.groupby(["experiment", "status"], sort=False).agg(
+        sittings=("run_name", "size"), device_minutes=("device_s", lambda v: round(v.sum() / 60, 2)),
+        wall_minutes=("wall_s", lambda v: round(v.sum() / 60, 2)), max_concurrent=("max_concurrent", "max"),
+        device_name=("device_name", lambda v: ", ".join(sorted(set(v))))).reset_index()
+    return out[columns]
+
+
 def missing_data_markdown(name: str, dataset: str, data_root: str | os.PathLike) -> str:
     """What a notebook asked to train says when its data is not there."""
     return (f"**Not run here: no data.** `{dataset}` was expected at `{resolve_path(data_root)}`, "

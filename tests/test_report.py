@@ -414,6 +414,24 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
     assert [r.get("run_name") for r in records if r] == ["attention56-arl-quick-s0"]
 
 
+def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
+    from ranlib import campaign
+
+    assert report.campaign_ledger(tmp_path).empty
+    line = dict.fromkeys(campaign.LEDGER_FIELDS, "")
+    campaign.append_ledger(tmp_path / campaign.LEDGER_NAME, [
+        {**line, "experiment": "arl_vs_nal", "run_name": "a", "status": "finished", "wall_s": 600,
+         "device_s": 300, "max_concurrent": 2, "device_name": "H100"},
+        {**line, "experiment": "arl_vs_nal", "run_name": "b", "status": "finished", "wall_s": 600,
+         "device_s": 300, "max_concurrent": 2, "device_name": "H100"},
+        {**line, "experiment": "arl_vs_nal", "run_name": "c", "status": "interrupted", "wall_s": 60,
+         "device_s": 60, "max_concurrent": 1, "device_name": "H100"}])
+    table = report.campaign_ledger(tmp_path).set_index(["experiment", "status"])
+    finished = table.loc[("arl_vs_nal", "finished")]
+    assert (finished["sittings"], finished["device_minutes"], finished["wall_minutes"]) == (2, 10.0, 20.0)
+    assert table.loc[("arl_vs_nal", "interrupted"), "device_minutes"] == 1.0
+
+
 def test_ledger_skips_files_that_are_not_run_records(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "complexity.json").write_text(json.dumps({"models": []}))
