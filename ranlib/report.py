@@ -932,6 +932,26 @@ def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame
     return out[columns]
 
 
+def jpeg_gap_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
+    """What the JPEG copy costs trained models: one line per ``results/jpeg_gap/*.json`` written
+    by ``python -m ranlib.jpeg_gap`` (top-1 error on the 846 exact official test images and on
+    their JPEG q75 versions). Empty when none was measured."""
+    columns = ["run", "model", "iteration", "images", "error exact (%)", "error JPEG (%)",
+               "JPEG - exact", "mean |pixel diff|", "device"]
+    folder = resolve_path(results_root) / "jpeg_gap"
+    lines = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        gap = json.loads(path.read_text())
+        lines.append({"run": Path(gap["checkpoint"]).parent.name, "model": gap["model"],
+                      "iteration": gap["iteration"], "images": gap["num_images"],
+                      "error exact (%)": round(gap["top1_error_exact"], 2),
+                      "error JPEG (%)": round(gap["top1_error_jpeg"], 2),
+                      "JPEG - exact": round(gap["jpeg_minus_exact"], 2),
+                      "mean |pixel diff|": round(gap["mean_abs_pixel_difference"], 2),
+                      "device": gap["provenance"].get("device_name")})
+    return pd.DataFrame(lines, columns=columns)
+
+
 def missing_data_markdown(name: str, dataset: str, data_root: str | os.PathLike) -> str:
     """What a notebook asked to train says when its data is not there."""
     return (f"**Not run here: no data.** `{dataset}` was expected at `{resolve_path(data_root)}`, "

@@ -1,6 +1,7 @@
 """The JPEG-cost measurement: one trained model on exact official pixels vs their JPEG versions."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 
 from fakedata import encode, pack_npz, random_images
-from ranlib import jpeg_gap, train
+from ranlib import jpeg_gap, report, train
 from ranlib.errors import DataFormatError, DataNotFoundError
 
 N_TEST = 10
@@ -69,14 +70,19 @@ def test_bad_subsets_are_one_clear_error(trained, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("ranlib: error:")
 
 
-def test_cli_writes_and_never_overwrites(trained, tmp_path, capsys):
+def test_cli_writes_and_never_overwrites_and_the_book_reads_it(trained, tmp_path, capsys):
     root, checkpoint, _ = trained
-    out = tmp_path / "gap.json"
+    out = tmp_path / "jpeg_gap" / "gap.json"
     args = ["--checkpoint", str(checkpoint), "--data-root", str(root), "--device", "cpu", "--json", str(out)]
     assert jpeg_gap.main(args) == 0 and out.is_file()
     assert "exact official test images" in capsys.readouterr().out
     assert jpeg_gap.main(args) == 1
     assert "already exists" in capsys.readouterr().err
+    [line] = report.jpeg_gap_table(tmp_path).to_dict("records")
+    written = json.loads(out.read_text())
+    assert line["run"] == checkpoint.parent.name and line["images"] == N_TEST
+    assert line["JPEG - exact"] == round(written["jpeg_minus_exact"], 2)
+    assert report.jpeg_gap_table(tmp_path / "elsewhere").empty
 
 
 def test_data_root_may_be_the_npz_file(trained):
