@@ -157,35 +157,6 @@ def test_no_run_is_launched_without_enough_budget(tmp_path, data_root):
 
 # --- carrying results ---------------------------------------------------------------------------
 
-def test_pack_and_unpack_carry_results_ledger_and_checkpoints(tmp_path, data_root, child_env):
-    device = tmp_path / "device"
-    plan = tiny_plan(device, data_root, ["attention56-local"])
-    campaign.Campaign(plan.runs, ledger=device / "results" / campaign.LEDGER_NAME, echo=False).run()
-    archive = tmp_path / "out" / "campaign.tar.gz"
-    names = campaign.pack(archive, results_dir=device / "results", checkpoint_dir=device / "checkpoints",
-                          experiments=["mask_structure"],
-                          checkpoints=["mask_structure/attention56-local-smoke-s0"])
-    assert "results/mask_structure/attention56-local-smoke-s0.json" in names
-    assert f"results/{campaign.LEDGER_NAME}" in names
-    assert "checkpoints/mask_structure/attention56-local-smoke-s0/last.pt" in names
-
-    here = tmp_path / "here"
-    counts = campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
-    assert (counts["results"], counts["ledger_lines"]) == (1, 1)
-    assert (here / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0" / "last.pt").is_file()
-    again = campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
-    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 1, 0)
-
-    # a different file of the same name is never replaced
-    target = here / "results" / "mask_structure" / "attention56-local-smoke-s0.json"
-    record = json.loads(target.read_text())
-    record["final"]["top1_error"] = 1.0
-    target.write_text(json.dumps(record))
-    with pytest.raises(ResultsExistError, match="differ"):
-        campaign.unpack(archive, results_dir=here / "results", checkpoint_dir=here / "checkpoints")
-    assert json.loads(target.read_text())["final"]["top1_error"] == 1.0
-
-
 def test_unpack_refuses_an_archive_that_is_not_a_campaign(tmp_path):
     bad = tmp_path / "bad.tar.gz"
     (tmp_path / "x.txt").write_text("x")
@@ -201,3 +172,44 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("ranlib: error: no archive") and "\n" not in err
     assert campaign.main(["plan", "--experiments", "table9"]) == 1
     assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, data_root):
+    """tools/sitting.sh start / wait, then campaign.unpack: results, ledger, a checkpoint; a
+    results file that differs from the archive's is never replaced."""
+    import subprocess
+    import sys
+
+    (tmp_path / "results" / "models").mkdir(parents=True)  # the committed results it is seeded with
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    script = str(REPO / "tools" / "sitting.sh")
+    run = "mask_structure/attention56-local-smoke-s0"
+    options = ["--experiments", "mask_structure", "--rows", "attention56-local", "--profile", "smoke",
+               "--seeds", "0", "--dataset", "folder", "--data-root", str(data_root), "--device", "cpu",
+               "--set", *(f"{k}={v}" for k, v in TINY.items())]
+    started = subprocess.run([script, "start", "5", *options], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert "campaign started" in started.stdout
+    waited = subprocess.run([script, "wait", "300", str(tmp_path / "out"), "--checkpoints", run],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert waited.returncode == 0, waited.stderr
+    assert "campaign ended" in waited.stdout and "1 finished" in waited.stdout
+
+    archive = tmp_path / "out" / "campaign.tar.gz"
+    here = dict(results_dir=tmp_path / "here", checkpoint_dir=tmp_path / "here-checkpoints")
+    counts = campaign.unpack(archive, **here)
+    assert (counts["results"], counts["ledger_lines"]) == (1, 1)
+    assert (tmp_path / "here-checkpoints" / run / "last.pt").is_file()
+    again = campaign.unpack(archive, **here)
+    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 1, 0)
+    target = tmp_path / "here" / f"{run}.json"
+    record = json.loads(target.read_text())
+    record["final"]["top1_error"] = 1.0
+    target.write_text(json.dumps(record))
+    with pytest.raises(ResultsExistError, match="differ"):
+        campaign.unpack(archive, **here)
+    assert json.loads(target.read_text())["final"]["top1_error"] == 1.0
+
+    usage = subprocess.run([script, "nonsense"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
