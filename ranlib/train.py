@@ -201,6 +201,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute attention mask branches in backward (less memory)
     sync_bn: bool = False
     deterministic: bool | None = None
     resume: bool = False
@@ -643,6 +644,17 @@ def build_model(name: str, model_kwargs: dict, num_classes: int, seed: int) -> n
         raise ConfigError(f"model {name} with options {model_kwargs}: {exc}") from None
 
 
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """Recompute every attention module's mask branch in backward (``ResidualNet.set_grad_checkpointing``).
+
+    Only attention networks have mask branches: for any other model (plain ResNets, the
+    torchvision baselines) turning it on would silently do nothing, so it is refused.
+    """
+    if not (hasattr(model, "set_grad_checkpointing") and any(hasattr(m, "checkpoint_mask") for m in model.modules())):
+        raise ConfigError(f"model {name} has no attention mask branch to checkpoint; leave grad checkpointing off")
+    model.set_grad_checkpointing(True)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, precision: str, d: Dist = Dist(),
              topk: int = 5) -> dict:
@@ -729,7 +741,8 @@ class _MetricsLog:
 
 
 def _check_resumable(saved: dict, c: TrainConfig, path: Path) -> None:
-    old, new = saved.get("config", {}), c.to_dict()
+    # A field added to TrainConfig since the checkpoint was written had its default value then.
+    old, new = TrainConfig().to_dict() | saved.get("config", {}), c.to_dict()
     differ = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if differ:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ[:4])
@@ -794,6 +807,8 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                               f"{saved.get('dataset', {}).get('fingerprint')}, not {split.info['fingerprint']}; "
                               "point --data-root at the original data")
     model = build_model(c.model, c.model_kwargs, split.num_classes, c.seed)
+    if c.grad_checkpointing:
+        enable_grad_checkpointing(model, c.model)
     complexity = _complexity(model, info.input_size)
     model = model.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
     if c.sync_bn and d.enabled:

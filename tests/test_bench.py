@@ -1,0 +1,194 @@
+"""The training-step benchmark's options: grad checkpointing, the profiler pass, concurrent processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import queue
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from ranlib import bench, train
+from ranlib.errors import CheckpointError, ConfigError, RanlibError
+from test_cli import error_line
+from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
+
+TINY = ["--model", TINY_MODEL, "--batch-size", "4", "--num-images", "8", "--steps", "2", "--warmup", "1",
+        "--device", "cpu"]
+
+
+@pytest.fixture
+def checkpointed(monkeypatch) -> list:
+    """The models that ranlib.train.enable_grad_checkpointing was called on (and really changed)."""
+    models, enable = [], train.enable_grad_checkpointing
+
+    def spy(model, name):
+        enable(model, name)
+        models.append(model)
+
+    monkeypatch.setattr(train, "enable_grad_checkpointing", spy)
+    return models
+
+
+def mask_checkpointing(model) -> set:
+    return {m.checkpoint_mask for m in model.modules() if hasattr(m, "checkpoint_mask")}
+
+
+# --- grad checkpointing -----------------------------------------------------------------------------
+
+def test_bench_with_grad_checkpointing_records_it_and_names_the_file(tmp_path, capsys, one_thread, checkpointed):
+    assert bench.main([*TINY, "--grad-checkpointing", "--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [f"{TINY_MODEL}-32-b4-fp32-nchw-gc.json"]
+    record = json.loads(next(tmp_path.iterdir()).read_text())
+    assert set(record) == {"benchmark", "model", "input_size", "batch_size", "params", "macs", "device_name",
+                           "bf16_peak_tflops", "ranlib", "speedup", "projection", "provenance"}
+    assert record["ranlib"]["grad_checkpointing"] is True and record["ranlib"]["images_per_s"] > 0
+    assert len(checkpointed) == 1 and mask_checkpointing(checkpointed[0]) == {True}
+    assert "fp32, NCHW, grad checkpointing" in capsys.readouterr().out
+
+
+def test_bench_without_grad_checkpointing_leaves_it_off(tmp_path, one_thread, checkpointed):
+    out = tmp_path / "plain.json"
+    assert bench.main([*TINY, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ranlib"]["grad_checkpointing"] is False and not checkpointed
+    assert bench.file_name(json.loads(out.read_text())) == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
+
+
+def test_suite_measures_attention56_with_and_without_grad_checkpointing():
+    both = [case.grad_checkpointing for case in bench.SUITE if (case.model, case.batch_size) == ("attention56", 64)]
+    assert sorted(both) == [False, True]
+
+
+def test_grad_checkpointing_trains_through_run(tmp_path, one_thread, checkpointed):
+    root = make_folder_dataset(tmp_path / "data", n_train=8, n_test=4)
+    record = train.run(tiny_config(tmp_path, root, grad_checkpointing=True, iterations=2))
+    assert record["config"]["grad_checkpointing"] is True
+    assert len(checkpointed) == 1 and mask_checkpointing(checkpointed[0]) == {True}
+    assert record["curve"] and all(math.isfinite(point["train_loss"]) for point in record["curve"])
+    with pytest.raises(ConfigError, match="no attention mask branch"):  # a plain ResNet: refused, not ignored
+        train.run(tiny_config(tmp_path, root, model="cifar_resnet164", grad_checkpointing=True, run_name="resnet"))
+
+
+def test_grad_checkpointing_is_refused_for_models_without_mask_branches():
+    from torchvision.models import resnet18  # the class of the torchvision baselines (resnet152, ...)
+
+    with pytest.raises(ConfigError, match="^model resnet152 has no attention mask branch to checkpoint"):
+        train.enable_grad_checkpointing(resnet18(num_classes=10), "resnet152")
+
+
+def test_bench_refuses_grad_checkpointing_of_a_plain_resnet(capsys, one_thread):
+    assert bench.main([*TINY, "--model", "cifar_resnet164", "--grad-checkpointing"]) == 1
+    assert "no attention mask branch" in error_line(capsys)
+
+
+def test_a_checkpoint_from_before_the_field_resumes_but_not_with_it_changed(tmp_path):
+    config = tiny_config(tmp_path, tmp_path)
+    older = config.to_dict()
+    del older["grad_checkpointing"]  # written before TrainConfig had the field
+    train._check_resumable({"config": older}, config, Path("last.pt"))
+    # It changes the mask's BN running statistics (updated twice a step), so it is part of the run.
+    with pytest.raises(CheckpointError, match="grad_checkpointing: False -> True"):
+        train._check_resumable({"config": older}, dataclasses.replace(config, grad_checkpointing=True),
+                               Path("last.pt"))
+
+
+# --- profiler pass --------------------------------------------------------------------------------
+
+def test_profile_writes_where_the_time_goes(tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.setattr(bench, "PROFILE_STEPS", 2)
+    figures = tmp_path / "figures.json"
+    assert bench.main([*TINY, "--json", str(figures), "--profile", str(tmp_path / "profiles")]) == 0
+    assert "profile" not in json.loads(figures.read_text())
+    path = tmp_path / "profiles" / f"{TINY_MODEL}-32-b4-fp32-nchw-profile.json"
+    profile = json.loads(path.read_text())
+    assert profile["benchmark"] == 1 and profile["model"] == TINY_MODEL and profile["setup"] == "gpu_batches, fp32, NCHW"
+    assert profile["profiled_steps"] == bench.PROFILE_STEPS and "device" not in profile  # no CUDA here
+    host = profile["host"]
+    categories = host["categories_us"]
+    assert set(categories) == {name for name, _ in bench.PROFILE_CATEGORIES} | {"other"}
+    assert all(us >= 0 for us in categories.values())
+    assert sum(categories.values()) == pytest.approx(host["total_self_us"], rel=1e-6)
+    assert host["per_step_ms"] == pytest.approx(host["total_self_us"] / bench.PROFILE_STEPS / 1e3)
+    # Attention-56 runs all of these every step; the names the profiler gives must land in them.
+    for category in ("conv/matmul", "batchnorm", "pool/upsample", "elementwise/activation", "optimizer"):
+        assert categories[category] > 0, category
+    top = host["top"]
+    assert 0 < len(top) <= bench.PROFILE_TOP and [r["self_us"] for r in top] == sorted((r["self_us"] for r in top),
+                                                                                      reverse=True)
+    assert all(r["category"] == bench.profile_category(r["name"]) and r["count"] >= 1 for r in top)
+    printed = capsys.readouterr().out
+    assert f"profile of {bench.PROFILE_STEPS} steps" in printed and "conv/matmul" in printed
+
+
+@pytest.mark.parametrize("name, category", [
+    ("aten::cudnn_convolution", "conv/matmul"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv/matmul"),
+    ("aten::addmm", "conv/matmul"),
+    ("cudnn::bn_fw_tr_1C11_kernel_NCHW", "batchnorm"),
+    ("NativeBatchNormBackward0", "batchnorm"),
+    ("void at::native::(anonymous namespace)::upsample_bilinear2d_out_frame<float, float>", "pool/upsample"),
+    ("aten::max_pool2d_with_indices", "pool/upsample"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::sigmoid_kernel_cuda>", "elementwise/activation"),
+    ("aten::mul", "elementwise/activation"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>", "memcpy/copy"),
+    ("Memcpy HtoD (Pageable -> Device)", "memcpy/copy"),
+    ("void at::native::multi_tensor_apply_kernel<at::native::TensorListMetadata<3>>", "optimizer"),
+    ("Optimizer.step#SGD.step", "optimizer"),
+    ("torch::autograd::AccumulateGrad", "other"),
+    ("aten::empty", "other"),
+])
+def test_profile_categories_of_op_and_kernel_names(name, category):
+    assert bench.profile_category(name) == category
+
+
+def test_idle_fraction_counts_overlapping_spans_once():
+    assert bench.idle_fraction([(5, 6), (0, 2), (1, 3)], 0, 10) == pytest.approx(0.6)
+    assert bench.idle_fraction([], 0, 10) == 1.0
+
+
+# --- several processes at once --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_processes_report_each_rate_and_the_total(tmp_path, capsys, one_thread):
+    out = tmp_path / "concurrent.json"
+    assert bench.main([*TINY, "--processes", "2", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    concurrent = record["concurrent"]
+    assert concurrent["processes"] == 2 and len(concurrent["images_per_s"]) == 2
+    assert all(rate > 0 for rate in concurrent["images_per_s"]) and len(concurrent["peak_memory_bytes"]) == 2
+    assert concurrent["one_process_images_per_s"] == record["ranlib"]["images_per_s"]
+    assert concurrent["ratio"] == pytest.approx(concurrent["aggregate_images_per_s"] / record["ranlib"]["images_per_s"])
+    # The total is over the shared wall-clock window, so it cannot beat the sum of the processes' own rates
+    # by more than timing noise.
+    assert 0 < concurrent["aggregate_images_per_s"] <= 1.2 * sum(concurrent["images_per_s"])
+    assert "2 processes at once" in capsys.readouterr().out
+
+
+def test_a_failing_process_stops_the_others_and_says_why(one_thread):
+    # The workers in this process (spawning costs seconds of imports per process on CPU).
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), precision="fp32", channels_last=False,
+                  compile_model=False, steps=1, warmup=0, data="gpu_batches", num_images=8, seed=0)
+    barrier, answers = threading.Barrier(2), queue.Queue()
+    bench._concurrent_worker(TINY_MODEL, {**kwargs, "image_size": 64}, barrier, answers)  # fails
+    assert barrier.broken  # so that the other process does not wait for it for ever
+    bench._concurrent_worker(TINY_MODEL, kwargs, barrier, answers)  # would run, but the barrier is broken
+    failed, stopped = answers.get_nowait(), answers.get_nowait()
+    assert stopped == {"error": None}
+    with pytest.raises(RanlibError, match="worker failed: RanlibError: the gpu_batches data path is for 32x32"):
+        bench._combine([stopped, failed], batch_size=4)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps >= 1"),
+    (["--model", "no_such_model"], "no_such_model"),
+    (["--processes", "0"], "--processes >= 1"),
+])
+def test_bad_input_is_one_line(extra, message, capsys):
+    assert bench.main([*TINY, *extra]) == 1
+    assert message in error_line(capsys)
