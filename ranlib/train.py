@@ -225,7 +225,8 @@ class TrainConfig:
 
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 _RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
-                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download"}
+                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
+                      "grad_checkpointing"}
 
 
 def _model_info(name: str):

@@ -13,6 +13,8 @@ learning, NAL, Table 3), then ``p`` more units.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -196,20 +198,51 @@ class AttentionModule(nn.Module):
         self.fusion = AttentionFusion(residual_attention)
         self.post = nn.Sequential(*[unit(chs, chs) for _ in range(p)])
         # Recompute the mask branch in the backward pass instead of storing its activations
-        # (ResidualNet.set_grad_checkpointing): same numbers, less memory, about one more mask forward.
+        # (ResidualNet.set_grad_checkpointing): the same model, less memory, one more mask forward.
         self.checkpoint_mask = False
 
     def _soft_mask(self, x: torch.Tensor) -> torch.Tensor:
         return self.mask_head(self.mask(x))
 
+    def _checkpointed_soft_mask(self, x: torch.Tensor) -> torch.Tensor:
+        calls = 0
+
+        def soft_mask(t: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return self._soft_mask(t)
+            # The recomputation in backward normalises with the same batch statistics, but must not
+            # move the running statistics a second time: the model stays the un-checkpointed one.
+            with _running_stats_kept(self.mask, self.mask_head):
+                return self._soft_mask(t)
+
+        return checkpoint(soft_mask, x, use_reentrant=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
         trunk = self.trunk(x)
         if self.checkpoint_mask and torch.is_grad_enabled():
-            soft_mask = checkpoint(self._soft_mask, x, use_reentrant=False)
+            soft_mask = self._checkpointed_soft_mask(x)
         else:
             soft_mask = self._soft_mask(x)
         return self.post(self.fusion(trunk, soft_mask))
+
+
+@contextlib.contextmanager
+def _running_stats_kept(*modules: nn.Module):
+    """Restore the BatchNorm running statistics (and batch counts) of ``modules`` on exit."""
+    norms = [m for module in modules for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [[t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
 
 
 def imagenet_stages(modules: tuple[int, int, int]) -> list[StageSpec]:

@@ -100,8 +100,9 @@ class ResidualNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every attention module's mask branch during backward (saves activation memory).
 
-        Outputs and gradients are unchanged; the mask's BatchNorm running statistics see each
-        batch twice (once more in the recomputation), as with any checkpointed BatchNorm.
+        Outputs, gradients and BatchNorm running statistics are those of the plain model (the
+        recomputation does not update the statistics a second time); it costs one more forward
+        pass of each mask branch.
         """
         for module in self.modules():
             if hasattr(module, "checkpoint_mask"):
