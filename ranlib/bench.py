@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from . import provenance
 from .errors import RanlibError, ResultsExistError
+from .train import COMPILE_MODES
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity), matched on the
 # device name torch reports; first match wins. Unknown GPUs report MFU as n/a.
@@ -125,7 +126,7 @@ def _endless(iterable_factory):
 def measure(model_name: str, *, batch_size: int, device: torch.device, precision: str, channels_last: bool,
             compile_model: bool, steps: int, warmup: int, data: str, num_images: int, seed: int,
             workers: int = 4, image_size: int | None = None, grad_checkpointing: bool = False,
-            profile_steps: int = 0, before_timing: Callable[[], None] | None = None) -> dict:
+            compile_mode: str | None = None, profile_steps: int = 0, before_timing: Callable[[], None] | None = None) -> dict:
     """Time ``steps`` training steps after ``warmup`` untimed ones; returns the figures.
 
     ``before_timing`` is called between the warm-up and the timed steps; ``profile_steps`` more
@@ -146,7 +147,7 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     counts = ranlib.complexity(model, size)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
-    step_model = torch.compile(model) if compile_model else model
+    step_model = torch.compile(model, mode=compile_mode) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
     if data in ("gpu_batches", "dataloader"):
@@ -200,7 +201,7 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     peak = bf16_peak_tflops(provenance.device_name(device)) if device.type == "cuda" else None
     achieved_tflops = 3 * 2 * counts["macs"] * images_per_s / 1e12
     figures = {
-        "data": data, "precision": precision, "channels_last": channels_last, "compile": compile_model,
+        "data": data, "precision": precision, "channels_last": channels_last, "compile": compile_model, "compile_mode": compile_mode,
         "grad_checkpointing": grad_checkpointing, "steps": steps, "warmup": warmup, "images_per_s": images_per_s,
         "step_time_ms_mean": 1e3 * mean, "step_time_ms_median": 1e3 * statistics.median(seconds),
         "step_time_ms_min": 1e3 * min(seconds),
@@ -390,8 +391,9 @@ def _combine(answers: list[dict], batch_size: int) -> dict:
 
 
 def _setup_text(r: dict) -> str:
-    return (f"{r['data']}, {r['precision']}, {'channels_last' if r['channels_last'] else 'NCHW'}"
-            f"{', compiled' if r['compile'] else ''}{', grad checkpointing' if r['grad_checkpointing'] else ''}")
+    compiled = f", compiled ({r.get('compile_mode') or 'default'})" if r["compile"] else ""
+    return (f"{r['data']}, {r['precision']}, {'channels_last' if r['channels_last'] else 'NCHW'}{compiled}"
+            f"{', grad checkpointing' if r['grad_checkpointing'] else ''}")
 
 
 def _format_row(label: str, r: dict) -> str:
@@ -430,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on for CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   help="torch.compile mode (implies --compile), e.g. reduce-overhead: CUDA graphs, less Python per step")
     p.add_argument("--steps", type=int, default=50, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--device", default="auto")
@@ -459,7 +463,8 @@ def file_name(record: dict) -> str:
     r = record["ranlib"]
     parts = [record["model"], str(record["input_size"]), f"b{record['batch_size']}", r["precision"],
              "cl" if r["channels_last"] else "nchw"]
-    parts += [flag for flag, on in (("gc", r["grad_checkpointing"]), ("compiled", r["compile"])) if on]
+    parts += [flag for flag, on in (("gc", r["grad_checkpointing"]), ("compiled", r["compile"]),
+                                    (r.get("compile_mode"), r.get("compile_mode"))) if on]
     return "-".join(parts) + ".json"
 
 
@@ -488,7 +493,8 @@ def bench_one(case: Case, args: argparse.Namespace, *, baseline: bool) -> dict:
     started = provenance.utc_now()
     common = dict(batch_size=batch_size, device=device, steps=args.steps, warmup=args.warmup,
                   num_images=max(num_images, batch_size), seed=args.seed, image_size=size)
-    fast = dict(precision=precision, channels_last=channels_last, compile_model=args.compile,
+    fast = dict(precision=precision, channels_last=channels_last,
+                compile_model=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
                 data="gpu_batches" if size == 32 else "synthetic_device", grad_checkpointing=case.grad_checkpointing,
                 **common)
     figures = {"ranlib": measure(model_name, profile_steps=PROFILE_STEPS if args.profile else 0, **fast)}

@@ -46,6 +46,8 @@ TRAIN_HELP = {
     "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     "channels_last": "channels_last memory format (default: on for CUDA)",
     "compile": "torch.compile the model",
+    "compile_mode": "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
+                    "max-autotune-no-cudagraphs",
     "grad_checkpointing": "recompute the attention mask branches in backward: less activation memory, about "
                           "one more mask forward per step (the mask's BN running statistics update twice)",
     "sync_bn": "under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA only)",

@@ -60,6 +60,7 @@ from .results import SCHEMA_VERSION, check_name, ensure_writable, results_path, 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
 IMAGENET_DATASETS = ("imagenet-folder",)
 PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 DEFAULT_DOWNLOAD_ROOT = ".data"  # where --download puts official CIFAR when no --data-root is given
 TOP5_MIN_CLASSES = 100  # top-5 error is reported for CIFAR-100 and ImageNet, not for 10 classes
 STAGE_RESPONSE_BATCH = 64  # fixed test images (the first ones) for Figure 4's stage responses
@@ -201,6 +202,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     grad_checkpointing: bool = False  # recompute attention mask branches in backward (less memory)
     sync_bn: bool = False
     deterministic: bool | None = None
@@ -226,7 +228,7 @@ class TrainConfig:
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 _RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                       "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
-                      "grad_checkpointing"}
+                      "grad_checkpointing", "compile_mode"}
 
 
 def _model_info(name: str):
@@ -290,6 +292,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
             raise DataNotFoundError(f"no --data-root given for dataset {c.dataset!r}: {how}")
     if c.precision not in PRECISIONS:
         raise UnknownNameError(f"unknown precision {c.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if c.compile_mode is not None and c.compile_mode not in COMPILE_MODES:
+        raise UnknownNameError(f"unknown compile mode {c.compile_mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if c.compile_mode is not None and not c.compile:
+        raise ConfigError(f"compile mode {c.compile_mode!r} given without --compile; add --compile or drop the mode")
     profile, recipe = profiles[c.profile], RECIPES[info.dataset]
 
     explicit_batch = c.batch_size is not None
@@ -834,7 +840,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         forward_sync_buffers=False)  # BN stats: averaged after each step
-    step_model = torch.compile(model) if c.compile else model
+    step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
 
     metrics = _MetricsLog(run_dir / "metrics.jsonl", keep_until=start_iteration if saved else None, enabled=d.main)
     metrics.write({"event": "resume" if saved else "start", "iteration": start_iteration, "config": c.to_dict()})

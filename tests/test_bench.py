@@ -193,3 +193,36 @@ def test_a_failing_process_stops_the_others_and_says_why(one_thread):
 def test_bad_input_is_one_line(extra, message, capsys):
     assert bench.main([*TINY, *extra]) == 1
     assert message in error_line(capsys)
+
+
+# --- torch.compile mode -----------------------------------------------------------------------------
+
+@pytest.fixture
+def compiled(monkeypatch) -> list:
+    """The modes torch.compile was called with; the model runs uncompiled (compiling is minutes on CPU)."""
+    modes = []
+
+    def spy(model, mode=None):
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return modes
+
+
+def test_bench_compile_mode_reaches_torch_compile_and_the_file_name(tmp_path, one_thread, compiled):
+    assert bench.main([*TINY, "--compile-mode", "reduce-overhead", "--out", str(tmp_path)]) == 0
+    assert compiled == ["reduce-overhead"]
+    [path] = tmp_path.iterdir()
+    assert path.name == f"{TINY_MODEL}-32-b4-fp32-nchw-compiled-reduce-overhead.json"
+    assert json.loads(path.read_text())["ranlib"]["compile_mode"] == "reduce-overhead"
+
+
+def test_train_compile_mode_is_checked_and_reaches_torch_compile(tmp_path, one_thread, compiled):
+    root = make_folder_dataset(tmp_path / "data", n_train=8, n_test=4)
+    train.run(tiny_config(tmp_path, root, compile=True, compile_mode="reduce-overhead", iterations=2))
+    assert compiled == ["reduce-overhead"]
+    with pytest.raises(ConfigError, match="without --compile"):
+        train.resolve(tiny_config(tmp_path, root, compile_mode="max-autotune"))
+    with pytest.raises(train.UnknownNameError, match="unknown compile mode"):
+        train.resolve(tiny_config(tmp_path, root, compile=True, compile_mode="fastest"))
