@@ -15,6 +15,11 @@ Model FLOP utilisation = 3 x 2 x multiply-adds per image x images/s / the GPU's 
 a training step costs about three forward passes (forward, and backward for activations and
 weights); multiply-adds are counted by ``ranlib.complexity`` (convolutions and classifier).
 
+``--compile`` / ``--compile-mode MODE`` wrap the model in ``torch.compile`` (warm-up steps include
+compiling); ``reduce-overhead`` replays the step's kernels as CUDA graphs, for a step whose
+time goes into launching many small kernels (a 32x32 network at batch 64 may be one: ``--profile``
+tells). ``ranlib train --compile --compile-mode ...`` trains the same way.
+
 ``--grad-checkpointing`` recomputes the attention mask branches in backward
 (``ResidualNet.set_grad_checkpointing``, as ``ranlib train --grad-checkpointing``): less activation
 memory for about one more mask forward per step; the file name gets ``-gc``.

@@ -170,6 +170,8 @@ class Campaign:
         self.campaign_started_at = provenance.utc_now()
         self.git_commit = provenance.git_state()[0] or ""
         self.lines: list[dict] = []
+        self.left: list[dict] = []
+        self._signalled = False
 
     def command(self, config: dict) -> list[str]:
         from .cli import train_argv
@@ -182,7 +184,6 @@ class Campaign:
         start = last = time.monotonic()
         stop_at, kill_at = start + self.budget_s - self.stop_grace_s, None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self._signalled = False
         try:
             while pending or active:
                 now = time.monotonic()
@@ -449,10 +450,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .data import ARRAY_DATASETS, load_arrays
     from .train import Dist, select_device
 
     plan = _plan_from(args)
     device = select_device(args.device, Dist())
+    if plan.runs and args.dataset in ARRAY_DATASETS:
+        # Decode once here (the decode cache), not in every training at once; a missing dataset
+        # is one error line now rather than one failed run per planned training.
+        load_arrays(args.dataset, report.resolve_path(args.data_root),
+                    download=bool(plan.runs[0].get("download")))
     campaign = Campaign(plan.runs, concurrent=args.concurrent, budget_s=args.budget_minutes * 60,
                         launch_margin_s=args.launch_margin_minutes * 60,
                         stop_grace_s=args.stop_grace_minutes * 60,

@@ -172,6 +172,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("ranlib: error: no archive") and "\n" not in err
     assert campaign.main(["plan", "--experiments", "table9"]) == 1
     assert "unknown experiment" in capsys.readouterr().err
+    # missing data: one line before anything is launched, not one failed run per training
+    args = ["run", "--experiments", "mask_structure", "--profile", "smoke", "--device", "cpu",
+            "--data-root", str(tmp_path / "nowhere"), "--results-dir", str(tmp_path / "results")]
+    assert campaign.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ranlib: error: no cifar10-jpeg.npz") and "\n" not in err
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, data_root):
