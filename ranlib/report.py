@@ -447,7 +447,11 @@ def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
     from .cli import train_argv
 
     exp = experiment(name)
-    lines = [f"make reproduce PROFILE={profile} NOTEBOOKS={name}", "# or, run by run:"]
+    lines = [f"make reproduce PROFILE={profile} NOTEBOOKS={name}",
+             "# or, several trainings at once on one GPU, then `make book`:",
+             f"python -m ranlib.campaign run --experiments {name} --profile {profile} --dataset {exp.dataset} "
+             f"--data-root {exp.data_root} --device cuda --concurrent 4",
+             "# or, run by run:"]
     for config in plan_runs(name, profile=profile, seeds=[seed], dataset=exp.dataset,
                             data_root=exp.data_root):
         # plan_runs resolves folders to absolute paths; the commands keep the defaults.

@@ -289,6 +289,12 @@ def test_plan_runs_configs_are_valid_train_configs(tmp_path):
 def test_no_results_page_gives_the_commands():
     text = report.no_results_markdown("mask_structure")
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
+    import shlex
+
+    from ranlib import campaign
+    [line] = [l for l in text.splitlines() if l.startswith("python -m ranlib.campaign")]
+    args = campaign.build_parser().parse_args(shlex.split(line)[3:])
+    assert (args.command, args.experiments, args.profile) == ("run", ["mask_structure"], "quick")
     assert "python -m ranlib train --experiment mask_structure" in text
     assert "--model cifar_attention56" in text
     assert "--run-name attention56-local-quick-s0" in text
@@ -301,7 +307,7 @@ def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
 
     cli = pytest.importorskip("ranlib.cli")
 
-    lines = [l for l in report.train_commands(name).splitlines() if l.startswith("python -m")]
+    lines = [l for l in report.train_commands(name).splitlines() if l.startswith("python -m ranlib train")]
     exp = report.experiment(name)
     plan = report.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
                             data_root=exp.data_root)
