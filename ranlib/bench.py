@@ -470,6 +470,8 @@ def file_name(record: dict) -> str:
              "cl" if r["channels_last"] else "nchw"]
     parts += [flag for flag, on in (("gc", r["grad_checkpointing"]), ("compiled", r["compile"]),
                                     (r.get("compile_mode"), r.get("compile_mode"))) if on]
+    if "concurrent" in record:  # a file of its own beside the one-process measurement
+        parts.append(f"x{record['concurrent']['processes']}")
     return "-".join(parts) + ".json"
 
 

@@ -301,7 +301,7 @@ def pack(out: Path, *, results_dir: Path, checkpoint_dir: Path, experiments: Seq
     members = []
     for name in experiments:
         members += [(p, Path("results") / p.relative_to(results_dir))
-                    for p in sorted((results_dir / name).glob("*.json"))]
+                    for p in sorted((results_dir / name).rglob("*.json"))]  # benchmark profiles too
         members += [(p, Path("checkpoints") / p.relative_to(checkpoint_dir))
                     for p in sorted((checkpoint_dir / name).glob("*/*"))
                     if p.name in ("metrics.jsonl", LOG_NAME)]

@@ -956,6 +956,114 @@ def jpeg_gap_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     return pd.DataFrame(lines, columns=columns)
 
 
+# Issue targets for the training step on one H100 (the Performance page checks the figures against them).
+TARGET_SPEEDUP = 3.0  # ranlib's CIFAR path over the plain baseline, Attention-92
+TARGET_PAPER_SCHEDULE_MIN = 20.0  # Attention-92, the paper-length CIFAR schedule
+TARGET_QUICK_MIN = 3.0  # Attention-92, the quick profile
+TARGET_MEMORY_BYTES = 11e9  # Attention-56 at 224, batch 64, a whole training step
+
+
+def read_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
+    """The figures files ``python -m ranlib.bench --out results/performance`` wrote, with their
+    profiles (``--profile results/performance/profiles``) under ``"profile"`` when present."""
+    folder = resolve_path(results_root) / "performance"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    profiles = {p.name.removesuffix("-profile.json"): json.loads(p.read_text())
+                for p in sorted(folder.glob("profiles/*-profile.json"))}
+    from .bench import file_name
+
+    return [{**r, "file": file_name(r), "profile": profiles.get(file_name(r).removesuffix(".json"))}
+            for r in records]
+
+
+def performance_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
+    """One line per benchmarked configuration: ranlib vs the plain baseline."""
+    lines = []
+    for b in benchmarks:
+        fast, plain = b["ranlib"], b.get("baseline") or {}
+        lines.append({
+            "model": b["model"], "size": b["input_size"], "batch": b["batch_size"],
+            "setup": _bench_setup(fast), "images/s": round(fast["images_per_s"], 1),
+            "baseline images/s": round(plain["images_per_s"], 1) if plain else math.nan,
+            "speed-up": round(b["speedup"], 2) if b.get("speedup") else math.nan,
+            "step ms": round(fast["step_time_ms_median"], 2),
+            "peak GiB": round(fast["peak_memory_bytes"] / 2**30, 2),
+            "baseline peak GiB": round(plain["peak_memory_bytes"] / 2**30, 2) if plain else math.nan,
+            "MFU %": round(100 * fast["mfu"], 1) if fast.get("mfu") is not None else math.nan,
+            "paper schedule min": round(b["projection"]["paper_schedule_min"], 1),
+            "device": b["device_name"], "torch": b["provenance"].get("torch")})
+    return pd.DataFrame(lines)
+
+
+def _bench_setup(r: dict) -> str:
+    parts = [r["precision"], "channels_last" if r["channels_last"] else "NCHW"]
+    if r.get("compile"):
+        parts.append(f"compiled ({r.get('compile_mode') or 'default'})")
+    if r.get("grad_checkpointing"):
+        parts.append("mask checkpointing")
+    return ", ".join(parts)
+
+
+def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
+    """The issue's targets against every figures file that speaks to one: met, or not."""
+    from .train import PROFILES
+
+    quick_batch = PROFILES["cifar"]["quick"].batch_size
+    lines = []
+
+    def add(target, b, value, unit, met):
+        lines.append({"target": target, "model": b["model"], "batch": b["batch_size"],
+                      "setup": _bench_setup(b["ranlib"]), "measured": f"{value:.2f} {unit}",
+                      "met": "yes" if met else "no", "device": b["device_name"]})
+
+    for b in benchmarks:
+        if b["model"] == "cifar_attention92":
+            if b.get("speedup"):
+                add(f"CIFAR path >= {TARGET_SPEEDUP:g}x the plain baseline", b, b["speedup"], "x",
+                    b["speedup"] >= TARGET_SPEEDUP)
+            minutes = b["projection"]["paper_schedule_min"]
+            add(f"paper-length schedule <= {TARGET_PAPER_SCHEDULE_MIN:g} min (projected)", b, minutes, "min",
+                minutes <= TARGET_PAPER_SCHEDULE_MIN)
+            if b["batch_size"] == quick_batch:
+                minutes = b["projection"]["quick_profile_min"]
+                add(f"quick profile <= {TARGET_QUICK_MIN:g} min (projected)", b, minutes, "min",
+                    minutes <= TARGET_QUICK_MIN)
+        if (b["model"], b["input_size"], b["batch_size"]) == ("attention56", 224, 64):
+            # What the card must hold: the allocator's reserved peak when recorded, else allocated.
+            peak = b["ranlib"].get("peak_reserved_bytes") or b["ranlib"]["peak_memory_bytes"]
+            add(f"training step <= {TARGET_MEMORY_BYTES / 1e9:g} GB peak memory", b, peak / 1e9, "GB",
+                peak <= TARGET_MEMORY_BYTES)
+    return pd.DataFrame(lines, columns=["target", "model", "batch", "setup", "measured", "met", "device"])
+
+
+def profile_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
+    """Where a step's time goes (``bench --profile``): per configuration, the share of self time
+    of each category, device kernels on a GPU (host ops otherwise), and the GPU's idle share."""
+    lines = []
+    for b in benchmarks:
+        profiled = b.get("profile")
+        if not profiled:
+            continue
+        side = "device" if "device" in profiled else "host"
+        total = profiled[side]["total_self_us"] or 1.0
+        lines.append({"model": b["model"], "batch": b["batch_size"], "setup": _bench_setup(b["ranlib"]),
+                      "time": f"{side} self", "ms per step": round(profiled[side]["per_step_ms"], 2),
+                      **{f"{k} %": round(100 * v / total, 1) for k, v in profiled[side]["categories_us"].items()},
+                      "GPU idle %": round(100 * profiled["gpu_idle_fraction"], 1)
+                      if "gpu_idle_fraction" in profiled else math.nan})
+    return pd.DataFrame(lines)
+
+
+def concurrency_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
+    """``bench --processes K``: K trainings at once on one device against one alone."""
+    lines = [{"model": b["model"], "batch": b["batch_size"], "processes": c["processes"],
+              "one process images/s": round(c["one_process_images_per_s"], 1),
+              "all together images/s": round(c["aggregate_images_per_s"], 1), "ratio": round(c["ratio"], 2),
+              "device": b["device_name"]}
+             for b in benchmarks if (c := b.get("concurrent"))]
+    return pd.DataFrame(lines)
+
+
 def missing_data_markdown(name: str, dataset: str, data_root: str | os.PathLike) -> str:
     """What a notebook asked to train says when its data is not there."""
     return (f"**Not run here: no data.** `{dataset}` was expected at `{resolve_path(data_root)}`, "

@@ -226,3 +226,56 @@ def test_train_compile_mode_is_checked_and_reaches_torch_compile(tmp_path, one_t
         train.resolve(tiny_config(tmp_path, root, compile_mode="max-autotune"))
     with pytest.raises(train.UnknownNameError, match="unknown compile mode"):
         train.resolve(tiny_config(tmp_path, root, compile=True, compile_mode="fastest"))
+
+
+# --- the Performance page's tables ------------------------------------------------------------------
+
+def test_performance_tables_read_the_figures_and_profiles_bench_wrote(tmp_path, one_thread):
+    from ranlib import report
+
+    out = tmp_path / "performance"
+    assert bench.main([*TINY, "--baseline", "--out", str(out), "--profile", str(out / "profiles")]) == 0
+    [b] = report.read_benchmarks(tmp_path)
+    assert b["profile"] is not None and b["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
+    [row] = report.performance_table([b]).to_dict("records")
+    assert row["speed-up"] == round(b["speedup"], 2) and row["setup"] == "fp32, NCHW"
+    [profiled] = report.profile_table([b]).to_dict("records")
+    shares = [v for k, v in profiled.items() if k.endswith(" %") and k != "GPU idle %"]
+    assert sum(shares) == pytest.approx(100, abs=0.5)
+    assert report.concurrency_table([b]).empty
+    assert report.performance_targets([b]).empty  # a tiny CPU model speaks to no target
+
+
+def test_performance_targets_are_judged_on_the_right_configurations(tmp_path, one_thread):
+    from ranlib import report
+
+    out = tmp_path / "figures.json"
+    assert bench.main([*TINY, "--baseline", "--json", str(out)]) == 0
+    base = json.loads(out.read_text())
+
+    def variant(model, size, batch, speedup, paper_min, quick_min, reserved=None):
+        r = json.loads(json.dumps(base))
+        r.update(model=model, input_size=size, batch_size=batch, speedup=speedup)
+        r["projection"].update(paper_schedule_min=paper_min, quick_profile_min=quick_min)
+        r["ranlib"]["peak_reserved_bytes"] = reserved
+        return r
+
+    targets = report.performance_targets([
+        variant("cifar_attention92", 32, 64, 3.4, 25.0, 2.5),
+        variant("cifar_attention92", 32, 256, 2.9, 12.0, 1.2),
+        variant("attention56", 224, 64, 1.5, 90.0, 9.0, reserved=12e9),
+    ]).set_index(["target", "batch"])
+    assert targets.loc[("CIFAR path >= 3x the plain baseline", 64), "met"] == "yes"
+    assert targets.loc[("CIFAR path >= 3x the plain baseline", 256), "met"] == "no"
+    assert targets.loc[("paper-length schedule <= 20 min (projected)", 64), "met"] == "no"
+    assert targets.loc[("paper-length schedule <= 20 min (projected)", 256), "met"] == "yes"
+    quick = targets.xs("quick profile <= 3 min (projected)")
+    assert list(quick.index) == [256] and quick["met"].tolist() == ["yes"]  # only at the quick batch
+    memory = targets.loc[("training step <= 11 GB peak memory", 64)]
+    assert (memory["measured"], memory["met"]) == ("12.00 GB", "no")
+
+
+def test_a_concurrent_measurement_gets_a_file_of_its_own():
+    record = {"model": "m", "input_size": 32, "batch_size": 4, "concurrent": {"processes": 4},
+              "ranlib": {"precision": "bf16", "channels_last": True, "grad_checkpointing": False, "compile": False}}
+    assert bench.file_name(record) == "m-32-b4-bf16-cl-x4.json"
