@@ -397,7 +397,10 @@ def same_training(config: dict, record: dict) -> bool:
         return False
     if _noise_level(record) != float(config.get("noise_level") or 0.0):
         return False
-    extra = set(config) - set(_TRAINING_KEYS) - _NOT_TRAINING
+    from .train import RESUMABLE_CHANGES
+
+    # Fields a resumed run may change do not change what is trained (compiling, checkpointing...).
+    extra = set(config) - set(_TRAINING_KEYS) - _NOT_TRAINING - RESUMABLE_CHANGES
     return all(done.get(k) == config[k] for k in extra)
 
 

@@ -226,7 +226,7 @@ class TrainConfig:
 
 
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
-_RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
+RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                       "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
                       "grad_checkpointing", "compile_mode"}
 
@@ -750,7 +750,7 @@ class _MetricsLog:
 def _check_resumable(saved: dict, c: TrainConfig, path: Path) -> None:
     # A field added to TrainConfig since the checkpoint was written had its default value then.
     old, new = TrainConfig().to_dict() | saved.get("config", {}), c.to_dict()
-    differ = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    differ = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
     if differ:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ[:4])
         raise CheckpointError(f"checkpoint {path} was written by a different configuration ({detail}); "
