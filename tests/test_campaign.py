@@ -187,7 +187,8 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     import subprocess
     import sys
 
-    (tmp_path / "results" / "models").mkdir(parents=True)  # the committed results it is seeded with
+    (tmp_path / "results" / "performance").mkdir(parents=True)  # the committed results it is seeded with
+    (tmp_path / "results" / "performance" / "bench.json").write_text('{"benchmark": 1}')
     env = {**subprocess_env(), "PYTHON": sys.executable}
     script = str(REPO / "tools" / "sitting.sh")
     run = "mask_structure/attention56-local-smoke-s0"
@@ -206,10 +207,10 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     archive = tmp_path / "out" / "campaign.tar.gz"
     here = dict(results_dir=tmp_path / "here", checkpoint_dir=tmp_path / "here-checkpoints")
     counts = campaign.unpack(archive, **here)
-    assert (counts["results"], counts["ledger_lines"]) == (1, 1)
+    assert (counts["results"], counts["ledger_lines"]) == (2, 1)  # the run's record and the benchmark
     assert (tmp_path / "here-checkpoints" / run / "last.pt").is_file()
     again = campaign.unpack(archive, **here)
-    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 1, 0)
+    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 2, 0)
     target = tmp_path / "here" / f"{run}.json"
     record = json.loads(target.read_text())
     record["final"]["top1_error"] = 1.0
