@@ -473,7 +473,24 @@ def _folder_records(root: Path, name: str) -> list[dict]:
     from .results import load_results
 
     folder = root / name
-    return load_results(folder) if folder.is_dir() else []
+    return _with_charged_time(root, load_results(folder)) if folder.is_dir() else []
+
+
+def _with_charged_time(root: Path, records: list[dict]) -> list[dict]:
+    """Records of runs a campaign trained get ``"charged_device_s"``: the device seconds its ledger
+    charged them over all their sittings (shared time split between the runs sharing it), which
+    :func:`_device_minutes` prefers to the run's own wall time."""
+    from .campaign import LEDGER_NAME, read_ledger
+
+    charged: dict[tuple[str, str], float] = {}
+    finished = set()
+    for line in read_ledger(root / LEDGER_NAME):
+        key = (line["experiment"], line["run_name"])
+        charged[key] = charged.get(key, 0.0) + float(line["device_s"])
+        if line["status"] == "finished":
+            finished.add(key)
+    return [{**r, "charged_device_s": charged[key]} if (key := (r["experiment"], r["run_name"])) in finished
+            else r for r in records]
 
 
 def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = True) -> list[dict]:
@@ -507,6 +524,8 @@ def _profile(record: dict) -> str:
 
 
 def _device_minutes(record: dict) -> float:
+    if "charged_device_s" in record:  # trained by a campaign, perhaps sharing the device
+        return record["charged_device_s"] / 60.0
     cost = record.get("cost") or {}
     if cost.get("device_hours") is not None:
         return 60.0 * float(cost["device_hours"])
@@ -881,7 +900,8 @@ def claims_summary(results_root: str | os.PathLike = "results") -> pd.DataFrame:
 
 
 def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
-    """Device time per experiment, from the ``cost`` fields of every results record.
+    """Device time per experiment, from the ``cost`` fields of every results record (or, for
+    runs a campaign trained, the device time its ledger charged them).
 
     Columns: experiment, runs, gpu_minutes (CUDA runs), cpu_minutes (the rest), devices,
     profiles; a last line ``total``.
@@ -896,8 +916,8 @@ def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
         files = sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")) \
             if folder.is_dir() else []
         # complexity.json and benchmark files are not run records: only those with "cost".
-        records = [r for p in files if "cost" in json.loads(p.read_text())
-                   for r in load_results(p)]
+        records = _with_charged_time(root, [r for p in files if "cost" in json.loads(p.read_text())
+                                            for r in load_results(p)])
         gpu = sum(_device_minutes(r) for r in records
                   if r["provenance"].get("device_type") == "cuda")
         cpu = sum(_device_minutes(r) for r in records

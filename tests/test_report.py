@@ -438,6 +438,15 @@ def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
     assert (finished["sittings"], finished["device_minutes"], finished["wall_minutes"]) == (2, 10.0, 20.0)
     assert table.loc[("arl_vs_nal", "interrupted"), "device_minutes"] == 1.0
 
+    # the runs' own records (10 wall minutes each): the book counts what the campaign charged
+    for run in ("a", "b", "c"):
+        write_results(make_record("arl_vs_nal", run, "cifar_attention56", error=5.0), tmp_path)
+    minutes = report.runs_frame("arl_vs_nal", report.load_records(tmp_path, "arl_vs_nal")).set_index(
+        "run_name")["device_minutes"]
+    assert (minutes["a"], minutes["b"]) == (5.0, 5.0)
+    assert minutes["c"] == 10.0  # interrupted and not finished by a campaign: its own record
+    assert report.compute_ledger(tmp_path).set_index("experiment").loc["arl_vs_nal", "gpu_minutes"] == 20.0
+
 
 def test_ledger_skips_files_that_are_not_run_records(tmp_path):
     (tmp_path / "models").mkdir()
