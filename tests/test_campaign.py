@@ -195,10 +195,14 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     options = ["--experiments", "mask_structure", "--rows", "attention56-local", "--profile", "smoke",
                "--seeds", "0", "--dataset", "folder", "--data-root", str(data_root), "--device", "cpu",
                "--set", *(f"{k}={v}" for k, v in TINY.items())]
+    measured_there = tmp_path / ".sitting" / "results" / "performance" / "measured-there.json"
+    measured_there.parent.mkdir(parents=True)
+    measured_there.write_text('{"benchmark": 1}')  # a benchmark written before the campaign started
     started = subprocess.run([script, "start", "5", *options], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=60)
     assert started.returncode == 0, started.stderr
     assert "campaign started" in started.stdout
+    assert (measured_there.parent / "bench.json").is_file() and measured_there.is_file()  # seeded, kept
     waited = subprocess.run([script, "wait", "300", str(tmp_path / "out"), "--checkpoints", run],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert waited.returncode == 0, waited.stderr
@@ -207,10 +211,10 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     archive = tmp_path / "out" / "campaign.tar.gz"
     here = dict(results_dir=tmp_path / "here", checkpoint_dir=tmp_path / "here-checkpoints")
     counts = campaign.unpack(archive, **here)
-    assert (counts["results"], counts["ledger_lines"]) == (2, 1)  # the run's record and the benchmark
+    assert (counts["results"], counts["ledger_lines"]) == (3, 1)  # the run's record and two benchmarks
     assert (tmp_path / "here-checkpoints" / run / "last.pt").is_file()
     again = campaign.unpack(archive, **here)
-    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 2, 0)
+    assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 3, 0)
     target = tmp_path / "here" / f"{run}.json"
     record = json.loads(target.read_text())
     record["final"]["top1_error"] = 1.0

@@ -8,6 +8,7 @@
 # `start` runs a campaign detached from the calling command (so it outlives it, until the machine
 # goes back) with its results and checkpoints under .sitting/ (ignored by git: a re-copied working
 # tree does not touch them), seeded with the committed results so that nothing is trained twice.
+# Write benchmarks to .sitting/results/performance too: `wait` packs everything under .sitting/results.
 # `wait` returns when the campaign ends or after SECONDS, whichever comes first, and packs what is
 # done into OUT/campaign.tar.gz; `python -m ranlib.campaign unpack` puts it into this checkout.
 set -euo pipefail
@@ -25,8 +26,9 @@ start)
         echo "sitting: a campaign is already running (pid $(cat "$SITTING/campaign.pid")); wait for it" >&2
         exit 1
     fi
-    mkdir -p "$SITTING"
-    [ -d "$SITTING/results" ] || cp -r results "$SITTING/results"
+    # Committed results the sitting lacks (no-clobber: what it wrote itself, benchmarks say, stays).
+    mkdir -p "$SITTING/results"
+    cp -rn results/. "$SITTING/results/"
     setsid nohup "$PYTHON" -m ranlib.campaign run --results-dir "$SITTING/results" \
         --checkpoint-dir "$SITTING/checkpoints" --budget-minutes "$minutes" "$@" \
         >>"$SITTING/campaign.out" 2>&1 </dev/null &
