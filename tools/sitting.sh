@@ -45,7 +45,9 @@ wait)
     while [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do
         sleep 2
     done
-    if [ "$pid" != 0 ] && kill -0 "$pid" 2>/dev/null; then state="still running"; else state="ended"; fi
+    if [ "$pid" = 0 ]; then state="never started (packing what is there)"
+    elif kill -0 "$pid" 2>/dev/null; then state="still running"
+    else state="ended"; fi
     mkdir -p "$out"
     "$PYTHON" -m ranlib.campaign pack --results-dir "$SITTING/results" --checkpoint-dir "$SITTING/checkpoints" \
         --out "$out/campaign.tar.gz" "$@"
