@@ -395,7 +395,8 @@ def _combine(answers: list[dict], batch_size: int) -> dict:
             "aggregate_images_per_s": images / span}
 
 
-def _setup_text(r: dict) -> str:
+def setup_text(r: dict) -> str:
+    """How a path was measured: ``"gpu_batches, bf16, channels_last, compiled (default)"``."""
     compiled = f", compiled ({r.get('compile_mode') or 'default'})" if r["compile"] else ""
     return (f"{r['data']}, {r['precision']}, {'channels_last' if r['channels_last'] else 'NCHW'}{compiled}"
             f"{', grad checkpointing' if r['grad_checkpointing'] else ''}")
@@ -404,7 +405,7 @@ def _setup_text(r: dict) -> str:
 def _format_row(label: str, r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a"
     return (f"{label:<10} {r['images_per_s']:>10.1f} {r['step_time_ms_mean']:>9.2f} {r['step_time_ms_median']:>9.2f} "
-            f"{r['peak_memory_bytes'] / 2**30:>9.2f} {mfu:>7}   {_setup_text(r)}")
+            f"{r['peak_memory_bytes'] / 2**30:>9.2f} {mfu:>7}   {setup_text(r)}")
 
 
 @dataclass(frozen=True)
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 # "benchmark" as in the figures files, so that results loaders skip it
                 context = {k: record[k] for k in ("benchmark", "model", "input_size", "batch_size", "device_name")}
                 _write(args.profile / (file_name(record)[:-len(".json")] + "-profile.json"),
-                       {**context, "setup": _setup_text(record["ranlib"]), **profiled}, args.overwrite)
+                       {**context, "setup": setup_text(record["ranlib"]), **profiled}, args.overwrite)
     except RanlibError as exc:
         print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

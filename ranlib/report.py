@@ -1001,12 +1001,14 @@ def read_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
 
 def performance_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
     """One line per benchmarked configuration: ranlib vs the plain baseline."""
+    from .bench import setup_text
+
     lines = []
     for b in benchmarks:
         fast, plain = b["ranlib"], b.get("baseline") or {}
         lines.append({
             "model": b["model"], "size": b["input_size"], "batch": b["batch_size"],
-            "setup": _bench_setup(fast), "images/s": round(fast["images_per_s"], 1),
+            "setup": setup_text(fast), "images/s": round(fast["images_per_s"], 1),
             "baseline images/s": round(plain["images_per_s"], 1) if plain else math.nan,
             "speed-up": round(b["speedup"], 2) if b.get("speedup") else math.nan,
             "step ms": round(fast["step_time_ms_median"], 2),
@@ -1018,17 +1020,9 @@ def performance_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def _bench_setup(r: dict) -> str:
-    parts = [r["precision"], "channels_last" if r["channels_last"] else "NCHW"]
-    if r.get("compile"):
-        parts.append(f"compiled ({r.get('compile_mode') or 'default'})")
-    if r.get("grad_checkpointing"):
-        parts.append("mask checkpointing")
-    return ", ".join(parts)
-
-
 def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
     """The issue's targets against every figures file that speaks to one: met, or not."""
+    from .bench import setup_text
     from .train import PROFILES
 
     quick_batch = PROFILES["cifar"]["quick"].batch_size
@@ -1036,7 +1030,7 @@ def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
 
     def add(target, b, value, unit, met):
         lines.append({"target": target, "model": b["model"], "batch": b["batch_size"],
-                      "setup": _bench_setup(b["ranlib"]), "measured": f"{value:.2f} {unit}",
+                      "setup": setup_text(b["ranlib"]), "measured": f"{value:.2f} {unit}",
                       "met": "yes" if met else "no", "device": b["device_name"]})
 
     for b in benchmarks:
@@ -1062,6 +1056,8 @@ def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
 def profile_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
     """Where a step's time goes (``bench --profile``): per configuration, the share of self time
     of each category, device kernels on a GPU (host ops otherwise), and the GPU's idle share."""
+    from .bench import setup_text
+
     lines = []
     for b in benchmarks:
         profiled = b.get("profile")
@@ -1069,7 +1065,7 @@ def profile_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
             continue
         side = "device" if "device" in profiled else "host"
         total = profiled[side]["total_self_us"] or 1.0
-        lines.append({"model": b["model"], "batch": b["batch_size"], "setup": _bench_setup(b["ranlib"]),
+        lines.append({"model": b["model"], "batch": b["batch_size"], "setup": setup_text(b["ranlib"]),
                       "time": f"{side} self", "ms per step": round(profiled[side]["per_step_ms"], 2),
                       **{f"{k} %": round(100 * v / total, 1) for k, v in profiled[side]["categories_us"].items()},
                       "GPU idle %": round(100 * profiled["gpu_idle_fraction"], 1)

@@ -238,7 +238,7 @@ def test_performance_tables_read_the_figures_and_profiles_bench_wrote(tmp_path, 
     [b] = report.read_benchmarks(tmp_path)
     assert b["profile"] is not None and b["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
     [row] = report.performance_table([b]).to_dict("records")
-    assert row["speed-up"] == round(b["speedup"], 2) and row["setup"] == "fp32, NCHW"
+    assert row["speed-up"] == round(b["speedup"], 2) and row["setup"] == "gpu_batches, fp32, NCHW"
     [profiled] = report.profile_table([b]).to_dict("records")
     shares = [v for k, v in profiled.items() if k.endswith(" %") and k != "GPU idle %"]
     assert sum(shares) == pytest.approx(100, abs=0.5)
