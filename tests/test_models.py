@@ -367,3 +367,25 @@ def test_mask_checkpointing_gives_the_same_step_and_the_same_model():
     # running statistics moved once, as without checkpointing (the recomputation does not count)
     for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_compiled_mask_checkpointing_is_the_compiled_plain_model():
+    """Under torch.compile the recomputation is part of the compiled backward graph (the eager
+    path's BN bookkeeping cannot be traced): same gradients, running statistics moved once."""
+    import copy
+
+    from ranlib.models.units import UNITS
+
+    torch.manual_seed(0)
+    plain = AttentionModule(UNITS["preact"], 16, pools=1, p=1, t=1, r=1, attention="mixed",
+                            residual_attention=True, mask="encoder_decoder").train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpoint_mask = True
+    x = torch.randn(4, 16, 8, 8)
+    for model in (plain, checkpointed):
+        torch.compile(model, backend="aot_eager")(x).square().mean().backward()
+    for a, b in zip(plain.parameters(), checkpointed.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-6, atol=1e-7), name

@@ -205,19 +205,17 @@ class AttentionModule(nn.Module):
         return self.mask_head(self.mask(x))
 
     def _checkpointed_soft_mask(self, x: torch.Tensor) -> torch.Tensor:
-        calls = 0
+        if torch.compiler.is_compiling():
+            # Traced, the recomputation is part of the compiled backward graph, which moves no
+            # running statistics (tests/test_models.py checks both ways against the plain model).
+            return checkpoint(self._soft_mask, x, use_reentrant=False)
 
-        def soft_mask(t: torch.Tensor) -> torch.Tensor:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return self._soft_mask(t)
-            # The recomputation in backward normalises with the same batch statistics, but must not
-            # move the running statistics a second time: the model stays the un-checkpointed one.
-            with _running_stats_kept(self.mask, self.mask_head):
-                return self._soft_mask(t)
+        # Eager, the recomputation in backward normalises with the same batch statistics but must
+        # not move the running statistics a second time: the model stays the un-checkpointed one.
+        def contexts():
+            return contextlib.nullcontext(), _running_stats_kept(self.mask, self.mask_head)
 
-        return checkpoint(soft_mask, x, use_reentrant=False)
+        return checkpoint(self._soft_mask, x, use_reentrant=False, context_fn=contexts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
