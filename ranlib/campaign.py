@@ -86,8 +86,8 @@ def plan_campaign(experiments: Sequence[str], *, profile: str, seeds: Sequence[i
         known = {row.key for name in experiments for row in report.experiment(name).rows}
         missing = sorted(set(rows) - known)
         if missing:
-            raise RanlibError(f"row(s) {', '.join(missing)} are in none of {', '.join(experiments)}; "
-                              "see `python -m ranlib.campaign plan` for the row keys")
+            raise RanlibError(f"row(s) {', '.join(missing)} are in none of {', '.join(experiments)}; a row is "
+                              "a run's name in `python -m ranlib.campaign plan` without -PROFILE-sSEED")
     plan = Plan([])
     for seed in seeds:
         for name in experiments:
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     def selection(q: argparse.ArgumentParser) -> None:
         q.add_argument("--experiments", nargs="+", default=list(CIFAR_EXPERIMENTS), metavar="NAME",
                        help=f"experiments to train (default: {' '.join(CIFAR_EXPERIMENTS)})")
-        q.add_argument("--rows", nargs="+", metavar="KEY", help="only these rows (keys as in `plan`)")
+        q.add_argument("--rows", nargs="+", metavar="KEY", help="only these rows: a planned run's name without -PROFILE-sSEED, e.g. attention92-noise70")
         q.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"))
         q.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
         q.add_argument("--dataset", default="cifar10-jpeg")
