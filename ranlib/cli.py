@@ -48,8 +48,8 @@ TRAIN_HELP = {
     "compile": "torch.compile the model",
     "compile_mode": "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
                     "max-autotune-no-cudagraphs",
-    "grad_checkpointing": "recompute the attention mask branches in backward: less activation memory, about "
-                          "one more mask forward per step (the mask's BN running statistics update twice)",
+    "grad_checkpointing": "recompute the attention mask branches in backward: less activation memory, one "
+                          "more mask forward per step, the same model",
     "sync_bn": "under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA only)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "resume": "continue from the run's last checkpoint",

@@ -227,8 +227,8 @@ class TrainConfig:
 
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
-                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
-                      "grad_checkpointing", "compile_mode"}
+                     "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
+                     "grad_checkpointing", "compile_mode"}
 
 
 def _model_info(name: str):
