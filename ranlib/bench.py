@@ -44,7 +44,6 @@ import json
 import os
 import queue
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from . import provenance
-from .errors import RanlibError, ResultsExistError
+from .errors import RanlibError, ResultsExistError, print_error
 from .train import COMPILE_MODES
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity), matched on the
@@ -590,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write(args.profile / (file_name(record)[:-len(".json")] + "-profile.json"),
                        {**context, "setup": setup_text(record["ranlib"]), **profiled}, args.overwrite)
     except RanlibError as exc:
-        print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print_error(exc)
         return 1
     return 0
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import provenance, report
-from .errors import RanlibError, ResultsExistError
+from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
 
 LEDGER_NAME = "campaign_ledger.csv"
 LEDGER_FIELDS = ("campaign_started_at", "experiment", "run_name", "model", "profile", "seed", "status",
@@ -264,9 +264,9 @@ class Campaign:
 
 
 def _last_error(log: Path) -> str:
-    """The one-line error a failed training printed (``ranlib: error: ...``), else its last line."""
+    """The one-line error a failed training printed (``errors.print_error``), else its last line."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ranlib: error:")]
+    errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     return (errors or lines or ["no output"])[-1][:500]
 
 
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (RanlibError, tarfile.TarError) as exc:
-        print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print_error(exc)
         return 1
 
 

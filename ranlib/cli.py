@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RanlibError, ResultsExistError
+from .errors import RanlibError, ResultsExistError, print_error
 
 # One line of help per TrainConfig field; every field gets a flag (--field-name).
 TRAIN_HELP = {
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (RanlibError, ranlib.UnknownModelError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"ranlib: error: {message}", file=sys.stderr)
+        print_error(exc)
         return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         print("ranlib: interrupted", file=sys.stderr)

@@ -7,6 +7,15 @@ Workers append classes at the end of this file.
 
 from __future__ import annotations
 
+import sys
+
+ERROR_PREFIX = "ranlib: error:"
+
+
+def print_error(exc: BaseException) -> None:
+    """The one line every command prints on stderr for bad input: ``ranlib: error: <message>``."""
+    print(f"{ERROR_PREFIX} {' '.join(str(exc).split())}", file=sys.stderr)
+
 
 class RanlibError(Exception):
     """Base class: the message is a complete one-line explanation for the user."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from . import provenance
 from .data import GpuBatches, load_arrays
-from .errors import DataFormatError, DataNotFoundError, RanlibError
+from .errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from .results import ensure_writable
 from .train import load_trained, evaluate, resolve_precision, select_device, trained_model, Dist
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         result = jpeg_gap(args.checkpoint, data_root=args.data_root, exact_path=args.exact, device=args.device,
                           precision=args.precision, batch_size=args.batch_size)
     except RanlibError as exc:
-        print(f"ranlib: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print_error(exc)
         return 1
     print(f"{result['model']}: top-1 error {result['top1_error_exact']:.2f} % on the {result['num_images']} exact "
           f"official test images, {result['top1_error_jpeg']:.2f} % on their JPEG q75 versions "
