@@ -473,13 +473,12 @@ def _folder_records(root: Path, name: str) -> list[dict]:
     from .results import load_results
 
     folder = root / name
-    return _with_charged_time(root, load_results(folder)) if folder.is_dir() else []
+    return load_results(folder) if folder.is_dir() else []
 
 
-def _with_charged_time(root: Path, records: list[dict]) -> list[dict]:
-    """Records of runs a campaign trained get ``"charged_device_s"``: the device seconds its ledger
-    charged them over all their sittings (shared time split between the runs sharing it), which
-    :func:`_device_minutes` prefers to the run's own wall time."""
+def _charged_device_s(root: Path) -> dict[tuple[str, str], float]:
+    """(experiment, run name) -> the device seconds the campaign ledger charged a run it finished,
+    over all its sittings (shared time split between the runs sharing it)."""
     from .campaign import LEDGER_NAME, read_ledger
 
     charged: dict[tuple[str, str], float] = {}
@@ -489,7 +488,13 @@ def _with_charged_time(root: Path, records: list[dict]) -> list[dict]:
         charged[key] = charged.get(key, 0.0) + float(line["device_s"])
         if line["status"] == "finished":
             finished.add(key)
-    return [{**r, "charged_device_s": charged[key]} if (key := (r["experiment"], r["run_name"])) in finished
+    return {key: seconds for key, seconds in charged.items() if key in finished}
+
+
+def _with_charged_time(records: list[dict], charged: dict[tuple[str, str], float]) -> list[dict]:
+    """Records of runs a campaign trained get ``"charged_device_s"``, which :func:`_device_minutes`
+    prefers to the run's own wall time."""
+    return [{**r, "charged_device_s": charged[key]} if (key := (r["experiment"], r["run_name"])) in charged
             else r for r in records]
 
 
@@ -506,7 +511,7 @@ def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = Tr
         rows = experiment(name).rows
         records += [r for other in EXPERIMENTS if other != name
                     for r in _folder_records(root, other) if any(row.matches(r) for row in rows)]
-    return records
+    return _with_charged_time(records, _charged_device_s(root))
 
 
 def _noise_level(record: dict) -> float:
@@ -909,6 +914,7 @@ def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     from .results import load_results
 
     root = resolve_path(results_root)
+    charged = _charged_device_s(root)
     lines = []
     names = list(EXPERIMENTS) + [n for n in OTHER_EXPERIMENTS if n not in EXPERIMENTS]
     for name in names:
@@ -916,8 +922,8 @@ def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
         files = sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")) \
             if folder.is_dir() else []
         # complexity.json and benchmark files are not run records: only those with "cost".
-        records = _with_charged_time(root, [r for p in files if "cost" in json.loads(p.read_text())
-                                            for r in load_results(p)])
+        records = _with_charged_time([r for p in files if "cost" in json.loads(p.read_text())
+                                      for r in load_results(p)], charged)
         gpu = sum(_device_minutes(r) for r in records
                   if r["provenance"].get("device_type") == "cuda")
         cpu = sum(_device_minutes(r) for r in records
@@ -995,8 +1001,8 @@ def read_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
                 for p in sorted(folder.glob("profiles/*-profile.json"))}
     from .bench import file_name
 
-    return [{**r, "file": file_name(r), "profile": profiles.get(file_name(r).removesuffix(".json"))}
-            for r in records]
+    named = [(r, file_name(r)) for r in records]
+    return [{**r, "file": name, "profile": profiles.get(name.removesuffix(".json"))} for r, name in named]
 
 
 def performance_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
