@@ -137,7 +137,8 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     steps then run under the profiler, their summary under the figures' ``"profile"`` key.
     """
     from . import data as ranlib_data
-    from .train import autocast, build_model, enable_grad_checkpointing, peak_memory_bytes
+    from .runtime import autocast, peak_memory_bytes
+    from .train import build_model, enable_grad_checkpointing
 
     import ranlib
 
@@ -481,7 +482,8 @@ def bench_one(case: Case, args: argparse.Namespace, *, baseline: bool) -> dict:
     With ``--profile`` the record has a ``"profile"`` entry, which ``main`` writes to its own file.
     """
     import ranlib
-    from .train import RECIPES, Dist, PROFILES, resolve_precision, select_device
+    from .runtime import Dist, resolve_precision, select_device
+    from .train import PROFILES, RECIPES
 
     model_name, batch_size = case.model, case.batch_size
     try:

@@ -456,7 +456,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .data import ARRAY_DATASETS, load_arrays
-    from .train import Dist, select_device
+    from .runtime import Dist, select_device
 
     plan = _plan_from(args)
     device = select_device(args.device, Dist())

@@ -50,6 +50,8 @@ TRAIN_HELP = {
                     "max-autotune-no-cudagraphs",
     "grad_checkpointing": "recompute the attention mask branches in backward: less activation memory, one "
                           "more mask forward per step, the same model",
+    "cuda_graphs": "capture the whole training step as one CUDA graph (default: on CUDA without --compile, "
+                   "torchrun or accum-steps; falls back to eager with a warning if capture fails)",
     "sync_bn": "under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA only)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "resume": "continue from the run's last checkpoint",
@@ -137,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train with the paper's recipe (scaled by --profile) and write "
                                        "results/<experiment>/<run_name>.json. Launch with torchrun for DDP.")
     _add_train_flags(train)
+    group = train.add_argument_group(
+        "fused groups", "train several runs of one architecture at once as one wide model (horizontal fusion): "
+                        "every combination of these seeds and noise levels, each run with its own results file "
+                        "and checkpoint, exactly as if trained alone")
+    group.add_argument("--seeds", nargs="+", type=int, metavar="N", help="the runs' seeds (instead of --seed)")
+    group.add_argument("--noise-levels", nargs="+", type=float, metavar="X",
+                       help="the runs' label-noise levels (instead of --noise-level)")
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a test set")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by `ranlib train` (last.pt)")
@@ -157,18 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run
+    from .train import TrainConfig, run_group
 
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "seeds", "noise_levels")}
     if "model_kwargs" in values:
         values["model_kwargs"] = _key_values(values["model_kwargs"])
-    record = run(TrainConfig(**values))
+    configs = [TrainConfig(**values)]
+    for name, choices in (("seed", args.seeds), ("noise_level", args.noise_levels)):
+        if choices is None:
+            continue
+        if name in values:
+            raise RanlibError(f"give --{name.replace('_', '-')} or --{name.replace('_', '-')}s, not both")
+        configs = [dataclasses.replace(c, **{name: choice}) for c in configs for choice in choices]
+    if len(configs) > 1 and "run_name" in values:
+        raise RanlibError("a fused group names each run itself (model-...-sSEED); drop --run-name")
+    records = run_group(configs)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process reports
-        final = record["final"]
-        top5 = f", top-5 error {final['top5_error']:.2f} %" if final.get("top5_error") is not None else ""
-        print(f"{record['run_name']}: final top-1 error {final['top1_error']:.2f} %{top5} on "
-              f"{record['dataset']['label']} ({record['dataset']['num_test']} test images, iteration "
-              f"{final['iteration']}); {record['cost']['images_per_s']:.3g} images/s")
+        for record in records:
+            final = record["final"]
+            top5 = f", top-5 error {final['top5_error']:.2f} %" if final.get("top5_error") is not None else ""
+            print(f"{record['run_name']}: final top-1 error {final['top1_error']:.2f} %{top5} on "
+                  f"{record['dataset']['label']} ({final['num_test']} test images, iteration "
+                  f"{final['iteration']}); {record['cost']['images_per_s']:.3g} images/s")
     return 0
 
 

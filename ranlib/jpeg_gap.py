@@ -22,7 +22,8 @@ from . import provenance
 from .data import GpuBatches, load_arrays
 from .errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from .results import ensure_writable
-from .train import load_trained, evaluate, resolve_precision, select_device, trained_model, Dist
+from .runtime import Dist, resolve_precision, select_device
+from .train import evaluate, load_trained, trained_model
 
 EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
 

@@ -1143,7 +1143,9 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
 
     from . import analysis, data
     from .checkpoint import load_checkpoint, load_model_state
-    from .train import Dist, TrainConfig, build_model, load_cifar_split, resolve, select_device
+    from .runtime import Dist, select_device
+    from .splits import load_cifar_split
+    from .train import TrainConfig, build_model, resolve
 
     path = resolve_path(path)
     saved = load_checkpoint(path)
@@ -1152,7 +1154,7 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
         config = dataclasses.replace(config, data_root=str(resolve_path(data_root)))
     config = dataclasses.replace(config, channels_last=False, noise_level=0.0)
     dev = select_device(device, Dist())
-    split = load_cifar_split(config, dev, 32, train=False)
+    split = load_cifar_split([config], dev, 32, train=False)
     model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
     load_model_state(model, saved["model"], path)
     model = model.to(dev).eval()

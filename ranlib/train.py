@@ -37,33 +37,34 @@ import dataclasses
 import json
 import math
 import os
-import random
-import resource
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import paper, provenance
-from .errors import (CheckpointError, ConfigError, DataNotFoundError, InputSizeError, RanlibError, ResultsExistError,
-                     UnknownNameError)
+from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
+from .models.fused import (fuse, fuse_inputs, fused_optimizer_state, member_optimizer_state, member_state_dict,
+                           shared_inputs)
 from .results import SCHEMA_VERSION, check_name, ensure_writable, results_path, write_results
+from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, init_distributed, peak_memory_bytes,
+                      resolve_precision, seed_everything, select_device, synchronize)
+from .splits import IMAGENET_DATASETS, load_split
+from .step import TrainStep, member_losses
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
-IMAGENET_DATASETS = ("imagenet-folder",)
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 DEFAULT_DOWNLOAD_ROOT = ".data"  # where --download puts official CIFAR when no --data-root is given
 TOP5_MIN_CLASSES = 100  # top-5 error is reported for CIFAR-100 and ImageNet, not for 10 classes
-STAGE_RESPONSE_BATCH = 64  # fixed test images (the first ones) for Figure 4's stage responses
+# What the members of one fused group may differ in (and the model switch residual_attention).
+GROUP_MAY_DIFFER = ("experiment", "run_name", "seed", "noise_level", "model_kwargs")
 
 
 class TrainingInterrupted(RanlibError):
@@ -204,6 +205,7 @@ class TrainConfig:
     compile: bool = False
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     grad_checkpointing: bool = False  # recompute attention mask branches in backward (less memory)
+    cuda_graphs: bool | None = None  # capture the training step as one CUDA graph (default: on CUDA when possible)
     sync_bn: bool = False
     deterministic: bool | None = None
     resume: bool = False
@@ -228,7 +230,7 @@ class TrainConfig:
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
-                     "grad_checkpointing", "compile_mode"}
+                     "grad_checkpointing", "compile_mode", "cuda_graphs"}
 
 
 def _model_info(name: str):
@@ -348,296 +350,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Devices, precision, distributed
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (world_size 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_request: str) -> Dist:
-    """Join the torchrun process group if WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device_request != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local)
-
-
-def select_device(request: str, d: Dist) -> torch.device:
-    if request == "auto":
-        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(request)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {request!r} asked for but CUDA is not available; use --device cpu")
-        if d.enabled:
-            device = torch.device(f"cuda:{d.local_rank}")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast on CUDA, plain fp32 on CPU."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _all_reduce(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        import torch.distributed as dist
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def _bn_modules(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-def _bn_running_state(model: nn.Module) -> list[tuple[torch.Tensor, ...]]:
-    return [(m.running_mean, m.running_var, m.num_batches_tracked) for m in _bn_modules(model)]
-
-
-def average_bn_running_stats(model: nn.Module, d: Dist) -> None:
-    """Per-process BN: make the running statistics the mean over processes (identical everywhere)."""
-    if not d.enabled:
-        return
-    stats = [t for m in _bn_modules(model) for t in (m.running_mean, m.running_var)]
-    if not stats:
-        return
-    flat = torch.cat([t.reshape(-1).float() for t in stats])
-    _all_reduce(flat, d).div_(d.world_size)
-    offset = 0
-    for t in stats:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class Split:
-    """Everything the loop needs from a dataset."""
-
-    train: Any  # endless (x, y) batches: iter(), state_dict(), load_state_dict()
-    test: Any  # re-iterable over (x, y) batches of the test set, once
-    fixed_batch: torch.Tensor  # the first test images, for stage responses
-    info: dict  # the results' "dataset" block
-    num_classes: int
-    noise: dict | None
-    mean: torch.Tensor | None = None  # normalisation mean (CIFAR: per-pixel mean image of the training set)
-    sharded: bool = False  # batches are already this process's share (ImageNet DistributedSampler)
-
-
-class _GpuStream:
-    """Endless training batches from ``GpuBatches`` across epochs, with its resumable position."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self) -> Iterator:
-        return self.batches.forever()
-
-    def state_dict(self) -> dict:
-        return self.batches.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batches.load_state_dict(state)
-
-
-def load_cifar_split(c: TrainConfig, device: torch.device, input_size: int, *, train: bool = True,
-                     eval_batch_size: int | None = None, mean: torch.Tensor | None = None) -> Split:
-    """The 32x32 path: the whole set on ``device`` as uint8, augmentation there in whole batches.
-
-    Normalisation subtracts the per-pixel mean image of the training images used (Section 4.1);
-    an evaluation of a checkpoint passes the ``mean`` it was trained with.
-    """
-    from . import data
-    from .noise import apply_label_noise
-
-    arrays = data.load_arrays(c.dataset, c.data_root, download=c.download)
-    train_images, train_labels = arrays.train_images, np.asarray(arrays.train_labels, dtype=np.int64)
-    test_images, test_labels = arrays.test_images, np.asarray(arrays.test_labels, dtype=np.int64)
-    if c.max_train_samples:
-        train_images, train_labels = train_images[:c.max_train_samples], train_labels[:c.max_train_samples]
-    if c.max_test_samples:
-        test_images, test_labels = test_images[:c.max_test_samples], test_labels[:c.max_test_samples]
-    height, width = test_images.shape[1:3]
-    if (height, width) != (input_size, input_size):
-        raise InputSizeError(f"dataset {c.dataset!r} has {height}x{width} images but {c.model} expects "
-                             f"{input_size}x{input_size}; resize the images or pick a model for that size")
-    num_classes = arrays.num_classes
-    noise = None
-    if c.noise_level > 0:
-        train_labels, stats = apply_label_noise(train_labels, c.noise_level, c.seed, num_classes)
-        noise = stats.to_dict()
-    mean = data.pixel_mean(train_images) if mean is None else mean
-    common = dict(device=device, mean=mean, channels_last=bool(c.channels_last), seed=c.seed)
-    train_stream = _GpuStream(data.GpuBatches(train_images, train_labels, batch_size=c.batch_size, train=True,
-                                              drop_last=True, **common)) if train else None
-    test = data.GpuBatches(test_images, test_labels, batch_size=eval_batch_size or max(c.batch_size, 500),
-                           train=False, **common)
-    fixed = next(iter(data.GpuBatches(test_images[:STAGE_RESPONSE_BATCH], test_labels[:STAGE_RESPONSE_BATCH],
-                                      batch_size=STAGE_RESPONSE_BATCH, train=False, **common)))[0]
-    info = {**arrays.to_dict(), "num_train": int(len(train_labels)), "num_test": int(len(test_labels)),
-            "subset": bool(c.max_train_samples or c.max_test_samples)}
-    return Split(train_stream, test, fixed, info, num_classes, noise, mean=mean.cpu())
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """This process's share of one epoch's shuffled indices, from a start position.
-
-    The order depends on (seed, epoch) only; every process takes every world_size-th index of the
-    same permutation (the tail that does not divide evenly is dropped, so shares are equal), and
-    a resumed run starts inside the epoch without loading the batches it had already seen.
-    """
-
-    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _share(self) -> int:
-        return self.num_samples // self.world_size
-
-    def __len__(self) -> int:
-        return max(0, self._share() - self.start)
-
-    def __iter__(self) -> Iterator[int]:
-        from .data import epoch_seed
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=generator)[:self._share() * self.world_size]
-        return iter(order[self.rank::self.world_size][self.start:].tolist())
-
-
-class _LoaderStream:
-    """Endless batches from a DataLoader over an :class:`EpochSampler`, with a resumable (epoch, position).
-
-    Each epoch also reseeds the loader's generator from (seed, epoch), which fixes the workers'
-    augmentation seeds. A run resumed mid-epoch sees the same images in the same order; their random
-    crops differ from the uninterrupted run's, since workers then take different batches.
-    """
-
-    def __init__(self, loader, seed: int, device: torch.device, channels_last: bool):
-        self.loader, self.seed = loader, seed
-        self.test = _OnePass(loader, device, channels_last)
-        self.epoch, self.position = 0, 0
-
-    def __iter__(self) -> Iterator:
-        from .data import epoch_seed
-        while True:
-            self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
-            self.loader.sampler.set_epoch(self.epoch, start=self.position * self.loader.batch_size)
-            for x, y in self.loader:
-                self.position += 1
-                yield self.test.to_device(x, y)
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-def _loader(dataset, batch_size: int, workers: int, *, sampler=None, drop_last=False):
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, generator=torch.Generator())
-
-
-def load_imagenet_split(c: TrainConfig, device: torch.device, d: "Dist", *, train: bool = True,
-                        eval_batch_size: int | None = None) -> Split:
-    """The ImageNet-folder path: ranlib.data's datasets and transforms, DataLoaders with workers.
-
-    Under torchrun each process loads its 1/N of the global batch (EpochSampler); the test set is
-    read whole by every process and sharded in ``evaluate``.
-    """
-    from . import data
-
-    if c.noise_level > 0:
-        raise ConfigError("label noise is implemented for the 32x32 datasets only (Table 5 is CIFAR-10)")
-    loaders = data.ImageNetLoaders(c.data_root, batch_size=c.batch_size, workers=0, train_size=c.train_size,
-                                   test_size=c.test_size, seed=c.seed)
-    train_set, test_set = loaders.train_set, loaders.test_set
-    if c.max_train_samples:
-        train_set = torch.utils.data.Subset(train_set, range(min(c.max_train_samples, len(train_set))))
-    if c.max_test_samples:
-        test_set = torch.utils.data.Subset(test_set, range(min(c.max_test_samples, len(test_set))))
-    memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
-    test = _OnePass(_loader(test_set, eval_batch_size or c.batch_size, c.num_workers), device,
-                    bool(c.channels_last))
-    fixed = torch.stack([test_set[i][0] for i in range(min(STAGE_RESPONSE_BATCH, len(test_set)))])
-    train_stream = None
-    if train:
-        sampler = EpochSampler(len(train_set), c.seed, d.rank, d.world_size)
-        train_loader = _loader(train_set, c.batch_size // d.world_size, c.num_workers, sampler=sampler,
-                               drop_last=True)
-        train_stream = _LoaderStream(train_loader, c.seed, device, bool(c.channels_last))
-    info = {**loaders.to_dict(), "num_train": len(train_set), "num_test": len(test_set),
-            "subset": bool(c.max_train_samples or c.max_test_samples)}
-    return Split(train_stream, test, fixed.to(device, memory_format=memory_format), info,
-                 loaders.num_classes, None, sharded=True)
-
-
-class _OnePass:
-    """One pass over a DataLoader (the test set), batches moved to ``device``."""
-
-    def __init__(self, loader, device: torch.device, channels_last: bool):
-        self.loader, self.device = loader, device
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def to_device(self, x, y):
-        return (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
-                y.to(self.device, non_blocking=True))
-
-    def __iter__(self):
-        for x, y in self.loader:
-            yield self.to_device(x, y)
-
-
-def load_split(c: TrainConfig, device: torch.device, input_size: int, d: "Dist", **kwargs) -> Split:
-    if c.dataset in IMAGENET_DATASETS:
-        return load_imagenet_split(c, device, d, **{k: v for k, v in kwargs.items() if k != "mean"})
-    return load_cifar_split(c, device, input_size, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
 # Model, evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -663,37 +375,44 @@ def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, precision: str, d: Dist = Dist(),
-             topk: int = 5) -> dict:
-    """Top-1/top-k error (%) and mean loss over ``batches`` (sharded over processes, summed)."""
+def evaluate_members(model: nn.Module, batches, device: torch.device, precision: str, d: Dist = Dist(), *,
+                     members: int = 1, topk: int = 5) -> list[dict]:
+    """Per member: top-1/top-k error (%), mean loss and the number of images evaluated.
+
+    ``model`` is a plain model (logits ``(B, O)``) or a fused one of ``members`` members (logits
+    ``(B, K, O)``; every member sees the same test images). Batches are sharded over processes
+    and the sums reduced, so ``count`` is the number of test images evaluated in all.
+    """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, topk correct, count
+    sums = torch.zeros(members, 4, dtype=torch.float64, device=device)  # loss, top-1, top-k hits, count
     for x, y in batches:
         x, y = x.tensor_split(d.world_size)[d.rank], y.tensor_split(d.world_size)[d.rank]
         if not len(y):
             continue
         with autocast(device, precision):
-            logits = model(x)
+            logits = model(shared_inputs(x, members))
         logits = logits.float()
-        k = min(topk, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(y[:, None])
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(1).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        if logits.ndim == 2:
+            logits = logits[:, None]
+        hits = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices.eq(y[:, None, None])  # (B, K, k)
+        losses = member_losses(logits, y[:, None].expand(-1, members))
+        seen = torch.full((members,), float(len(y)), dtype=torch.float64, device=device)
+        sums += torch.stack([losses.double().sum(0), hits[..., 0].sum(0).double(), hits.any(-1).sum(0).double(),
+                             seen], dim=1)
     model.train(was_training)
-    loss, top1, topk_hits, n = _all_reduce(sums, d).tolist()
-    n = max(n, 1.0)
-    return {"top1_error": 100.0 * (1 - top1 / n), "top5_error": 100.0 * (1 - topk_hits / n),
-            "loss": loss / n, "count": int(n)}
+    results = []
+    for loss, top1, topk_hits, count in all_reduce(sums, d).tolist():
+        n = max(count, 1.0)
+        results.append({"top1_error": 100.0 * (1 - top1 / n), "top5_error": 100.0 * (1 - topk_hits / n),
+                        "loss": loss / n, "count": int(count)})
+    return results
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+def evaluate(model: nn.Module, batches, device: torch.device, precision: str, d: Dist = Dist(),
+             topk: int = 5) -> dict:
+    """Top-1/top-k error (%), mean loss and the count evaluated of one plain model over ``batches``."""
+    return evaluate_members(model, batches, device, precision, d, members=1, topk=topk)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,23 +476,89 @@ def _check_resumable(saved: dict, c: TrainConfig, path: Path) -> None:
                               "resume with the original settings or pass --overwrite to start over")
 
 
-def run(config: TrainConfig) -> dict:
-    """Train, evaluate the final iterate, write the results file (main process) and return the record."""
-    started_at = provenance.utc_now()
-    d = init_distributed(config.device)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        return _run(config, d, started_at)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        if d.enabled:
-            torch.distributed.destroy_process_group()
+def check_group(members: Sequence[TrainConfig]) -> None:
+    """Raise :class:`ConfigError` unless resolved ``members`` may train as one fused group.
+
+    Members share the architecture, attention type, mask type, batch size, schedule, precision
+    and data set (every setting); they may differ in :data:`GROUP_MAY_DIFFER` and in ARL vs NAL
+    (the model switch ``residual_attention``). Run names must differ.
+    """
+    from .models import model_variants
+
+    first = members[0]
+    names = [(m.experiment, m.run_name) for m in members]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"two members of the group are the same run ({first.run_name}); give each its own "
+                          "seed, noise level or ARL/NAL switch")
+    defaults = model_variants(first.model)
+    reference = first.to_dict()
+    for member in members[1:]:
+        values = member.to_dict()
+        differ = [k for k in reference if k not in GROUP_MAY_DIFFER and reference[k] != values[k]]
+        switches = {**defaults, **first.model_kwargs}, {**defaults, **member.model_kwargs}
+        differ += [f"model switch {k}" for k in switches[0] if k != "residual_attention"
+                   and switches[0][k] != switches[1].get(k)]
+        if differ:
+            raise ConfigError(
+                f"run {member.run_name} cannot share a fused group with {first.run_name}: {', '.join(differ[:4])} "
+                "differ; a group shares model, attention and mask type, batch size, schedule, precision and data "
+                "set, and only seeds, noise levels and ARL/NAL may differ")
 
 
-def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
-    wall_start = time.perf_counter()
-    c = resolve(config)
-    device = select_device(c.device, d)
+@dataclass
+class _Member:
+    """One run of a group: its configuration, files, resumed state and learning curve."""
+
+    config: TrainConfig
+    out_path: Path
+    run_dir: Path
+    saved: dict | None = None
+    curve: list = field(default_factory=list)
+    spent: dict = field(default_factory=lambda: {"train_time_s": 0.0, "wall_time_s": 0.0, "images": 0,
+                                                  "device_s": 0.0})
+    metrics: _MetricsLog | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / ckpt.CHECKPOINT_NAME
+
+    @classmethod
+    def open(cls, c: TrainConfig, d: Dist) -> "_Member":
+        """Check the run's files: results not yet written, and a checkpoint only when resuming."""
+        member = cls(c, results_path(c.results_dir, c.experiment, c.run_name),
+                     Path(c.checkpoint_dir) / c.experiment / c.run_name)
+        ensure_writable(member.out_path, c.overwrite)
+        if c.resume and member.ckpt_path.exists():
+            member.saved = ckpt.load_checkpoint(member.ckpt_path, map_location="cpu")
+            _check_resumable(member.saved, c, member.ckpt_path)
+            member.curve = member.saved["curve"]
+            member.spent = {"device_s": member.saved["spent"]["wall_time_s"] * d.world_size,
+                            **member.saved["spent"]}
+        elif member.ckpt_path.exists() and not c.overwrite:
+            raise ResultsExistError(f"a checkpoint of run {c.run_name!r} exists at {member.ckpt_path}; pass --resume "
+                                    "to continue it or --overwrite to start over")
+        elif c.resume and d.main:
+            print(f"ranlib: no checkpoint at {member.ckpt_path}; starting run {c.run_name} from iteration 0",
+                  file=sys.stderr)
+        return member
+
+    @property
+    def start_iteration(self) -> int:
+        return self.saved["iteration"] if self.saved else 0
+
+
+def _resume_point(members: Sequence[_Member]) -> int:
+    """The iteration every member resumes from (they train in lockstep, so it must be one)."""
+    points = {m.config.run_name: m.start_iteration for m in members}
+    if len(set(points.values())) > 1:
+        detail = ", ".join(f"{name} at {it}" for name, it in points.items())
+        raise CheckpointError(f"members of a fused group resume together, but their checkpoints are at different "
+                              f"iterations ({detail}); resume each alone, or pass --overwrite to start them over")
+    return next(iter(points.values()))
+
+
+def _settle_runtime(c: TrainConfig, device: torch.device, d: Dist) -> None:
+    """Fill the device-dependent settings (precision, memory format, determinism, CUDA graphs)."""
     c.precision = resolve_precision(c.precision, device)
     if c.channels_last is None:
         c.channels_last = device.type == "cuda"
@@ -784,56 +569,95 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                           f"({d.world_size} x {c.accum_steps})")
     if c.sync_bn and device.type != "cuda":
         raise ConfigError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); leave it off on CPU")
-    info = _model_info(c.model)
+    graphs_possible = device.type == "cuda" and not c.compile and not d.enabled and c.accum_steps == 1
+    if c.cuda_graphs is None:
+        c.cuda_graphs = graphs_possible
+    elif c.cuda_graphs and not graphs_possible:
+        raise ConfigError("--cuda-graphs needs a CUDA device, one process, accum_steps 1 and no --compile "
+                          "(torch.compile's reduce-overhead mode captures graphs itself); drop one of them")
 
-    out_path = results_path(c.results_dir, c.experiment, c.run_name)
-    run_dir = Path(c.checkpoint_dir) / c.experiment / c.run_name
-    ckpt_path = run_dir / ckpt.CHECKPOINT_NAME
-    ensure_writable(out_path, c.overwrite)
-    saved = None
-    if c.resume and ckpt_path.exists():
-        saved = ckpt.load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resumable(saved, c, ckpt_path)
-    elif ckpt_path.exists() and not c.overwrite:
-        raise ResultsExistError(f"a checkpoint of run {c.run_name!r} exists at {ckpt_path}; pass --resume to "
-                                "continue it or --overwrite to start over")
-    elif c.resume and d.main:
-        print(f"ranlib: no checkpoint at {ckpt_path}; starting run {c.run_name} from iteration 0", file=sys.stderr)
 
+def _configure_backends(c: TrainConfig, device: torch.device) -> None:
     torch.use_deterministic_algorithms(c.deterministic, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not c.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def run(config: TrainConfig) -> dict:
+    """Train one run, evaluate the final iterate, write the results file (main process) and return
+    the record: :func:`run_group` with one member."""
+    return run_group([config])[0]
+
+
+def run_group(configs: Sequence[TrainConfig]) -> list[dict]:
+    """Train K >= 1 runs as one fused model (:mod:`ranlib.models.fused`) and return their records.
+
+    Each member is built, fed and checkpointed exactly as its solo run would be (own seed,
+    initialisation, data order, augmentation and labels), writes its own checkpoint, metrics and
+    results file, and can be resumed or evaluated alone. Raises :class:`ConfigError` when the
+    members may not share a group (:func:`check_group`) and :class:`TrainingInterrupted` after a
+    SIGTERM/SIGINT (checkpoints written).
+    """
+    if not configs:
+        raise ConfigError("a group needs at least one run")
+    started_at = provenance.utc_now()
+    d = init_distributed(configs[0].device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train_group(configs, d, started_at)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if d.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> list[dict]:
+    wall_start = time.perf_counter()
+    resolved = [resolve(c) for c in configs]
+    device = select_device(resolved[0].device, d)
+    for c in resolved:
+        _settle_runtime(c, device, d)
+    check_group(resolved)
+    members = [_Member.open(c, d) for c in resolved]
+    start_iteration = _resume_point(members)
+    c, k = resolved[0], len(members)  # the settings the group shares, and its size
+    info = _model_info(c.model)
+    _configure_backends(c, device)
     seed_everything(c.seed)
 
-    split = load_split(c, device, info.input_size, d)
-    if saved is not None and saved.get("dataset", {}).get("fingerprint") != split.info["fingerprint"]:
-        raise CheckpointError(f"checkpoint {ckpt_path} was trained on data with fingerprint "
-                              f"{saved.get('dataset', {}).get('fingerprint')}, not {split.info['fingerprint']}; "
-                              "point --data-root at the original data")
-    model = build_model(c.model, c.model_kwargs, split.num_classes, c.seed)
-    if c.grad_checkpointing:
-        enable_grad_checkpointing(model, c.model)
-    complexity = _complexity(model, info.input_size)
-    model = model.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
+    split = load_split(resolved, device, info.input_size, d)
+    for m in members:
+        if m.saved is not None and m.saved.get("dataset", {}).get("fingerprint") != split.info["fingerprint"]:
+            raise CheckpointError(f"checkpoint {m.ckpt_path} was trained on data with fingerprint "
+                                  f"{m.saved.get('dataset', {}).get('fingerprint')}, not {split.info['fingerprint']}; "
+                                  "point --data-root at the original data")
+    solo = [_member_model(m, split.num_classes) for m in members]
+    complexity = _complexity(solo[0], info.input_size)
+    reference_state = solo[0].state_dict()
+    memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+    model = fuse(solo).to(device, memory_format=memory_format)
+    del solo
     if c.sync_bn and d.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                weight_decay=c.weight_decay)
+                                weight_decay=c.weight_decay, fused=c.cuda_graphs or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupStepLR(c.milestones, c.lr_decay,
                                                                           c.warmup_iterations))
-    start_iteration, curve, spent = 0, [], {"train_time_s": 0.0, "wall_time_s": 0.0, "images": 0}
-    resumed_windows = [[0.0] * 3, [0.0] * 3]
-    if saved is not None:
-        ckpt.load_model_state(model, saved["model"], ckpt_path)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        split.train.load_state_dict(saved["data"])
-        ckpt.set_rng_state(saved["rng"])
-        start_iteration, curve, spent = saved["iteration"], saved["curve"], saved["spent"]
-        resumed_windows = saved["windows"]
+    windows = [torch.zeros(k, 3, dtype=torch.float64, device=device) for _ in range(2)]  # eval, log
+    if start_iteration:
+        saved = [m.saved for m in members]
+        optimizer.load_state_dict(fused_optimizer_state([s["optimizer"] for s in saved]))
+        for group in optimizer.param_groups:  # the saved flags belong to the device that wrote them
+            group["fused"], group["foreach"] = c.cuda_graphs or None, None
+        scheduler.load_state_dict(saved[0]["scheduler"])
+        for m, stream in zip(members, split.train):
+            stream.load_state_dict(m.saved["data"])
+        ckpt.set_rng_state(saved[0]["rng"])
+        for i, window in enumerate(windows):
+            window.copy_(torch.tensor([s["windows"][i] for s in saved], dtype=torch.float64))
 
     raw_model = model  # what checkpoints and analysis see (no DDP/compile wrappers)
     if d.enabled:
@@ -841,121 +665,143 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                         forward_sync_buffers=False)  # BN stats: averaged after each step
     step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
+    step = TrainStep(step_model, raw_model, optimizer, windows=windows, precision=c.precision,
+                     accum_steps=c.accum_steps, ddp=d.enabled, cuda_graphs=c.cuda_graphs)
+    group_names = [m.config.run_name for m in members]
+    for m in members:
+        m.metrics = _MetricsLog(m.run_dir / "metrics.jsonl", keep_until=start_iteration if m.saved else None,
+                                enabled=d.main)
+        m.metrics.write({"event": "resume" if m.saved else "start", "iteration": start_iteration,
+                         "config": m.config.to_dict(), "group": group_names})
 
-    metrics = _MetricsLog(run_dir / "metrics.jsonl", keep_until=start_iteration if saved else None, enabled=d.main)
-    metrics.write({"event": "resume" if saved else "start", "iteration": start_iteration, "config": c.to_dict()})
+    clock = {"train_time_s": 0.0, "images": 0}  # this sitting's share, added to each member's spent
+
+    def spent_now(m: _Member) -> dict:
+        wall = time.perf_counter() - wall_start
+        return {"train_time_s": m.spent["train_time_s"] + clock["train_time_s"],
+                "wall_time_s": m.spent["wall_time_s"] + wall, "images": m.spent["images"] + clock["images"],
+                "device_s": m.spent["device_s"] + wall * d.world_size / k}
 
     def save(iteration: int) -> None:
         if not d.main:
             return
-        ckpt.save_checkpoint(ckpt_path, {
-            "config": c.to_dict(), "iteration": iteration, "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "data": split.train.state_dict(), "rng": ckpt.rng_state(), "curve": curve,
-            "dataset": split.info, "noise": split.noise, "num_classes": split.num_classes, "data_mean": split.mean,
-            "windows": [window.tolist(), log_window.tolist()],
-            "spent": {**spent, "train_time_s": spent["train_time_s"] + train_time,
-                      "wall_time_s": spent["wall_time_s"] + time.perf_counter() - wall_start,
-                      "images": spent["images"] + images},
-        })
+        fused_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
+        shared = {"iteration": iteration, "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(),
+                  "dataset": split.info, "num_classes": split.num_classes, "data_mean": split.mean,
+                  "group": group_names}
+        for i, (m, stream) in enumerate(zip(members, split.train)):
+            ckpt.save_checkpoint(m.ckpt_path, {
+                **shared, "config": m.config.to_dict(),
+                "model": member_state_dict(fused_state, i, k, reference=reference_state, steps=iteration),
+                "optimizer": member_optimizer_state(optimizer_state, i, k), "data": stream.state_dict(),
+                "curve": m.curve, "noise": split.noise[i], "windows": [w[i].tolist() for w in windows],
+                "spent": spent_now(m)})
 
-    micro = c.batch_size // (d.world_size * c.accum_steps)
-    # Training loss sum, correct count, image count since the last eval / log line (kept on device: no syncs).
-    window, log_window = (torch.tensor(w, dtype=torch.float64, device=device) for w in resumed_windows)
-    train_time, images, num_train = 0.0, 0, split.info["num_train"]
+    num_train = split.info["num_train"]
     show_bar = d.main and (c.progress if c.progress is not None else sys.stderr.isatty())
-    bar = _progress(show_bar, start_iteration, c.iterations, c.run_name)
-    batches = iter(split.train)
+    bar = _progress(show_bar, start_iteration, c.iterations, c.run_name if k == 1 else f"{k} fused runs")
+    streams = [iter(stream) for stream in split.train]
     model.train()
     iteration = start_iteration
+    window, log_window = windows
     with _StopFlag() as stop:
         tick = time.perf_counter()
         while iteration < c.iterations:
-            x, y = next(batches)
+            xs, ys = zip(*(next(stream) for stream in streams))
+            x, y = fuse_inputs(xs), torch.stack(ys, dim=1)
             if not split.sharded:  # every process drew the same global batch: keep this process's slice
                 x, y = x.tensor_split(d.world_size)[d.rank], y.tensor_split(d.world_size)[d.rank]
-            bn_start = [tuple(t.clone() for t in s) for s in _bn_running_state(raw_model)] \
-                if c.accum_steps > 1 else None
-            bn_sums = None
-            for j, (xm, ym) in enumerate(zip(x.split(micro), y.split(micro))):
-                if bn_start is not None and j > 0:  # every micro-batch starts from the same running stats
-                    bn_sums = _add_running(bn_sums, _bn_running_state(raw_model))
-                    _load_running(raw_model, bn_start)
-                sync = contextlib.nullcontext() if (not d.enabled or j == c.accum_steps - 1) else model.no_sync()
-                with sync:
-                    with autocast(device, c.precision):
-                        logits = step_model(xm)
-                        loss = F.cross_entropy(logits, ym)
-                    (loss / c.accum_steps).backward()
-                with torch.no_grad():  # device-side sums: no host sync per step
-                    batch_stats = torch.stack([loss.detach().double() * len(ym), logits.argmax(1).eq(ym).sum()])
-                    for w in (window, log_window):
-                        w[:2] += batch_stats
-                        w[2] += len(ym)
-            if bn_start is not None:
-                _finish_running_average(raw_model, _add_running(bn_sums, _bn_running_state(raw_model)),
-                                        c.accum_steps)
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(x, y)
             scheduler.step()
             if not c.sync_bn:
                 average_bn_running_stats(raw_model, d)
             iteration += 1
-            images += c.batch_size
+            clock["images"] += c.batch_size
             bar.update(1)
 
             boundary = iteration % c.log_every == 0 or iteration == c.iterations
             if boundary:
-                loss_sum, correct, count = _all_reduce(log_window.clone(), d).tolist()
+                sums = all_reduce(log_window.clone(), d).tolist()
                 log_window.zero_()
                 now = time.perf_counter()
-                train_time += now - tick
+                clock["train_time_s"] += now - tick
                 tick = now
-                rate = images / max(train_time, 1e-9)
-                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}", img_s=f"{rate:.0f}", lr=f"{lr:.3g}")
-                metrics.write({"event": "train", "iteration": iteration, "epoch": iteration * c.batch_size / num_train,
-                               "lr": lr, "train_loss": loss_sum / max(count, 1),
-                               "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
+                rate = clock["images"] / max(clock["train_time_s"], 1e-9)
+                bar.set_postfix(loss=f"{sums[0][0] / max(sums[0][2], 1):.3f}", img_s=f"{rate * k:.0f}", lr=f"{lr:.3g}")
+                for m, (loss_sum, correct, count) in zip(members, sums):
+                    m.metrics.write({"event": "train", "iteration": iteration,
+                                     "epoch": iteration * c.batch_size / num_train, "lr": lr,
+                                     "train_loss": loss_sum / max(count, 1),
+                                     "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
             if iteration % c.eval_every == 0 or iteration == c.iterations:
-                loss_sum, correct, count = _all_reduce(window.clone(), d).tolist()  # waits for the device
+                sums = all_reduce(window.clone(), d).tolist()  # waits for the device
                 window.zero_()
-                train_time += time.perf_counter() - tick
-                test = evaluate(raw_model if d.enabled else step_model, split.test, device, c.precision, d)
-                point = {"iteration": iteration, "epoch": iteration * c.batch_size / num_train, "lr": lr,
-                         "train_loss": loss_sum / max(count, 1),
-                         "train_top1_error": 100.0 * (1 - correct / max(count, 1)),
-                         "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
-                         "test_loss": test["loss"]}
-                curve.append(point)
-                metrics.write({"event": "eval", **point})
+                clock["train_time_s"] += time.perf_counter() - tick
+                tests = evaluate_members(raw_model if d.enabled else step_model, split.test, device, c.precision, d,
+                                         members=k)
+                for m, (loss_sum, correct, count), test in zip(members, sums, tests):
+                    point = {"iteration": iteration, "epoch": iteration * c.batch_size / num_train, "lr": lr,
+                             "train_loss": loss_sum / max(count, 1),
+                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)),
+                             "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
+                             "test_loss": test["loss"], "test_count": test["count"]}
+                    m.curve.append(point)
+                    m.metrics.write({"event": "eval", **point})
                 tick = time.perf_counter()
             stop_now = _agree_to_stop(stop.signum, d) if (not d.enabled or boundary) else 0
             if stop_now and iteration < c.iterations:
-                train_time += time.perf_counter() - tick
+                clock["train_time_s"] += time.perf_counter() - tick
                 save(iteration)
                 bar.close()
-                metrics.write({"event": "interrupted", "iteration": iteration, "signal": stop_now})
+                for m in members:
+                    m.metrics.write({"event": "interrupted", "iteration": iteration, "signal": stop_now})
+                where = members[0].ckpt_path if k == 1 else f"{members[0].ckpt_path} and {k - 1} more"
                 raise TrainingInterrupted(
                     f"stopped by signal {stop_now} at iteration {iteration}/{c.iterations}; checkpoint saved to "
-                    f"{ckpt_path}; continue with the same command plus --resume", stop_now)
+                    f"{where}; continue with the same command plus --resume", stop_now)
             if iteration % c.checkpoint_every == 0 and iteration < c.iterations:
-                _synchronize(device)  # queued steps count as training, not as checkpoint time
+                synchronize(device)  # queued steps count as training, not as checkpoint time
                 t0 = time.perf_counter()
                 save(iteration)
                 tick += time.perf_counter() - t0  # checkpoint time is not training time
     bar.close()
-    save(iteration)  # the final model, for `ranlib eval`
+    save(iteration)  # the final models, for `ranlib eval`
+    records = [_final_record(m, i, split, raw_model.state_dict(), reference_state, iteration, device, d, complexity,
+                             info, spent_now(m), started_at, group_names, step.graph is not None)
+               for i, m in enumerate(members)]
+    if d.main:
+        for m, record in zip(members, records):
+            write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+            m.metrics.write({"event": "final", "iteration": iteration, **record["final"]})
+    return records
 
-    final = curve[-1]
-    model.eval()
+
+def _member_model(m: _Member, num_classes: int) -> nn.Module:
+    """The member's model as its solo run builds it (own seed), with its checkpoint's weights."""
+    c = m.config
+    model = build_model(c.model, c.model_kwargs, num_classes, c.seed)
+    if c.grad_checkpointing:
+        enable_grad_checkpointing(model, c.model)
+    if m.saved is not None:
+        ckpt.load_model_state(model, m.saved["model"], m.ckpt_path)
+    return model
+
+
+def _final_record(m: _Member, index: int, split, fused_state: dict, reference_state: dict, iteration: int,
+                  device: torch.device, d: Dist, complexity: dict, info, spent: dict, started_at: str,
+                  group_names: list[str], graphed: bool) -> dict:
+    """The member's results record: the final iterate's errors, curve, stage responses, provenance, cost."""
+    from .analysis import stage_responses
+
+    c, k = m.config, len(group_names)
+    final = m.curve[-1]
+    model = build_model(c.model, c.model_kwargs, split.num_classes, c.seed)
+    model.load_state_dict(member_state_dict(fused_state, index, k, reference=reference_state, steps=iteration))
+    model = model.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
     with torch.no_grad(), autocast(device, c.precision):
-        from .analysis import stage_responses
-        responses = [float(r) for r in stage_responses(raw_model, split.fixed_batch)]
-    wall = spent["wall_time_s"] + time.perf_counter() - wall_start
-    train_total = spent["train_time_s"] + train_time
-    total_images = spent["images"] + images
-    record = {
+        responses = [float(r) for r in stage_responses(model, split.fixed_batch)]
+    return {
         "schema": SCHEMA_VERSION,
         "experiment": c.experiment,
         "run_name": c.run_name,
@@ -963,30 +809,23 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
         "model": {"name": c.model, "kwargs": c.model_kwargs, **complexity,
                   "input_size": info.input_size, "num_classes": split.num_classes},
         "dataset": split.info,
-        "noise": split.noise,
+        "noise": split.noise[index],
         "final": {"top1_error": final["test_top1_error"],
                   "top5_error": final["test_top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
                   "test_loss": final["test_loss"], "iteration": final["iteration"],
-                  "num_test": split.info["num_test"]},
-        "curve": curve,
+                  "num_test": final.get("test_count", split.info["num_test"])},
+        "curve": m.curve,
         "analysis": {"stage_response": responses, "stage_response_images": int(len(split.fixed_batch))},
         "provenance": {**provenance.collect(device, precision=c.precision, seed=c.seed, started_at=started_at),
-                       "world_size": d.world_size, "resumed": saved is not None},
-        "cost": {"wall_time_s": wall, "train_time_s": train_total,
-                 "images_per_s": total_images / max(train_total, 1e-9),
+                       "world_size": d.world_size, "resumed": m.saved is not None, "cuda_graphs": graphed,
+                       "group": {"size": k, "members": group_names, "device_share": 1.0 / k}},
+        "cost": {"wall_time_s": spent["wall_time_s"], "train_time_s": spent["train_time_s"],
+                 "images_per_s": spent["images"] / max(spent["train_time_s"], 1e-9),
+                 "group_images_per_s": k * spent["images"] / max(spent["train_time_s"], 1e-9),
                  "peak_memory_bytes": peak_memory_bytes(device),
                  "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-                 "device_hours": wall * d.world_size / 3600.0, "devices": d.world_size},
+                 "device_hours": spent["device_s"] / 3600.0, "devices": d.world_size},
     }
-    if d.main:
-        write_results(record, c.results_dir, overwrite=c.overwrite)
-        metrics.write({"event": "final", "iteration": iteration, **record["final"]})
-    return record
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _agree_to_stop(signum: int, d: Dist) -> int:
@@ -996,25 +835,7 @@ def _agree_to_stop(signum: int, d: Dist) -> int:
     flag = torch.tensor([signum], dtype=torch.float64)
     if torch.distributed.get_backend() == "nccl":
         flag = flag.cuda()
-    return int(_all_reduce(flag, d).max().item())
-
-
-def _add_running(acc, state):
-    """Sum BN running means/vars over micro-batches (num_batches_tracked: keep the latest)."""
-    if acc is None:
-        return [(m.clone(), v.clone(), n.clone()) for m, v, n in state]
-    return [(am + m, av + v, n.clone()) for (am, av, _), (m, v, n) in zip(acc, state)]
-
-
-def _load_running(model: nn.Module, state) -> None:
-    for module, (m, v, n) in zip(_bn_modules(model), state):
-        module.running_mean.copy_(m)
-        module.running_var.copy_(v)
-        module.num_batches_tracked.copy_(n)
-
-
-def _finish_running_average(model: nn.Module, sums, k: int) -> None:
-    _load_running(model, [(m / k, v / k, n) for m, v, n in sums])
+    return int(all_reduce(flag, d).max().item())
 
 
 def _complexity(model: nn.Module, input_size: int) -> dict:
@@ -1045,7 +866,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     dev = select_device(device, Dist())
     prec = resolve_precision(precision, dev)
     c.channels_last = dev.type == "cuda"
-    split = load_split(c, dev, info.input_size, Dist(), train=False, eval_batch_size=batch_size,
+    split = load_split([c], dev, info.input_size, Dist(), train=False, eval_batch_size=batch_size,
                        mean=saved.get("data_mean"))
     num_classes = saved.get("num_classes") or _num_classes_of(saved["model"])
     if num_classes is not None and num_classes != split.num_classes:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ranlib import train
+from ranlib import splits, train
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.results import load_results
 
@@ -283,9 +283,9 @@ def test_loader_stream_is_seeded_per_epoch_and_resumes_mid_epoch():
     dataset = torch.utils.data.TensorDataset(torch.arange(10), torch.arange(10))
 
     def stream(rank=0, world_size=1):
-        sampler = train.EpochSampler(len(dataset), seed=5, rank=rank, world_size=world_size)
-        loader = train._loader(dataset, 3 // world_size or 1, workers=0, sampler=sampler, drop_last=True)
-        return train._LoaderStream(loader, seed=5, device=torch.device("cpu"), channels_last=False)
+        sampler = splits.EpochSampler(len(dataset), seed=5, rank=rank, world_size=world_size)
+        loader = splits._loader(dataset, 3 // world_size or 1, workers=0, sampler=sampler, drop_last=True)
+        return splits._LoaderStream(loader, seed=5, device=torch.device("cpu"), channels_last=False)
 
     first = stream()
     iterator = iter(first)
