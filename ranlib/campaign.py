@@ -48,11 +48,8 @@ from typing import Sequence
 
 from . import provenance, report
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
+from .ledger import LEDGER_NAME, append_ledger, read_ledger
 
-LEDGER_NAME = "campaign_ledger.csv"
-LEDGER_FIELDS = ("campaign_started_at", "experiment", "run_name", "model", "profile", "seed", "status",
-                 "started_at", "finished_at", "wall_s", "device_s", "max_concurrent", "device",
-                 "device_name", "git_commit", "exit_code", "message")
 LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
 CIFAR_EXPERIMENTS = tuple(name for name, exp in report.EXPERIMENTS.items() if exp.task == "cifar")
@@ -268,24 +265,6 @@ def _last_error(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     return (errors or lines or ["no output"])[-1][:500]
-
-
-def append_ledger(path: Path, lines: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LEDGER_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(lines)
-
-
-def read_ledger(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -479,7 +479,7 @@ def _folder_records(root: Path, name: str) -> list[dict]:
 def _charged_device_s(root: Path) -> dict[tuple[str, str], float]:
     """(experiment, run name) -> the device seconds the campaign ledger charged a run it finished,
     over all its sittings (shared time split between the runs sharing it)."""
-    from .campaign import LEDGER_NAME, read_ledger
+    from .ledger import LEDGER_NAME, read_ledger
 
     charged: dict[tuple[str, str], float] = {}
     finished = set()
@@ -950,7 +950,7 @@ def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame
     in it, so ``device_minutes`` adds up to the time the device was held (unlike the sum of the
     runs' wall times when several shared it). Empty when no campaign ran.
     """
-    from .campaign import LEDGER_NAME, read_ledger
+    from .ledger import LEDGER_NAME, read_ledger
 
     columns = ["experiment", "status", "sittings", "device_minutes", "wall_minutes", "max_concurrent",
                "device_name"]

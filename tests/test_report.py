@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ranlib import paper, report
+from ranlib.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
 from ranlib.results import write_results
 
 JPEG = report.JPEG_LABEL
@@ -422,11 +423,9 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
 
 
 def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
-    from ranlib import campaign
-
     assert report.campaign_ledger(tmp_path).empty
-    line = dict.fromkeys(campaign.LEDGER_FIELDS, "")
-    campaign.append_ledger(tmp_path / campaign.LEDGER_NAME, [
+    line = dict.fromkeys(LEDGER_FIELDS, "")
+    append_ledger(tmp_path / LEDGER_NAME, [
         {**line, "experiment": "arl_vs_nal", "run_name": "a", "status": "finished", "wall_s": 600,
          "device_s": 300, "max_concurrent": 2, "device_name": "H100"},
         {**line, "experiment": "arl_vs_nal", "run_name": "b", "status": "finished", "wall_s": 600,
