@@ -8,9 +8,9 @@
 
 The study needs dozens of CIFAR trainings, and a GPU is lent in short sittings. A campaign:
 
-* plans the runs of the chosen experiments (:func:`ranlib.report.plan_runs`) seed by seed, so
+* plans the runs of the chosen experiments (:func:`ranlib.planning.plan_runs`) seed by seed, so
   that every table gets its first seed before any table gets its second, and leaves out a run
-  whose results exist or that another experiment trains anyway (:func:`ranlib.report.find_training`:
+  whose results exist or that another experiment trains anyway (:func:`ranlib.planning.find_training`:
   Attention-56 with the default switches is a row of Tables 1, 3 and 4);
 * runs up to ``--concurrent`` of them at once, each as its own ``python -m ranlib train ... --resume``
   process on the same device (a small CIFAR model leaves most of an H100 idle; whether sharing
@@ -46,16 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import provenance, report
+from . import provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
+from .experiments import EXPERIMENTS, experiment
+from .ledger import LEDGER_NAME, append_ledger, read_ledger
+from .paths import resolve_path
+from .planning import find_training, plan_runs, same_training
 
-LEDGER_NAME = "campaign_ledger.csv"
-LEDGER_FIELDS = ("campaign_started_at", "experiment", "run_name", "model", "profile", "seed", "status",
-                 "started_at", "finished_at", "wall_s", "device_s", "max_concurrent", "device",
-                 "device_name", "git_commit", "exit_code", "message")
 LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
-CIFAR_EXPERIMENTS = tuple(name for name, exp in report.EXPERIMENTS.items() if exp.task == "cifar")
+CIFAR_EXPERIMENTS = tuple(name for name, exp in EXPERIMENTS.items() if exp.task == "cifar")
 POLL_S = 0.5
 # Results folders written outside training runs that a sitting on a GPU machine also brings back.
 EXTRA_RESULTS = ("performance", "jpeg_gap")
@@ -79,11 +79,11 @@ def plan_campaign(experiments: Sequence[str], *, profile: str, seeds: Sequence[i
 
     ``rows`` keeps only these row keys (of any of the experiments).
     """
-    unknown = [name for name in experiments if name not in report.EXPERIMENTS]
+    unknown = [name for name in experiments if name not in EXPERIMENTS]
     if unknown:
-        raise RanlibError(f"unknown experiment(s) {', '.join(unknown)}; valid: {', '.join(report.EXPERIMENTS)}")
+        raise RanlibError(f"unknown experiment(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENTS)}")
     if rows:
-        known = {row.key for name in experiments for row in report.experiment(name).rows}
+        known = {row.key for name in experiments for row in experiment(name).rows}
         missing = sorted(set(rows) - known)
         if missing:
             raise RanlibError(f"row(s) {', '.join(missing)} are in none of {', '.join(experiments)}; a row is "
@@ -91,13 +91,13 @@ def plan_campaign(experiments: Sequence[str], *, profile: str, seeds: Sequence[i
     plan = Plan([])
     for seed in seeds:
         for name in experiments:
-            picked = [r.key for r in report.experiment(name).rows if r.key in rows] if rows else None
+            picked = [r.key for r in experiment(name).rows if r.key in rows] if rows else None
             if picked == []:
                 continue
-            configs = report.plan_runs(name, profile=profile, seeds=[seed], dataset=dataset,
-                                       data_root=data_root, results_dir=results_dir,
-                                       checkpoint_dir=checkpoint_dir, device=device, rows=picked,
-                                       overrides=overrides)
+            configs = plan_runs(name, profile=profile, seeds=[seed], dataset=dataset,
+                                data_root=data_root, results_dir=results_dir,
+                                checkpoint_dir=checkpoint_dir, device=device, rows=picked,
+                                overrides=overrides)
             for config in configs:
                 why = _why_skip(config, plan.runs)
                 if why:
@@ -112,10 +112,10 @@ def _why_skip(config: dict, planned: list[dict]) -> str | None:
 
     if results_path(config["results_dir"], config["experiment"], config["run_name"]).is_file():
         return "results exist"
-    done = report.find_training(config, config["results_dir"])
+    done = find_training(config, config["results_dir"])
     if done is not None:
         return f"trained as {done['experiment']}/{done['run_name']}"
-    twin = next((p for p in planned if report.same_training(config, {"config": p})), None)
+    twin = next((p for p in planned if same_training(config, {"config": p})), None)
     if twin is not None:
         return f"same training as {twin['experiment']}/{twin['run_name']}"
     return None
@@ -270,24 +270,6 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["no output"])[-1][:500]
 
 
-def append_ledger(path: Path, lines: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LEDGER_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(lines)
-
-
-def read_ledger(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # ----------------------------------------------------------------------------------------------
 # Carrying results between machines
 
@@ -344,7 +326,7 @@ def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
                     record = json.loads(data)
                 except ValueError as exc:
                     raise RanlibError(f"{archive}:{m.name} is not JSON ({exc})") from None
-                if Path(m.name).parts[1] in report.EXPERIMENTS:  # run records; benchmarks have their own layout
+                if Path(m.name).parts[1] in EXPERIMENTS:  # run records; benchmarks have their own layout
                     validate(record, source=f"{archive}:{m.name}")
                 if target.exists() and target.read_bytes() != data:
                     conflicts.append(str(target))
@@ -463,7 +445,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if plan.runs and args.dataset in ARRAY_DATASETS:
         # Decode once here (the decode cache), not in every training at once; a missing dataset
         # is one error line now rather than one failed run per planned training.
-        load_arrays(args.dataset, report.resolve_path(args.data_root),
+        load_arrays(args.dataset, resolve_path(args.data_root),
                     download=bool(plan.runs[0].get("download")))
     campaign = Campaign(plan.runs, concurrent=args.concurrent, budget_s=args.budget_minutes * 60,
                         launch_margin_s=args.launch_margin_minutes * 60,

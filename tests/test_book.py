@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranlib import paper, report
+from ranlib import paper, planning, report
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -238,7 +238,7 @@ def test_experiment_pages_show_the_papers_numbers_in_a_table(built_book, name):
 @pytest.mark.parametrize("name", [n for n in reproduce.NOTEBOOKS if n != "models"])
 def test_experiment_pages_show_our_runs_or_say_there_are_none(built_book, name):
     text = page_text(built_book / "experiments" / f"{name}.html")
-    records = report.load_records(REPO / "results", name)
+    records = planning.load_records(REPO / "results", name)
     if not records:
         assert f"No results yet for {name}" in text and "make reproduce" in text
         return

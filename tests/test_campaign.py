@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ranlib import campaign, report
+from ranlib import campaign, planning
 from ranlib.errors import RanlibError, ResultsExistError
 from ranlib.results import load_results
 from test_train import REPO, make_folder_dataset, subprocess_env
@@ -79,8 +79,8 @@ def test_plan_rows_and_bad_selections(tmp_path):
 
 
 def test_training_size_counts_the_variant_and_the_scaled_schedule():
-    [config] = report.plan_runs("label_noise", profile="quick", seeds=[0], dataset="cifar10-jpeg",
-                                data_root="d", rows=["attention92-noise10"])
+    [config] = planning.plan_runs("label_noise", profile="quick", seeds=[0], dataset="cifar10-jpeg",
+                                  data_root="d", rows=["attention92-noise10"])
     size = campaign.training_size(config)
     assert (size["iterations"], size["batch_size"]) == (4000, 256)  # a tenth of 160k at batch 64, x 64/256
     from ranlib.cli import model_counts

@@ -3,7 +3,7 @@ and rendered from an empty results folder (the "no results yet" page).
 
 Smoke runs here are cut to one iteration of two images and the cheapest rows of each table
 (``rows=``), so that a notebook takes well under a minute on two CPU cores; the profile's own
-subset (``report.EXPERIMENTS[...].smoke_rows``) is what ``make reproduce PROFILE=smoke`` trains.
+subset (``experiments.EXPERIMENTS[...].smoke_rows``) is what ``make reproduce PROFILE=smoke`` trains.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""ranlib.report on synthetic results records: verdict rules, mean ± std, deltas, missing data."""
+"""The study layer on synthetic results records: verdict rules (ranlib.verdicts), mean ± std, deltas,
+missing data (ranlib.report), run planning (ranlib.planning) and plots (ranlib.plots)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranlib import paper, report
+from ranlib import experiments, paper, paths, planning, plots, report, verdicts
+from ranlib.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
 from ranlib.results import write_results
 
-JPEG = report.JPEG_LABEL
+JPEG = verdicts.JPEG_LABEL
 
 
 def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", kwargs=None,
@@ -75,19 +77,19 @@ def test_resolve_path_is_relative_to_the_repo_root_not_the_cwd(tmp_path, monkeyp
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
-    assert report.repo_root() == tmp_path
-    assert report.resolve_path("results") == tmp_path / "results"
-    assert report.resolve_path(tmp_path / "x") == tmp_path / "x"
+    assert paths.repo_root() == tmp_path
+    assert paths.resolve_path("results") == tmp_path / "results"
+    assert paths.resolve_path(tmp_path / "x") == tmp_path / "x"
 
 
 # --- mean ± std, formatting -------------------------------------------------------------------
 
 def test_mean_std_uses_the_sample_std_and_skips_missing_values():
-    mean, std, n = report.mean_std([5.0, 6.0, None, float("nan")])
+    mean, std, n = verdicts.mean_std([5.0, 6.0, None, float("nan")])
     assert (mean, n) == (5.5, 2)
     assert std == pytest.approx(math.sqrt(0.5))
-    assert math.isnan(report.mean_std([4.0])[1])
-    assert report.mean_std([])[2] == 0
+    assert math.isnan(verdicts.mean_std([4.0])[1])
+    assert verdicts.mean_std([])[2] == 0
 
 
 def test_format_mean_std():
@@ -100,47 +102,47 @@ def test_format_mean_std():
 
 def test_ordering_verdicts():
     q = dict(profile="quick")
-    assert report.judge_ordering([5.0, 5.1], [6.0, 6.1], **q)[0] == report.REPRODUCED
+    assert verdicts.judge_ordering([5.0, 5.1], [6.0, 6.1], **q)[0] == verdicts.REPRODUCED
     # right direction, but within two standard errors of the gap
-    assert report.judge_ordering([5.0, 6.0], [5.3, 6.3], **q)[0] == report.PARTLY
-    assert report.judge_ordering([5.0], [6.0], **q)[0] == report.PARTLY  # one seed: no spread
-    assert report.judge_ordering([6.0, 6.1], [5.0, 5.1], **q)[0] == report.NOT_REPRODUCED
-    assert report.judge_ordering([5.0, 5.0], [5.0, 5.0], **q)[0] == report.NOT_REPRODUCED
-    assert report.judge_ordering([5.0], [6.0], profile="smoke")[0] == report.NOT_RUN_SMOKE
-    assert report.judge_ordering([], [6.0], profile="paper")[0] == report.NOT_RUN
+    assert verdicts.judge_ordering([5.0, 6.0], [5.3, 6.3], **q)[0] == verdicts.PARTLY
+    assert verdicts.judge_ordering([5.0], [6.0], **q)[0] == verdicts.PARTLY  # one seed: no spread
+    assert verdicts.judge_ordering([6.0, 6.1], [5.0, 5.1], **q)[0] == verdicts.NOT_REPRODUCED
+    assert verdicts.judge_ordering([5.0, 5.0], [5.0, 5.0], **q)[0] == verdicts.NOT_REPRODUCED
+    assert verdicts.judge_ordering([5.0], [6.0], profile="smoke")[0] == verdicts.NOT_RUN_SMOKE
+    assert verdicts.judge_ordering([], [6.0], profile="paper")[0] == verdicts.NOT_RUN
 
 
 def test_absolute_verdicts_account_for_the_jpeg_copy_only_upwards():
     p = dict(profile="paper", task="cifar")
-    assert report.judge_absolute(5.0, [5.3], dataset="CIFAR-10", **p)[0] == report.REPRODUCED
-    assert report.judge_absolute(5.0, [5.8], dataset="CIFAR-10", **p)[0] == report.PARTLY
-    assert report.judge_absolute(5.0, [6.5], dataset="CIFAR-10", **p)[0] == report.NOT_REPRODUCED
+    assert verdicts.judge_absolute(5.0, [5.3], dataset="CIFAR-10", **p)[0] == verdicts.REPRODUCED
+    assert verdicts.judge_absolute(5.0, [5.8], dataset="CIFAR-10", **p)[0] == verdicts.PARTLY
+    assert verdicts.judge_absolute(5.0, [6.5], dataset="CIFAR-10", **p)[0] == verdicts.NOT_REPRODUCED
     # the JPEG copy costs accuracy: +3.0 is inside the band on it, not on the official data
-    assert report.judge_absolute(5.0, [8.0], dataset=JPEG, **p)[0] == report.REPRODUCED
+    assert verdicts.judge_absolute(5.0, [8.0], dataset=JPEG, **p)[0] == verdicts.REPRODUCED
     # ...but never excuses an error far *below* the paper's
-    assert report.judge_absolute(5.0, [3.8], dataset=JPEG, **p)[0] == report.NOT_REPRODUCED
+    assert verdicts.judge_absolute(5.0, [3.8], dataset=JPEG, **p)[0] == verdicts.NOT_REPRODUCED
     # seed spread widens the band
-    assert report.judge_absolute(5.0, [5.5, 6.1], dataset="CIFAR-10", **p)[0] == report.REPRODUCED
+    assert verdicts.judge_absolute(5.0, [5.5, 6.1], dataset="CIFAR-10", **p)[0] == verdicts.REPRODUCED
 
 
 def test_absolute_claims_are_not_judged_below_the_paper_budget_or_off_imagenet():
-    assert report.judge_absolute(5.0, [5.0], profile="quick", task="cifar",
-                                 dataset=JPEG)[0] == report.NOT_RUN_BUDGET
-    assert report.judge_absolute(5.0, [5.0], profile="smoke", task="cifar",
-                                 dataset=JPEG)[0] == report.NOT_RUN_SMOKE
-    assert report.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
-                                 dataset="Imagenette (imagenette2-320)")[0] == report.NOT_RUN_IMAGENET
-    assert report.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
-                                 dataset="ImageNet (ILSVRC-2012)")[0] == report.REPRODUCED
+    assert verdicts.judge_absolute(5.0, [5.0], profile="quick", task="cifar",
+                                 dataset=JPEG)[0] == verdicts.NOT_RUN_BUDGET
+    assert verdicts.judge_absolute(5.0, [5.0], profile="smoke", task="cifar",
+                                 dataset=JPEG)[0] == verdicts.NOT_RUN_SMOKE
+    assert verdicts.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
+                                 dataset="Imagenette (imagenette2-320)")[0] == verdicts.NOT_RUN_IMAGENET
+    assert verdicts.judge_absolute(21.76, [21.8], profile="paper", task="imagenet",
+                                 dataset="ImageNet (ILSVRC-2012)")[0] == verdicts.REPRODUCED
 
 
 def test_complexity_verdicts():
-    assert report.judge_complexity(1.75, 1.7)[0] == report.REPRODUCED  # +2.9 %
-    assert report.judge_complexity(1.9, 1.7)[0] == report.PARTLY  # +11.8 %
-    assert report.judge_complexity(3.0, 1.7)[0] == report.NOT_REPRODUCED
-    assert report.judge_complexity(None, 1.7)[0] == report.NOT_RUN
-    assert report.judge_complexity(31.9, 31.8, report.DEPLOY_TOLERANCE)[0] == report.REPRODUCED
-    assert report.judge_complexity(33.0, 31.8, report.DEPLOY_TOLERANCE)[0] != report.REPRODUCED
+    assert verdicts.judge_complexity(1.75, 1.7)[0] == verdicts.REPRODUCED  # +2.9 %
+    assert verdicts.judge_complexity(1.9, 1.7)[0] == verdicts.PARTLY  # +11.8 %
+    assert verdicts.judge_complexity(3.0, 1.7)[0] == verdicts.NOT_REPRODUCED
+    assert verdicts.judge_complexity(None, 1.7)[0] == verdicts.NOT_RUN
+    assert verdicts.judge_complexity(31.9, 31.8, verdicts.DEPLOY_TOLERANCE)[0] == verdicts.REPRODUCED
+    assert verdicts.judge_complexity(33.0, 31.8, verdicts.DEPLOY_TOLERANCE)[0] != verdicts.REPRODUCED
 
 
 # --- tables from records ----------------------------------------------------------------------
@@ -161,12 +163,12 @@ def test_results_table_mean_std_delta_and_missing_rows():
 
 
 def test_rows_match_on_model_variant_defaults_and_noise_level():
-    row = report.experiment("attention_types").row("attention56-mixed")
+    row = experiments.experiment("attention_types").row("attention56-mixed")
     # a record without an explicit attention= kwarg is the default (mixed) variant
     assert row.matches(make_record("attention_types", "r", "cifar_attention56", error=5.0))
     assert not row.matches(make_record("attention_types", "r", "cifar_attention56", error=5.0,
                                        kwargs={"attention": "spatial"}))
-    noisy = report.experiment("label_noise").row("attention92-noise30")
+    noisy = experiments.experiment("label_noise").row("attention92-noise30")
     assert noisy.matches(make_record("label_noise", "r", "cifar_attention92", error=6.0,
                                      noise_level=0.3))
     assert not noisy.matches(make_record("label_noise", "r", "cifar_attention92", error=6.0,
@@ -177,44 +179,44 @@ def test_claims_table_judges_orderings_and_reports_gaps():
     records = arl_nal_records([5.0, 5.1], [6.0, 6.1])
     claims = report.claims_table("arl_vs_nal", records)
     a56 = claim(claims, "Attention-56: ARL beats NAL")
-    assert a56["verdict"] == report.REPRODUCED
+    assert a56["verdict"] == verdicts.REPRODUCED
     assert a56["ours"] == pytest.approx(1.0)
     paper_gap = paper.TABLE3_ARL_NAL["cifar_attention56"]["nal"] - paper.TABLE3_ARL_NAL[
         "cifar_attention56"]["arl"]
     assert a56["paper"] == pytest.approx(paper_gap)
     assert a56["delta"] == pytest.approx(1.0 - paper_gap)
-    assert claim(claims, "Attention-164: ARL beats NAL")["verdict"] == report.NOT_RUN
+    assert claim(claims, "Attention-164: ARL beats NAL")["verdict"] == verdicts.NOT_RUN
     # the absolute cell at a quick budget is shown but not judged
     absolute = claim(claims, "Attention-56 ARL: error")
-    assert absolute["verdict"] == report.NOT_RUN_BUDGET
+    assert absolute["verdict"] == verdicts.NOT_RUN_BUDGET
     assert absolute["ours"] == pytest.approx(5.05)
 
 
 def test_reversed_ordering_is_not_reproduced():
     claims = report.claims_table("arl_vs_nal", arl_nal_records([6.0, 6.1], [5.0, 5.1]))
-    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == report.NOT_REPRODUCED
+    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == verdicts.NOT_REPRODUCED
 
 
 def test_claims_use_the_largest_budget_present():
     records = arl_nal_records([6.0, 6.1], [5.0, 5.1], profile="quick")
     records += arl_nal_records([5.0, 5.1], [6.0, 6.1], profile="paper", iterations=160000)
     line = claim(report.claims_table("arl_vs_nal", records), "Attention-56: ARL beats NAL")
-    assert line["verdict"] == report.REPRODUCED
+    assert line["verdict"] == verdicts.REPRODUCED
     assert line["budget"] == "paper (160,000 it)"
 
 
 def test_smoke_results_are_never_judged():
     records = arl_nal_records([5.0, 5.1], [60.0, 61.0], profile="smoke")
     claims = report.claims_table("arl_vs_nal", records)
-    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == report.NOT_RUN_SMOKE
-    assert claim(claims, "Attention-56 ARL: error")["verdict"] == report.NOT_RUN_SMOKE
+    assert claim(claims, "Attention-56: ARL beats NAL")["verdict"] == verdicts.NOT_RUN_SMOKE
+    assert claim(claims, "Attention-56 ARL: error")["verdict"] == verdicts.NOT_RUN_SMOKE
 
 
 def test_no_records_gives_every_claim_not_run_here():
-    for name, exp in report.EXPERIMENTS.items():
+    for name, exp in experiments.EXPERIMENTS.items():
         claims = report.claims_table(name, [])
         assert len(claims) == len(exp.claims)
-        assert set(claims["verdict"]) <= {report.NOT_RUN}
+        assert set(claims["verdict"]) <= {verdicts.NOT_RUN}
 
 
 def test_figure4_response_claim_uses_normalised_last_stage():
@@ -226,9 +228,9 @@ def test_figure4_response_claim_uses_normalised_last_stage():
                 error=5.0, seed=seed, kwargs={"residual_attention": residual},
                 stage_response=[v * (1 + 0.01 * seed) if i else v for i, v in enumerate(curve)]))
     line = claim(report.claims_table("arl_vs_nal", records), "Figure 4")
-    assert line["verdict"] == report.REPRODUCED
+    assert line["verdict"] == verdicts.REPRODUCED
     assert line["ours"] == pytest.approx(0.3 * 1.005 - 0.01 * 1.005, rel=1e-6)
-    frame = report.responses_frame("arl_vs_nal", records)
+    frame = plots.responses_frame("arl_vs_nal", records)
     ours = frame[frame["source"] != "paper"]
     assert set(ours["stage"]) == {1, 2, 3}
     assert (ours[ours["stage"] == 1]["response"] == 1.0).all()
@@ -239,9 +241,9 @@ def test_label_noise_tables():
                            noise_level=0.7)
                for m, e in (("resnet164", 20.0), ("attention92", 18.0))]
     claims = report.claims_table("label_noise", records)
-    assert claim(claims, "70% label noise")["verdict"] == report.PARTLY  # one seed
-    assert claim(claims, "10% label noise")["verdict"] == report.NOT_RUN
-    noise = report.noise_frame(records)
+    assert claim(claims, "70% label noise")["verdict"] == verdicts.PARTLY  # one seed
+    assert claim(claims, "10% label noise")["verdict"] == verdicts.NOT_RUN
+    noise = plots.noise_frame(records)
     assert list(noise["level"]) == [0.7, 0.7]
     assert noise["achieved_rate"].iloc[0] == pytest.approx(0.704)
 
@@ -258,29 +260,29 @@ def test_cifar100_rows_only_match_cifar100_runs():
 
 
 def test_plan_runs_names_every_run_and_uses_the_smoke_subset(tmp_path):
-    plan = report.plan_runs("label_noise", profile="smoke", seeds=[0, 1], dataset="folder",
+    plan = planning.plan_runs("label_noise", profile="smoke", seeds=[0, 1], dataset="folder",
                             data_root=tmp_path, results_dir=tmp_path / "r",
                             overrides={"iterations": 2})
-    exp = report.experiment("label_noise")
+    exp = experiments.experiment("label_noise")
     assert len(plan) == 2 * len(exp.smoke_rows)
     assert len({c["run_name"] for c in plan}) == len(plan)
     assert all(c["iterations"] == 2 and c["results_dir"] == str(tmp_path / "r") for c in plan)
     assert {c["noise_level"] for c in plan} == {0.1, 0.7}
-    full = report.plan_runs("cifar_sota", profile="quick", seeds=[0], dataset="cifar10-jpeg",
+    full = planning.plan_runs("cifar_sota", profile="quick", seeds=[0], dataset="cifar10-jpeg",
                             data_root="d")
     assert all(not c["run_name"].endswith("c100-quick-s0") for c in full)
     with pytest.raises(ValueError, match="unknown row"):
-        report.plan_runs("arl_vs_nal", profile="quick", seeds=[0], dataset="x", data_root="d",
+        planning.plan_runs("arl_vs_nal", profile="quick", seeds=[0], dataset="x", data_root="d",
                          rows=["nope"])
     with pytest.raises(ValueError, match="unknown experiment"):
-        report.experiment("table9")
+        experiments.experiment("table9")
 
 
 def test_plan_runs_configs_are_valid_train_configs(tmp_path):
     train = pytest.importorskip("ranlib.train")
-    for name in report.EXPERIMENTS:
-        exp = report.experiment(name)
-        for config in report.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
+    for name in experiments.EXPERIMENTS:
+        exp = experiments.experiment(name)
+        for config in planning.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
                                        data_root=tmp_path):
             resolved = train.resolve(train.TrainConfig(**config))
             assert resolved.run_name == config["run_name"]
@@ -301,15 +303,15 @@ def test_no_results_page_gives_the_commands():
     assert "--model-kwargs mask=local" in text
 
 
-@pytest.mark.parametrize("name", sorted(report.EXPERIMENTS))
+@pytest.mark.parametrize("name", sorted(experiments.EXPERIMENTS))
 def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
     import shlex
 
     cli = pytest.importorskip("ranlib.cli")
 
-    lines = [l for l in report.train_commands(name).splitlines() if l.startswith("python -m ranlib train")]
-    exp = report.experiment(name)
-    plan = report.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
+    lines = [l for l in planning.train_commands(name).splitlines() if l.startswith("python -m ranlib train")]
+    exp = experiments.experiment(name)
+    plan = planning.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
                             data_root=exp.data_root)
     assert len(lines) == len(plan)
     for line, config in zip(lines, plan):
@@ -343,10 +345,10 @@ def test_complexity_claims_against_paper_and_deploy_files(tmp_path):
     path = tmp_path / "complexity.json"
     path.write_text(json.dumps({"models": entries}))
     claims = report.complexity_claims(report.read_complexity(path))
-    assert claim(claims, "attention56: params (M), official")["verdict"] == report.REPRODUCED
-    assert claim(claims, "attention56: params (M), paper")["verdict"] == report.REPRODUCED
-    assert claim(claims, "cifar_attention92: params (M), paper")["verdict"] == report.NOT_REPRODUCED
-    assert claim(claims, "resnet152: params (M), paper")["verdict"] == report.NOT_RUN
+    assert claim(claims, "attention56: params (M), official")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "attention56: params (M), paper")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "cifar_attention92: params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
+    assert claim(claims, "resnet152: params (M), paper")["verdict"] == verdicts.NOT_RUN
     table = report.complexity_table(entries).set_index("model")
     assert table.loc["attention56", "official params (M)"] == pytest.approx(31.8)
     assert report.read_complexity(tmp_path / "absent.json") is None
@@ -363,8 +365,8 @@ def test_claims_summary_and_ledger_from_a_results_folder(tmp_path):
     summary = report.claims_summary(tmp_path)
     assert {"claim", "paper", "ours", "delta", "verdict", "budget", "seeds"} <= set(summary)
     assert set(summary["experiment"]) >= {"models", "arl_vs_nal", "label_noise", "imagenet"}
-    assert set(summary["verdict"]) <= set(report.VERDICTS)
-    assert claim(summary, "Attention-56: ARL beats NAL")["verdict"] == report.REPRODUCED
+    assert set(summary["verdict"]) <= set(verdicts.VERDICTS)
+    assert claim(summary, "Attention-56: ARL beats NAL")["verdict"] == verdicts.REPRODUCED
 
     ledger = report.compute_ledger(tmp_path).set_index("experiment")
     assert ledger.loc["arl_vs_nal", "runs"] == 4
@@ -380,15 +382,15 @@ def test_one_training_serves_every_table_with_that_row(tmp_path):
     row; it is listed there but counted once, in the ledger of the experiment that trained it."""
     for record in arl_nal_records([5.0, 5.1], [6.0, 6.1]):
         write_results(record, tmp_path)
-    types = report.load_records(tmp_path, "attention_types")
+    types = planning.load_records(tmp_path, "attention_types")
     assert sorted(r["run_name"] for r in types) == ["attention56-arl-quick-s0",
                                                     "attention56-arl-quick-s1"]
     table = report.results_table("attention_types", types).set_index("row")
     assert table.loc["attention56-mixed", "ours (%)"] == "5.05 ± 0.07 (n=2)"
     assert table.loc["attention56-channel", "ours (%)"] == "–"
-    assert report.load_records(tmp_path, "attention_types", shared=False) == []
-    assert len(report.load_records(tmp_path, "arl_vs_nal")) == 4  # its own, not twice
-    assert report.load_records(tmp_path, "label_noise") == []  # noise rows do not match
+    assert planning.load_records(tmp_path, "attention_types", shared=False) == []
+    assert len(planning.load_records(tmp_path, "arl_vs_nal")) == 4  # its own, not twice
+    assert planning.load_records(tmp_path, "label_noise") == []  # noise rows do not match
     ledger = report.compute_ledger(tmp_path).set_index("experiment")
     assert (ledger.loc["attention_types", "runs"], ledger.loc["total", "runs"]) == (0, 4)
 
@@ -396,17 +398,17 @@ def test_one_training_serves_every_table_with_that_row(tmp_path):
 def test_find_training_recognises_the_same_training_under_another_name(tmp_path):
     write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
                               error=5.0, kwargs={"residual_attention": True}), tmp_path)
-    [mixed] = report.plan_runs("attention_types", profile="quick", seeds=[0],
+    [mixed] = planning.plan_runs("attention_types", profile="quick", seeds=[0],
                                dataset="cifar10-jpeg", data_root="d", results_dir=tmp_path,
                                rows=["attention56-mixed"])
-    assert report.find_training(mixed, tmp_path)["run_name"] == "attention56-arl-quick-s0"
+    assert planning.find_training(mixed, tmp_path)["run_name"] == "attention56-arl-quick-s0"
     for change in ({"seed": 1}, {"profile": "paper"}, {"model_kwargs": {"attention": "channel"}},
                    {"noise_level": 0.1}, {"iterations": 99}, {"dataset": "cifar10"}):
-        assert report.find_training({**mixed, **change}, tmp_path) is None, change
+        assert planning.find_training({**mixed, **change}, tmp_path) is None, change
     # where the run goes, or how fast, does not make it another training
     moved = {**mixed, "experiment": "x", "run_name": "y", "device": "cpu", "data_root": "e",
              "compile": True, "compile_mode": "reduce-overhead", "grad_checkpointing": True}
-    assert report.find_training(moved, tmp_path) is not None
+    assert planning.find_training(moved, tmp_path) is not None
 
 
 def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_path, monkeypatch):
@@ -414,7 +416,7 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
                               error=5.0, kwargs={"residual_attention": True}), tmp_path)
     trained = []
     monkeypatch.setattr("ranlib.train.run", lambda config: trained.append(config.run_name) or {})
-    records = report.train_experiment("mask_structure", profile="quick", seeds=[0],
+    records = planning.train_experiment("mask_structure", profile="quick", seeds=[0],
                                       dataset="cifar10-jpeg", data_root="d",
                                       results_dir=tmp_path)
     assert trained == ["attention56-local-quick-s0"]
@@ -422,11 +424,9 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
 
 
 def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
-    from ranlib import campaign
-
     assert report.campaign_ledger(tmp_path).empty
-    line = dict.fromkeys(campaign.LEDGER_FIELDS, "")
-    campaign.append_ledger(tmp_path / campaign.LEDGER_NAME, [
+    line = dict.fromkeys(LEDGER_FIELDS, "")
+    append_ledger(tmp_path / LEDGER_NAME, [
         {**line, "experiment": "arl_vs_nal", "run_name": "a", "status": "finished", "wall_s": 600,
          "device_s": 300, "max_concurrent": 2, "device_name": "H100"},
         {**line, "experiment": "arl_vs_nal", "run_name": "b", "status": "finished", "wall_s": 600,
@@ -441,7 +441,7 @@ def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
     # the runs' own records (10 wall minutes each): the book counts what the campaign charged
     for run in ("a", "b", "c"):
         write_results(make_record("arl_vs_nal", run, "cifar_attention56", error=5.0), tmp_path)
-    minutes = report.runs_frame("arl_vs_nal", report.load_records(tmp_path, "arl_vs_nal")).set_index(
+    minutes = report.runs_frame("arl_vs_nal", planning.load_records(tmp_path, "arl_vs_nal")).set_index(
         "run_name")["device_minutes"]
     assert (minutes["a"], minutes["b"]) == (5.0, 5.0)
     assert minutes["c"] == 10.0  # interrupted and not finished by a campaign: its own record
@@ -465,12 +465,12 @@ def test_plots_render_with_and_without_results():
     import matplotlib
     matplotlib.use("Agg")
     records = arl_nal_records([5.0, 5.1], [6.0, 6.1])
-    assert report.plot_learning_curves("arl_vs_nal", records) is not None
-    assert report.plot_learning_curves("arl_vs_nal", []) is not None
-    assert report.plot_stage_responses("arl_vs_nal", records) is not None
-    assert report.plot_error_vs_noise([]) is not None
+    assert plots.plot_learning_curves("arl_vs_nal", records) is not None
+    assert plots.plot_learning_curves("arl_vs_nal", []) is not None
+    assert plots.plot_stage_responses("arl_vs_nal", records) is not None
+    assert plots.plot_error_vs_noise([]) is not None
     noisy = make_record("label_noise", "r", "cifar_resnet164", error=6.0, noise_level=0.3)
-    assert report.plot_transition_matrix(noisy) is not None
+    assert plots.plot_transition_matrix(noisy) is not None
 
 
 def test_plot_masks_draws_one_panel_per_module_and_image():
@@ -478,7 +478,7 @@ def test_plot_masks_draws_one_panel_per_module_and_image():
     import torch
     matplotlib.use("Agg")
     masks = {"stages.0.1": torch.rand(3, 4, 16, 16), "stages.1.1": torch.rand(3, 4, 8, 8)}
-    fig = report.plot_masks(np.zeros((3, 32, 32, 3), np.uint8), masks, max_images=2)
+    fig = plots.plot_masks(np.zeros((3, 32, 32, 3), np.uint8), masks, max_images=2)
     assert len(fig.axes) == 2 * 3
 
 

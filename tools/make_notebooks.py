@@ -3,10 +3,10 @@
     python tools/make_notebooks.py            # (re)write every notebook
     python tools/make_notebooks.py --check    # exit 1 if a committed notebook differs from this script
 
-The notebooks stay thin: every table, verdict and plot is a call into ranlib.report (unit-tested in
-tests/test_report.py); training goes through ranlib.train.run via report.train_experiment. Paper
-numbers never appear here: claims and rows come from ranlib.report.EXPERIMENTS, built from
-ranlib.paper. Prose cites numbers and verdicts through myst-nb glue keys only.
+The notebooks stay thin: every table and verdict is a call into ranlib.report and every plot into
+ranlib.plots (unit-tested in tests/test_report.py); training goes through ranlib.train.run via
+planning.train_experiment. Paper numbers never appear here: claims and rows come from
+ranlib.experiments.EXPERIMENTS, built from ranlib.paper. Prose cites numbers and verdicts through myst-nb glue keys only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ranlib import report  # noqa: E402
+from ranlib.experiments import EXPERIMENTS  # noqa: E402
+from ranlib.verdicts import JPEG_LABEL  # noqa: E402
 
 KERNEL = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
@@ -31,7 +32,7 @@ PATHS_NOTE = ("Paths (`data_root`, `results_dir`, `checkpoint_dir`, `checkpoint`
 
 
 def parameters_cell(name: str, extra: str = "") -> nbformat.NotebookNode:
-    exp = report.EXPERIMENTS.get(name)
+    exp = EXPERIMENTS.get(name)
     dataset = exp.dataset if exp else "cifar10-jpeg"
     data_root = exp.data_root if exp else ".data/cifar10-jpeg"
     source = f'''\
@@ -49,7 +50,7 @@ train_overrides = {{}}  # extra ranlib.train.TrainConfig fields for every run, e
     return new_code_cell(source, metadata={"tags": ["parameters"]})
 
 
-def setup_cell(name: str) -> nbformat.NotebookNode:
+def setup_cell(name: str, modules: str = "planning, plots, report") -> nbformat.NotebookNode:
     return new_code_cell(f'''\
 import sys
 from pathlib import Path
@@ -63,41 +64,42 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ranlib import report
+from ranlib import {modules}
+from ranlib.paths import resolve_path
 
 EXPERIMENT = "{name}"
-RESULTS = report.resolve_path(results_dir)
-print(f"results: {{RESULTS / EXPERIMENT}}; data: {{report.resolve_path(data_root)}} ({{dataset}})")''',
+RESULTS = resolve_path(results_dir)
+print(f"results: {{RESULTS / EXPERIMENT}}; data: {{resolve_path(data_root)}} ({{dataset}})")''',
                          metadata={"tags": ["hide-input"]})
 
 
 def train_cell(name: str, guard: str = "") -> nbformat.NotebookNode:
     return new_code_cell(f'''\
-if train and not report.resolve_path(data_root).exists():
+if train and not resolve_path(data_root).exists():
     display(Markdown(report.missing_data_markdown(EXPERIMENT, dataset, data_root))){guard}
 elif train:
-    report.train_experiment(EXPERIMENT, profile=profile, seeds=seeds, dataset=dataset,
-                            data_root=data_root, results_dir=results_dir,
-                            checkpoint_dir=checkpoint_dir, device=device, rows=rows,
-                            overrides=train_overrides)
-records = report.load_records(RESULTS, EXPERIMENT)
+    planning.train_experiment(EXPERIMENT, profile=profile, seeds=seeds, dataset=dataset,
+                              data_root=data_root, results_dir=results_dir,
+                              checkpoint_dir=checkpoint_dir, device=device, rows=rows,
+                              overrides=train_overrides)
+records = planning.load_records(RESULTS, EXPERIMENT)
 if not records:
     display(Markdown(report.no_results_markdown(EXPERIMENT)))''', metadata={"tags": ["hide-input"]})
 
 
 def intro(name: str) -> nbformat.NotebookNode:
-    exp = report.EXPERIMENTS[name]
+    exp = EXPERIMENTS[name]
     return new_markdown_cell(
         f"# {exp.title}\n\n**Claim checked.** {exp.claim}\n\n"
         "Paper numbers come from `ranlib.paper` and are labelled as the paper's. Ours come from "
         f"the results files in `results/{name}/`, written by `ranlib.train.run` (final model, never "
         "the best epoch). Every number measured on the JPEG copy of CIFAR-10 is labelled "
-        f"*{report.JPEG_LABEL}*. The verdict rules are written down in `ranlib.report`'s "
+        f"*{JPEG_LABEL}*. The verdict rules are written down in `ranlib.verdicts`' "
         f"docstring.\n\n{PATHS_NOTE}")
 
 
 def table_cells(name: str) -> list[nbformat.NotebookNode]:
-    exp = report.EXPERIMENTS[name]
+    exp = EXPERIMENTS[name]
     bullets = "\n".join(f"- {c.text}: {{glue:md}}`{name}_claim{i}`"
                         for i, c in enumerate(exp.claims) if c.kind != "absolute")
     return [
@@ -119,7 +121,7 @@ def table_cells(name: str) -> list[nbformat.NotebookNode]:
                           "listed in the table above; with the JPEG copy they can only be "
                           "compared with the paper's within the allowance the verdict rule "
                           "states."),
-        new_code_cell("ax = report.plot_learning_curves(EXPERIMENT, records)\nplt.show()"),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()"),
     ]
 
 
@@ -137,8 +139,8 @@ def arl_vs_nal() -> nbformat.NotebookNode:
                           "for every run we have (log scale), beside the values read off the "
                           "paper's Figure 4 (Attention-164 ARL and NAL, ResNet-164). NAL's "
                           "products of masks should make the later stages' responses collapse."),
-        new_code_cell("responses = report.responses_frame(EXPERIMENT, records)\n"
-                      "ax = report.plot_stage_responses(EXPERIMENT, records)\nplt.show()\n"
+        new_code_cell("responses = plots.responses_frame(EXPERIMENT, records)\n"
+                      "ax = plots.plot_stage_responses(EXPERIMENT, records)\nplt.show()\n"
                       'responses.pivot_table(index=["network", "source"], columns="stage", '
                       'values="response")'),
     ])
@@ -148,16 +150,16 @@ def label_noise() -> nbformat.NotebookNode:
     return experiment_notebook("label_noise", [
         new_markdown_cell("## Error vs noise level\n\nTable 5 as a plot: ours (mean ± sd over "
                           "seeds, per budget) beside the paper's. The test set stays clean."),
-        new_code_cell("ax = report.plot_error_vs_noise(records)\nplt.show()"),
+        new_code_cell("ax = plots.plot_error_vs_noise(records)\nplt.show()"),
         new_markdown_cell("## The noise we injected\n\nRequested vs achieved flip rate of every "
                           "run (labels are drawn per sample from Q, so the achieved rate scatters "
                           "around the requested one), and the empirical transition matrix of the "
                           "noisiest run."),
-        new_code_cell("noise = report.noise_frame(records)\n"
+        new_code_cell("noise = plots.noise_frame(records)\n"
                       "if not noise.empty:\n"
                       "    noisiest = max((r for r in records if r.get(\"noise\")), "
                       "key=lambda r: r[\"noise\"][\"level\"])\n"
-                      "    report.plot_transition_matrix(noisiest)\n"
+                      "    plots.plot_transition_matrix(noisiest)\n"
                       "    plt.show()\nnoise"),
     ])
 
@@ -181,7 +183,7 @@ def models() -> nbformat.NotebookNode:
         "parameter counts and multiply-adds the paper gives (Tables 2, 6 and 7), and the ImageNet "
         "attention networks match the official Caffe deploy files' counts exactly (conv + FC + "
         "BN scale/shift; multiply-adds at 224×224).\n\nCounts are exact, so there are no seeds "
-        "and no training budget; the verdict rule for counts is in `ranlib.report`. "
+        "and no training budget; the verdict rule for counts is in `ranlib.verdicts`. "
         f"{PATHS_NOTE}")
     params = parameters_cell("models", '''\
 complexity_file = "results/models/complexity.json"  # train=True (re)writes it; else read if present
@@ -193,11 +195,11 @@ if train:  # count again and keep the counts (with provenance) as this experimen
     report.write_complexity(complexity_file, model_names or None)
 entries = report.read_complexity(complexity_file)
 if entries is not None:
-    source = f"read from `{report.resolve_path(complexity_file)}`"
+    source = f"read from `{resolve_path(complexity_file)}`"
 else:
     entries = report.complexity_entries(model_names or None)
     source = (f"computed live with `ranlib.complexity` in this notebook "
-              f"(`{report.resolve_path(complexity_file)}` does not exist)")
+              f"(`{resolve_path(complexity_file)}` does not exist)")
 glue("models_source", Markdown(source), display=False)
 display(Markdown(f"Counts {source}."))''', metadata={"tags": ["hide-input"]}),
         new_markdown_cell("## Ours vs the paper vs the official deploy files"),
@@ -211,12 +213,12 @@ claims[["claim", "paper", "ours", "delta", "verdict", "reason"]]'''),
         new_markdown_cell("Counts {glue:md}`models_source`. Verdicts over every count the paper "
                           "or the deploy files give: {glue:md}`models_verdicts`."),
     ]
-    setup = setup_cell("models")
+    setup = setup_cell("models", "report")
     return new_notebook(cells=[intro_cell, params, setup, *body], metadata={"kernelspec": KERNEL})
 
 
 def attention_masks() -> nbformat.NotebookNode:
-    exp = report.EXPERIMENTS["attention_masks"]
+    exp = EXPERIMENTS["attention_masks"]
     intro_cell = new_markdown_cell(
         f"# {exp.title}\n\n**Idea checked.** {exp.claim}\n\nThe masks come from a checkpoint "
         "(`checkpoint`), or else from the model this notebook's own run trains (`train=True`) "
@@ -229,16 +231,16 @@ num_images = 4
 ''')
     body = [
         new_code_cell('''\
-path = report.resolve_path(checkpoint) if checkpoint else report.latest_checkpoint(checkpoint_dir, records)
+path = resolve_path(checkpoint) if checkpoint else plots.latest_checkpoint(checkpoint_dir, records)
 glue("attention_masks_runs", Markdown(report.runs_summary(records)), display=False)
 if path is None or not path.is_file():
     glue("attention_masks_source", Markdown("no checkpoint: not run here"), display=False)
-    display(Markdown(f"**Not run here:** no checkpoint ({path or 'none found under ' + str(report.resolve_path(checkpoint_dir))}). "
+    display(Markdown(f"**Not run here:** no checkpoint ({path or 'none found under ' + str(resolve_path(checkpoint_dir))}). "
                      "Pass `checkpoint=...`, or run with `train=True`."))
 else:
     glue("attention_masks_source", Markdown(f"`{path}`"), display=False)
-    images, masks = report.checkpoint_masks(path, num_images=num_images, device=device)
-    fig = report.plot_masks(images, masks, max_images=num_images)
+    images, masks = plots.checkpoint_masks(path, num_images=num_images, device=device)
+    fig = plots.plot_masks(images, masks, max_images=num_images)
     glue("attention_masks_figure", fig, display=False)
     plt.show()'''),
         new_markdown_cell("Masks from {glue:md}`attention_masks_source`; runs of this notebook: "

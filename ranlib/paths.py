@@ -1,0 +1,31 @@
+"""Where the study's paths point: relative paths are taken from the repository root.
+
+Every path parameter of the study (``results_dir``, ``data_root``, checkpoints) goes through
+:func:`resolve_path`: an absolute path is used as given; a relative one is taken relative to
+the repository root, the first folder at or above the current directory that holds
+``pyproject.toml`` (so ``"results"`` means ``<repo>/results`` whether papermill runs the
+notebook from the repo root or from ``notebooks/``). Outside a checkout the current
+directory is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The first folder at or above ``start`` (default: the current directory) holding
+    ``pyproject.toml``, or None outside a checkout."""
+    here = Path(start or Path.cwd()).resolve()
+    return next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file()), None)
+
+
+def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """An absolute path as given; a relative one under ``root`` (default :func:`repo_root`,
+    else the current directory)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    base = Path(root) if root is not None else (repo_root() or Path.cwd())
+    return (base / path).resolve()

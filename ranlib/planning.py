@@ -1,0 +1,163 @@
+"""Which runs an experiment needs, which results records are the same training, and training them.
+
+The campaign (:mod:`ranlib.campaign`), the notebooks and the command lines plan through here:
+:func:`plan_runs` gives the :class:`ranlib.train.TrainConfig` arguments of every run of an
+experiment, :func:`same_training` and :func:`find_training` find a run already trained (one
+training of Attention-56 serves Tables 1, 3 and 4), :func:`train_experiment` trains what is
+missing through :func:`ranlib.train.run` only, and :func:`load_records` reads back every record
+an experiment's page shows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .experiments import EXPERIMENTS, Row, experiment, record_noise_level, with_model_defaults
+from .ledger import charged_device_s, with_charged_time
+from .paths import resolve_path
+from .results import load_results, results_path
+
+
+def run_name(row: Row, profile: str, seed: int) -> str:
+    return f"{row.key}-{profile}-s{seed}"
+
+
+def plan_runs(name: str, *, profile: str, seeds: Sequence[int], dataset: str, data_root: str,
+              results_dir: str | os.PathLike = "results",
+              checkpoint_dir: str | os.PathLike = "checkpoints", device: str = "auto",
+              rows: Sequence[str] | None = None, overrides: dict | None = None) -> list[dict]:
+    """The ``TrainConfig`` keyword arguments of every run an experiment needs.
+
+    ``rows`` picks row keys (default: the smoke subset for ``profile="smoke"``, else all rows of
+    the experiment's dataset: CIFAR-100 rows only when ``dataset`` is ``cifar100``).
+    ``overrides`` go into every config (e.g. ``{"iterations": 4}`` for a test).
+    """
+    exp = experiment(name)
+    if rows is None:
+        rows = exp.smoke_rows if profile == "smoke" else [
+            r.key for r in exp.rows if r.cifar100 == (dataset == "cifar100")]
+    known = {r.key for r in exp.rows}
+    unknown = [k for k in rows if k not in known]
+    if unknown:
+        raise ValueError(f"unknown row(s) {unknown} for experiment {name!r}; valid: "
+                         f"{', '.join(sorted(known))}")
+    plan = []
+    for key in rows:
+        row = exp.row(key)
+        for seed in seeds:
+            config = dict(experiment=name, run_name=run_name(row, profile, seed), model=row.model,
+                          model_kwargs=dict(row.kwargs), dataset=dataset,
+                          data_root=str(resolve_path(data_root)), profile=profile, seed=int(seed),
+                          results_dir=str(resolve_path(results_dir)),
+                          checkpoint_dir=str(resolve_path(checkpoint_dir)), device=device)
+            if row.noise_level:
+                config["noise_level"] = row.noise_level
+            config.update(overrides or {})
+            plan.append(config)
+    return plan
+
+
+# What makes two trainings the same one (with the plan's overrides, see `same_training`).
+_TRAINING_KEYS = ("model", "dataset", "profile", "seed")
+
+
+def same_training(config: dict, record: dict) -> bool:
+    """Whether ``record`` is a run of the training ``config`` (a :func:`plan_runs` entry) asks
+    for: same model and switches (defaults filled in), data, label noise, profile and seed, and
+    the same value of every extra field the config sets (overrides such as ``iterations``).
+    Experiment, run name, folders and device do not count."""
+    done = record["config"]
+    if any(done.get(k) != config.get(k) for k in _TRAINING_KEYS):
+        return False
+    if with_model_defaults(done.get("model_kwargs")) != with_model_defaults(config.get("model_kwargs")):
+        return False
+    if record_noise_level(record) != float(config.get("noise_level") or 0.0):
+        return False
+    from .train import RESUMABLE_CHANGES
+
+    # Fields a resumed run may change do not change what is trained (compiling, checkpointing...).
+    extra = set(config) - set(_TRAINING_KEYS) - _NOT_TRAINING - RESUMABLE_CHANGES
+    return all(done.get(k) == config[k] for k in extra)
+
+
+# plan_runs fields that name where a run goes, not what it trains.
+_NOT_TRAINING = {"experiment", "run_name", "model_kwargs", "noise_level", "data_root", "results_dir",
+                 "checkpoint_dir", "device"}
+
+
+def find_training(config: dict, results_dir: str | os.PathLike) -> dict | None:
+    """A record under ``results_dir`` (any experiment's folder) of the same training as
+    ``config``, so that it is not trained twice; None when there is none."""
+    root = resolve_path(results_dir)
+    for name in EXPERIMENTS:
+        for record in _folder_records(root, name):
+            if same_training(config, record):
+                return record
+    return None
+
+
+def train_experiment(name: str, *, skip_existing: bool = True, **plan_kwargs) -> list[dict]:
+    """Run :func:`plan_runs`'s configs through :func:`ranlib.train.run`; returns their records.
+
+    A run is skipped (``skip_existing``) when its results file exists or another experiment
+    already trained the same thing (:func:`find_training`: Attention-56 with mixed attention,
+    ARL and the encoder-decoder mask is one row of Tables 1, 3 and 4), so re-running a notebook
+    with ``train=True`` only trains what is missing.
+    """
+    from .train import TrainConfig, run
+
+    records = []
+    for config in plan_runs(name, **plan_kwargs):
+        path = results_path(config["results_dir"], config["experiment"], config["run_name"])
+        if skip_existing and path.is_file():
+            records += load_results(path)
+            continue
+        done = find_training(config, config["results_dir"]) if skip_existing else None
+        records.append(done if done is not None else run(TrainConfig(**config)))
+    return records
+
+
+def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
+    """The commands that produce an experiment's results (for a page that has none yet): the
+    batch rerun, then one ``ranlib train`` line per run of one seed."""
+    import shlex
+
+    from .cli import train_argv
+
+    exp = experiment(name)
+    lines = [f"make reproduce PROFILE={profile} NOTEBOOKS={name}",
+             "# or, several trainings at once on one GPU, then `make book`:",
+             f"python -m ranlib.campaign run --experiments {name} --profile {profile} --dataset {exp.dataset} "
+             f"--data-root {exp.data_root} --device cuda --concurrent 4",
+             "# or, run by run:"]
+    for config in plan_runs(name, profile=profile, seeds=[seed], dataset=exp.dataset,
+                            data_root=exp.data_root):
+        # plan_runs resolves folders to absolute paths; the commands keep the defaults.
+        shown = {k: v for k, v in config.items()
+                 if k not in ("results_dir", "checkpoint_dir", "device") and v != {}}
+        shown["data_root"] = exp.data_root
+        lines.append(shlex.join(["python", "-m", "ranlib", "train", *train_argv(shown)]))
+    return "\n".join(lines)
+
+
+def _folder_records(root: Path, name: str) -> list[dict]:
+    folder = root / name
+    return load_results(folder) if folder.is_dir() else []
+
+
+def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = True) -> list[dict]:
+    """Every validated record under ``<results_dir>/<name>/``; empty when there is none.
+
+    ``shared``: also the records in other experiments' folders that are runs of one of this
+    experiment's rows (one training of Attention-56 serves Tables 1, 3 and 4), each listed once
+    and counted in the compute ledger of the experiment that trained it.
+    """
+    root = resolve_path(results_dir)
+    records = _folder_records(root, name)
+    if shared and name in EXPERIMENTS:
+        rows = experiment(name).rows
+        records += [r for other in EXPERIMENTS if other != name
+                    for r in _folder_records(root, other) if any(row.matches(r) for row in rows)]
+    return with_charged_time(records, charged_device_s(root))

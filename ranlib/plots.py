@@ -1,0 +1,212 @@
+"""The study's figures (seaborn) and the long-format frames they draw.
+
+Learning curves, Table 5 as error vs label noise, Figure 4's stage responses, the injected
+label noise, and Figure 1's idea: the soft masks of a trained checkpoint on test images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import paper
+from .experiments import MODEL_LABELS, experiment
+from .paths import resolve_path
+from .report import normalised_responses, record_profile
+
+
+def curves_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
+    """Learning curves of every run of a known row, long format for seaborn."""
+    exp = experiment(name)
+    lines = []
+    for record in records:
+        row = next((r for r in exp.rows if r.matches(record)), None)
+        if row is None:
+            continue
+        for point in record["curve"]:
+            for what in ("train_top1_error", "test_top1_error"):
+                if point.get(what) is not None:
+                    lines.append(dict(row=row.label, run=record["run_name"],
+                                      seed=record["provenance"].get("seed"),
+                                      profile=record_profile(record), iteration=point["iteration"],
+                                      split=what.split("_")[0], error=point[what]))
+    return pd.DataFrame(lines, columns=["row", "run", "seed", "profile", "iteration", "split",
+                                        "error"])
+
+
+def plot_learning_curves(name: str, records: Sequence[dict], ax=None):
+    """Train and test top-1 error vs iteration, one colour per row (band = spread over seeds)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = curves_frame(name, records)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    if frame.empty:
+        ax.text(0.5, 0.5, "no learning curves", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    sns.lineplot(frame, x="iteration", y="error", hue="row", style="split", errorbar="sd",
+                 ax=ax)
+    ax.set(ylabel="top-1 error (%)", title=f"{experiment(name).title}: learning curves")
+    return ax
+
+
+def plot_error_vs_noise(records: Sequence[dict], ax=None):
+    """Table 5 as a plot: final error vs label-noise level, ours (mean ± sd) and the paper's."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    exp = experiment("label_noise")
+    lines = [dict(model=MODEL_LABELS[r.model], noise=100 * r.noise_level, error=r.paper_error,
+                  source="paper") for r in exp.rows]
+    for record in records:
+        row = next((r for r in exp.rows if r.matches(record)), None)
+        if row is not None:
+            lines.append(dict(model=MODEL_LABELS[row.model], noise=100 * row.noise_level,
+                              error=record["final"]["top1_error"],
+                              source=f"ours ({record_profile(record)})"))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(pd.DataFrame(lines), x="noise", y="error", hue="model", style="source",
+                 markers=True, errorbar="sd", ax=ax)
+    ax.set(xlabel="label noise (%)", ylabel="top-1 test error (%)",
+           title="Error vs label noise (Table 5)")
+    return ax
+
+
+def responses_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
+    """Figure 4's curves, ours per run and the paper's read-off values, long format."""
+    exp = experiment(name)
+    lines = [dict(network=label, stage=i + 1, response=v, source="paper", run="paper")
+             for label, curve in paper.FIGURE4_STAGE_RESPONSE.items()
+             for i, v in enumerate(curve)]
+    for record in records:
+        row = next((r for r in exp.rows if r.matches(record)), None)
+        curve = normalised_responses(record)
+        if row is None or curve is None:
+            continue
+        lines += [dict(network=row.label, stage=i + 1, response=v,
+                       source=f"ours ({record_profile(record)})", run=record["run_name"])
+                  for i, v in enumerate(curve)]
+    return pd.DataFrame(lines, columns=["network", "stage", "response", "source", "run"])
+
+
+def plot_stage_responses(name: str, records: Sequence[dict], ax=None):
+    """Figure 4: mean absolute response per stage normalised to stage 1 (log scale)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = responses_frame(name, records)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(frame, x="stage", y="response", hue="network", style="source", markers=True,
+                 errorbar="sd", ax=ax)
+    ax.set(yscale="log", xticks=sorted(frame["stage"].unique()),
+           ylabel="mean |response| / stage 1", title="Stage responses (Figure 4)")
+    return ax
+
+
+def noise_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """Requested vs achieved label-noise rate of every label-noise run."""
+    lines = [dict(run=r["run_name"], model=r["model"]["name"], level=r["noise"]["level"],
+                  achieved_rate=r["noise"]["achieved_rate"], seed=r["noise"]["seed"])
+             for r in records if r.get("noise")]
+    return pd.DataFrame(lines, columns=["run", "model", "level", "achieved_rate", "seed"])
+
+
+def plot_transition_matrix(record: dict, ax=None):
+    """The empirical transition matrix (row = true label, column = noisy label) of one run."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    matrix = np.asarray(record["noise"]["transition_matrix"], dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    sns.heatmap(matrix, annot=matrix.shape[0] <= 10, fmt=".2f", cmap="viridis", vmin=0, vmax=1,
+                ax=ax)
+    ax.set(xlabel="noisy label", ylabel="true label",
+           title=f"{record['run_name']}: achieved noise {record['noise']['achieved_rate']:.1%}")
+    return ax
+
+
+def plot_masks(images: np.ndarray, masks: dict, *, max_images: int = 4):
+    """Figure 1's idea: each test image, then each attention module's soft mask (mean over
+    channels, upsampled to the image size), stage by stage.
+
+    ``images``: uint8 N,H,W,3; ``masks``: module name -> tensor N,C,h,w (or N,1,h,w).
+    """
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    n = min(max_images, len(images))
+    names = list(masks)
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.7 * n),
+                             squeeze=False)
+    size = images.shape[1:3]
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        for j, module in enumerate(names, start=1):
+            mask = torch.as_tensor(masks[module][i:i + 1]).float().mean(dim=1, keepdim=True)
+            mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)[0, 0]
+            # Each panel is scaled to its own range (printed under it), so structure shows even
+            # where a mask is nearly flat.
+            axes[i, j].imshow(mask.numpy(), cmap="magma")
+            axes[i, j].text(0.5, -0.08, f"{mask.min():.2f}–{mask.max():.2f}", fontsize=6,
+                            ha="center", va="top", transform=axes[i, j].transAxes)
+            if i == 0:
+                axes[i, j].set_title(module, fontsize=7)
+    axes[0, 0].set_title("image", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: str = "auto",
+                     data_root: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
+    """The first ``num_images`` test images (uint8 NHWC) of a CIFAR checkpoint's dataset and its
+    model's soft masks on them (:func:`ranlib.analysis.capture_masks`), normalised as in training."""
+    import dataclasses
+
+    import torch
+
+    from . import analysis, data
+    from .checkpoint import load_checkpoint, load_model_state
+    from .runtime import Dist, select_device
+    from .splits import load_cifar_split
+    from .train import TrainConfig, build_model, resolve
+
+    path = resolve_path(path)
+    saved = load_checkpoint(path)
+    config = resolve(TrainConfig.from_dict(saved["config"]))
+    if data_root is not None:
+        config = dataclasses.replace(config, data_root=str(resolve_path(data_root)))
+    config = dataclasses.replace(config, channels_last=False, noise_level=0.0)
+    dev = select_device(device, Dist())
+    split = load_cifar_split([config], dev, 32, train=False)
+    model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
+    load_model_state(model, saved["model"], path)
+    model = model.to(dev).eval()
+    x = split.fixed_batch[:num_images]
+    with torch.no_grad():
+        masks = {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
+    images = data.load_arrays(config.dataset, config.data_root).test_images[:len(x)]
+    return images, masks
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict]) -> Path | None:
+    """The ``last.pt`` of the most recent run in ``records`` that has one, else None."""
+    from .checkpoint import CHECKPOINT_NAME
+
+    for record in sorted(records, key=lambda r: r["provenance"].get("finished_at") or "",
+                         reverse=True):
+        path = (resolve_path(checkpoint_dir) / record["experiment"] / record["run_name"]
+                / CHECKPOINT_NAME)
+        if path.is_file():
+            return path
+    return None
