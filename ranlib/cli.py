@@ -167,7 +167,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         final = record["final"]
         top5 = f", top-5 error {final['top5_error']:.2f} %" if final.get("top5_error") is not None else ""
         print(f"{record['run_name']}: final top-1 error {final['top1_error']:.2f} %{top5} on "
-              f"{record['dataset']['label']} ({record['dataset']['num_test']} test images, iteration "
+              f"{record['dataset']['label']} ({final['num_test']} test images, iteration "
               f"{final['iteration']}); {record['cost']['images_per_s']:.3g} images/s")
     return 0
 
@@ -181,7 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, precision=args.precision,
                                  max_test_samples=args.max_test_samples, test_size=args.test_size)
     top5 = f"  top-5 error {result['top5_error']:.2f} %" if result["top5_error"] is not None else ""
-    print(f"top-1 error {result['top1_error']:.2f} %{top5}  ({result['dataset']['num_test']} test images of "
+    print(f"top-1 error {result['top1_error']:.2f} %{top5}  ({result['num_test']} test images of "
           f"{result['dataset']['label']}; {result['model']} at iteration {result['iteration']})")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -443,6 +443,7 @@ class GpuBatches:
     The order, crop offsets and flips of an epoch come from a ``torch.Generator`` on ``device`` seeded by
     (seed, epoch), so they are reproducible on the same kind of device; ``state_dict()`` holds the epoch
     and the position inside it, and a run that loads it sees exactly the batches it would have seen.
+    Evaluation batches keep no position: every pass over them starts at the first sample and covers all.
     """
 
     def __init__(
@@ -530,7 +531,7 @@ class GpuBatches:
         return order, offsets, flips
 
     def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start``, ``start + 1``, ... of ``epoch``; the state advances as each batch is handed out."""
+        """Batches ``start``, ``start + 1``, ... of ``epoch``; training batches' state advances as each is handed out."""
         order, offsets, flips = self.epoch_plan(epoch)
         count = len(self)
         for k in range(start, count):
@@ -539,11 +540,12 @@ class GpuBatches:
             pixels = self.images[index]
             if self.train:
                 pixels = self._crop_and_flip(pixels, offsets[window], flips[window])
-            self.epoch, self.position = (epoch, k + 1) if k + 1 < count else (epoch + 1, 0)
+            if self.train:
+                self.epoch, self.position = (epoch, k + 1) if k + 1 < count else (epoch + 1, 0)
             yield self._normalise(pixels), self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The rest of the current epoch."""
+        """Training batches: the rest of the current epoch. Evaluation batches: all of them, from the first."""
         return self.epoch_iter(self.epoch, self.position)
 
     def forever(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -665,7 +665,8 @@ def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, precision: str, d: Dist = Dist(),
              topk: int = 5) -> dict:
-    """Top-1/top-k error (%) and mean loss over ``batches`` (sharded over processes, summed)."""
+    """Top-1/top-k error (%), mean loss and ``count``, the number of images evaluated, over one pass
+    over ``batches`` (sharded over processes, summed)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1 correct, topk correct, count
@@ -683,10 +684,10 @@ def evaluate(model: nn.Module, batches, device: torch.device, precision: str, d:
                              hits[:, 0].sum().double(), hits.any(1).sum().double(),
                              torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
     model.train(was_training)
-    loss, top1, topk_hits, n = _all_reduce(sums, d).tolist()
-    n = max(n, 1.0)
+    loss, top1, topk_hits, count = _all_reduce(sums, d).tolist()
+    n = max(count, 1.0)
     return {"top1_error": 100.0 * (1 - top1 / n), "top5_error": 100.0 * (1 - topk_hits / n),
-            "loss": loss / n, "count": int(n)}
+            "loss": loss / n, "count": int(count)}
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -926,7 +927,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
                          "train_loss": loss_sum / max(count, 1),
                          "train_top1_error": 100.0 * (1 - correct / max(count, 1)),
                          "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
-                         "test_loss": test["loss"]}
+                         "test_loss": test["loss"], "test_count": test["count"]}
                 curve.append(point)
                 metrics.write({"event": "eval", **point})
                 tick = time.perf_counter()
@@ -967,7 +968,7 @@ def _run(config: TrainConfig, d: Dist, started_at: str) -> dict:
         "final": {"top1_error": final["test_top1_error"],
                   "top5_error": final["test_top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
                   "test_loss": final["test_loss"], "iteration": final["iteration"],
-                  "num_test": split.info["num_test"]},
+                  "num_test": final["test_count"]},
         "curve": curve,
         "analysis": {"stage_response": responses, "stage_response_images": int(len(split.fixed_batch))},
         "provenance": {**provenance.collect(device, precision=c.precision, seed=c.seed, started_at=started_at),
@@ -1055,7 +1056,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     model = model.to(dev, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
     result = evaluate(model, split.test, dev, prec)
     return {"checkpoint": str(path), "model": c.model, "model_kwargs": c.model_kwargs,
-            "iteration": saved.get("iteration"), "dataset": split.info, "top1_error": result["top1_error"],
+            "iteration": saved.get("iteration"), "dataset": split.info, "num_test": result["count"],
+            "top1_error": result["top1_error"],
             "top5_error": result["top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
             "test_loss": result["loss"],
             "provenance": provenance.collect(dev, precision=prec, seed=c.seed)}

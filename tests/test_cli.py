@@ -64,6 +64,7 @@ def test_eval_reproduces_the_final_error(trained, capsys, tmp_path):
     written = json.loads(out_json.read_text())
     assert written["top1_error"] == pytest.approx(record["final"]["top1_error"])
     assert written["dataset"]["fingerprint"] == record["dataset"]["fingerprint"]
+    assert written["num_test"] == record["final"]["num_test"] == 8
     assert main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out_json)]) == 1
     assert "--overwrite" in error_line(capsys)
 

@@ -409,6 +409,8 @@ def test_eval_batches_are_exact_normalised_images_in_order(images10):
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(y.numpy(), labels[:7])
     assert list(test.epoch_iter(5))[0][0].equal(xs[0])  # the same in every epoch
+    next(iter(test))  # a partial pass does not shift the next one
+    assert torch.cat([y for _, y in test]).tolist() == labels[:7].tolist()
 
 
 def test_mean_defaults_to_the_training_pixel_mean_and_std_divides(images10):
