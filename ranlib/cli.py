@@ -200,7 +200,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, precision=args.precision,
                                  max_test_samples=args.max_test_samples, test_size=args.test_size)
     top5 = f"  top-5 error {result['top5_error']:.2f} %" if result["top5_error"] is not None else ""
-    print(f"top-1 error {result['top1_error']:.2f} %{top5}  ({result['dataset']['num_test']} test images of "
+    print(f"top-1 error {result['top1_error']:.2f} %{top5}  ({result['num_test']} test images of "
           f"{result['dataset']['label']}; {result['model']} at iteration {result['iteration']})")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

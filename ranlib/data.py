@@ -256,6 +256,11 @@ def _load_folder(root: Path, cache_dir) -> ArrayDataset:
     return _dataset_from_arrays("folder", arrays, f"folder:{basename}", f"image folder {basename}")
 
 
+# The checks below are the one layout check of both folder loaders (`folder`, `imagenet-folder`): a
+# layout problem is a DataFormatError or DataNotFoundError saying what is wrong and what to do, and a
+# hidden folder or file (a name starting with ".", e.g. .ipynb_checkpoints) is never a class or an image.
+
+
 def _split_dirs(root: Path, what: str, hint: str) -> tuple[Path, Path]:
     """<root>/train and <root>/test (or <root>/val)."""
     layout = f"expected {root}/train/<class>/* and {root}/test/<class>/* (or val/)"
@@ -275,8 +280,17 @@ def _class_dirs(train_dir: Path) -> list[str]:
     return classes
 
 
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.name.lower().endswith(IMG_EXTENSIONS) and not entry.name.startswith(".") and entry.is_file()
+
+
 def _image_files(split_dir: Path, class_names: Sequence[str]) -> list[tuple[str, int]]:
-    """(path relative to the root, label) of every image of a split, class by class, files sorted by name."""
+    """(path relative to the root, label) of every image of a split, class by class, files sorted by name.
+
+    ``class_names`` are the train split's; labels index them. Images must lie directly in
+    ``<split>/<class>/``. Raises DataFormatError if the split has a class folder the train split lacks,
+    or no image in its class folders (with how to sort them when they lie in the split folder itself).
+    """
     extra = sorted(
         d.name for d in os.scandir(split_dir)
         if d.is_dir() and not d.name.startswith(".") and d.name not in class_names
@@ -287,14 +301,19 @@ def _image_files(split_dir: Path, class_names: Sequence[str]) -> list[tuple[str,
     for label, cls in enumerate(class_names):
         cls_dir = split_dir / cls
         if cls_dir.is_dir():
-            names = sorted(
-                e.name for e in os.scandir(cls_dir)
-                if e.name.lower().endswith(IMG_EXTENSIONS) and not e.name.startswith(".") and e.is_file()
-            )
+            names = sorted(e.name for e in os.scandir(cls_dir) if _is_image(e))
             files += [(f"{split_dir.name}/{cls}/{name}", label) for name in names]
-    if not files:
-        raise DataFormatError(f"{split_dir} holds no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
-    return files
+    if files:
+        return files
+    loose = sum(_is_image(e) for e in os.scandir(split_dir))
+    if loose:
+        raise DataFormatError(
+            f"{split_dir} holds {loose} images directly, not in class folders: move each into "
+            f"{split_dir}/<class>/ (the train split's class names); ILSVRC's original validation images "
+            "are flat like this: sort them into val/<wnid>/ with the devkit's ground truth (e.g. the "
+            "well-known valprep.sh), or point --data-root at a folder laid out as val/<class>/*"
+        )
+    raise DataFormatError(f"{split_dir} holds no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
 
 
 def _dataset_from_arrays(name: str, arrays: dict, dataset_id: str, label: str) -> ArrayDataset:
@@ -424,6 +443,7 @@ class GpuBatches:
     The order, crop offsets and flips of an epoch come from a ``torch.Generator`` on ``device`` seeded by
     (seed, epoch), so they are reproducible on the same kind of device; ``state_dict()`` holds the epoch
     and the position inside it, and a run that loads it sees exactly the batches it would have seen.
+    Evaluation batches keep no position: every pass over them starts at the first sample and covers all.
     """
 
     def __init__(
@@ -511,7 +531,7 @@ class GpuBatches:
         return order, offsets, flips
 
     def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start``, ``start + 1``, ... of ``epoch``; the state advances as each batch is handed out."""
+        """Batches ``start``, ``start + 1``, ... of ``epoch``; training batches' state advances as each is handed out."""
         order, offsets, flips = self.epoch_plan(epoch)
         count = len(self)
         for k in range(start, count):
@@ -520,11 +540,12 @@ class GpuBatches:
             pixels = self.images[index]
             if self.train:
                 pixels = self._crop_and_flip(pixels, offsets[window], flips[window])
-            self.epoch, self.position = (epoch, k + 1) if k + 1 < count else (epoch + 1, 0)
+            if self.train:
+                self.epoch, self.position = (epoch, k + 1) if k + 1 < count else (epoch + 1, 0)
             yield self._normalise(pixels), self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The rest of the current epoch."""
+        """Training batches: the rest of the current epoch. Evaluation batches: all of them, from the first."""
         return self.epoch_iter(self.epoch, self.position)
 
     def forever(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -612,6 +633,22 @@ class PCALighting(v2.Transform):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
+class _CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder over one split as ``_image_files`` lists it: the train split's classes,
+    hidden folders and files skipped, every layout problem a one-line DataFormatError."""
+
+    def __init__(self, split_dir: Path, class_names: Sequence[str], transform):
+        self._class_names = list(class_names)  # find_classes runs inside ImageFolder.__init__
+        super().__init__(str(split_dir), transform=transform)
+
+    def find_classes(self, directory):
+        return self._class_names, {name: i for i, name in enumerate(self._class_names)}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        root = Path(directory).parent
+        return [(str(root / rel), label) for rel, label in _image_files(Path(directory), list(class_to_idx))]
+
+
 class ImageNetLoaders:
     """Train and test DataLoaders for an ImageNet-style tree ``<root>/train/<class>/*``, ``<root>/val|test/<class>/*``.
 
@@ -619,6 +656,10 @@ class ImageNetLoaders:
     (alphastd 0.1), per-channel ImageNet normalisation (the paper does not give its ImageNet normalisation).
     Test: the paper's single crop: resize the short side to round(test_size * 256 / 224), center crop test_size.
     ``train, test = ImageNetLoaders(...)`` unpacks into the two loaders.
+
+    The layout is checked as for the ``folder`` dataset (hidden folders are not classes; labels index
+    the train split's classes): DataNotFoundError if ``root`` does not exist, DataFormatError for any
+    other layout problem (no train/ or val/, no class folders, a flat val/ of images, ...).
     """
 
     def __init__(
@@ -653,12 +694,9 @@ class ImageNetLoaders:
             *normalise,
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
-        self.train_set = ImageFolder(str(train_dir), transform=self.train_transform)
-        self.test_set = ImageFolder(str(test_dir), transform=self.test_transform)
-        if self.test_set.classes != self.train_set.classes:
-            raise DataFormatError(
-                f"{test_dir} and {train_dir} have different class folders: both need the same <class>/ names"
-            )
+        class_names = _class_dirs(train_dir)
+        self.train_set = _CheckedImageFolder(train_dir, class_names, self.train_transform)
+        self.test_set = _CheckedImageFolder(test_dir, class_names, self.test_transform)
         self.class_names = tuple(self.train_set.classes)
         self.dataset_id = f"imagenet-folder:{self.root.resolve().name}"
         self.label = f"image folder {self.root.resolve().name}"

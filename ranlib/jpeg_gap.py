@@ -58,11 +58,12 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
     dev = select_device(device, Dist())
     prec = resolve_precision(precision, dev)
     model = trained_model(saved, trained, jpeg.num_classes, checkpoint).to(dev)
-    errors = {}
+    results = {}
     for name, images in (("exact", exact_images), ("jpeg", jpeg_images)):
         batches = GpuBatches(torch.from_numpy(images), torch.from_numpy(exact_labels), batch_size=batch_size,
                              train=False, device=dev, mean=saved.get("data_mean"))
-        errors[name] = evaluate(model, batches, dev, prec)["top1_error"]
+        results[name] = evaluate(model, batches, dev, prec)
+    errors = {name: result["top1_error"] for name, result in results.items()}
     return {
         "experiment": "jpeg_gap",
         "checkpoint": str(checkpoint),
@@ -70,7 +71,7 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
         "model_kwargs": trained.model_kwargs,
         "trained_on": saved.get("dataset"),
         "iteration": saved.get("iteration"),
-        "num_images": int(len(indices)),
+        "num_images": results["exact"]["count"],
         "official_test_indices": [int(indices.min()), int(indices.max())],
         "top1_error_exact": errors["exact"],
         "top1_error_jpeg": errors["jpeg"],

@@ -876,7 +876,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     model = model.to(dev, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
     result = evaluate(model, split.test, dev, prec)
     return {"checkpoint": str(path), "model": c.model, "model_kwargs": c.model_kwargs,
-            "iteration": saved.get("iteration"), "dataset": split.info, "top1_error": result["top1_error"],
+            "iteration": saved.get("iteration"), "dataset": split.info, "num_test": result["count"],
+            "top1_error": result["top1_error"],
             "top5_error": result["top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
             "test_loss": result["loss"],
             "provenance": provenance.collect(dev, precision=prec, seed=c.seed)}

@@ -153,6 +153,38 @@ def test_reproduce_runs_past_a_failure_keeps_outputs_and_records_cost(tmp_path, 
     assert float(rows[1]["duration_s"]) > 0
 
 
+def test_reproduce_refuses_a_parameter_the_notebook_does_not_declare_before_running_any(
+        tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    # papermill skips a line with a second "=" in its comment: `device` is not a parameter here.
+    write_notebook(notebooks / "models.ipynb", "print('ran')", parameters=(
+        'results_dir = "results"\ntrain = False\ndevice = "auto"  # cuda=fast'))
+    write_notebook(notebooks / "imagenet.ipynb", "print('ran')",
+                   parameters='results_dir = "results"\ntrain = False\ndevice = "auto"')
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", notebooks)
+    book = tmp_path / "book"
+
+    status = reproduce.main(["--report-only", "--device", "cpu", "--book-dir", str(book),
+                             "--notebooks", "imagenet", "models"])
+
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reproduce: error: ")
+    assert "models.ipynb does not take parameter(s) device; its parameters are results_dir, train" in err[0]
+    assert not book.exists(), "a notebook ran"
+
+
+def test_every_notebook_and_page_takes_the_options_reproduce_passes_it():
+    args = reproduce.parse_args(["--profile", "quick", "--dataset", "d", "--data-root", "r", "--seeds", "0"])
+    for name in reproduce.NOTEBOOKS:
+        assert reproduce.undeclared_parameters(reproduce.NOTEBOOK_DIR / f"{name}.ipynb",
+                                               reproduce.parameters_for(args)) is None
+    for name, options in reproduce.PAGES.items():
+        assert reproduce.undeclared_parameters(reproduce.PAGE_SOURCE_DIR / f"{name}.md",
+                                               dict.fromkeys(options)) is None
+
+
 def test_reproduce_refuses_an_unknown_notebook_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.parse_args(["--notebooks", "attention_type"])

@@ -64,6 +64,7 @@ def test_eval_reproduces_the_final_error(trained, capsys, tmp_path):
     written = json.loads(out_json.read_text())
     assert written["top1_error"] == pytest.approx(record["final"]["top1_error"])
     assert written["dataset"]["fingerprint"] == record["dataset"]["fingerprint"]
+    assert written["num_test"] == record["final"]["num_test"] == 8
     assert main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--json", str(out_json)]) == 1
     assert "--overwrite" in error_line(capsys)
 
@@ -106,6 +107,48 @@ def test_wrong_image_size(tmp_path, capsys):
     big = make_folder_dataset(tmp_path / "big", n_train=3, n_test=3, size=40)
     assert main(train_args(big, tmp_path)) == 1
     assert "40x40" in error_line(capsys)
+
+
+def _imagenet_layout(root, broken: str):
+    """A tiny ImageNet-style folder (train/ and val/ of class folders) with one layout fault."""
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 40), (90, 30, 200))
+    for split, cls in (("train", "n01"), ("train", "n02"), ("val", "n01"), ("val", "n02")):
+        (root / split / cls).mkdir(parents=True, exist_ok=True)
+        image.save(root / split / cls / "0.png")
+    if broken == "flat val/":  # ILSVRC's original validation layout
+        for cls in ("n01", "n02"):
+            (root / "val" / cls / "0.png").rename(root / "val" / f"ILSVRC2012_val_{cls}.png")
+            (root / "val" / cls).rmdir()
+    elif broken == "extra val class":
+        (root / "val" / "n03").mkdir()
+    elif broken == "no val/":
+        for cls in ("n01", "n02"):
+            (root / "val" / cls / "0.png").unlink()
+            (root / "val" / cls).rmdir()
+        (root / "val").rmdir()
+    elif broken == "flat train/":
+        for cls in ("n01", "n02"):
+            (root / "train" / cls / "0.png").rename(root / "train" / f"{cls}.png")
+            (root / "train" / cls).rmdir()
+    return root
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ("flat val/", "val holds 2 images directly, not in class folders: move each into"),
+    ("extra val class", "class folders ['n03'] that the train split does not have"),
+    ("no val/", "has no train/ and test/ (or val/) folders"),
+    ("flat train/", "has no class folders"),
+])
+def test_imagenet_folder_layout_faults_are_one_line(tmp_path, capsys, broken, expected):
+    root = _imagenet_layout(tmp_path / "nette", broken)
+    for split in ("train", "val"):
+        if (root / split).is_dir():
+            (root / split / ".ipynb_checkpoints").mkdir()  # never a class, whatever else is wrong
+    args = train_args(root, tmp_path, "--model", "attention56", "--dataset", "imagenet-folder")
+    assert main(args) == 1
+    assert expected in error_line(capsys)
 
 
 def test_results_that_would_be_overwritten(trained, data_root, capsys):

@@ -409,6 +409,8 @@ def test_eval_batches_are_exact_normalised_images_in_order(images10):
     np.testing.assert_allclose(x.numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(y.numpy(), labels[:7])
     assert list(test.epoch_iter(5))[0][0].equal(xs[0])  # the same in every epoch
+    next(iter(test))  # a partial pass does not shift the next one
+    assert torch.cat([y for _, y in test]).tolist() == labels[:7].tolist()
 
 
 def test_mean_defaults_to_the_training_pixel_mean_and_std_divides(images10):
@@ -541,6 +543,32 @@ def test_imagenet_folder_without_val_is_a_format_error(tiny_imagenet):
     shutil.rmtree(tiny_imagenet / "val")
     with pytest.raises(DataFormatError, match="val/"):
         ImageNetLoaders(tiny_imagenet, batch_size=2, workers=0)
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tiny_imagenet, tmp_path):
+    for split in ("train", "val"):
+        (tiny_imagenet / split / ".ipynb_checkpoints").mkdir()  # what Jupyter leaves behind
+        (tiny_imagenet / split / "n01" / "._0.png").write_bytes(b"macOS metadata, not an image")
+    loaders = ImageNetLoaders(tiny_imagenet, batch_size=2, workers=0)
+    assert loaders.class_names == ("n01", "n02")
+    assert (len(loaders.train_set), len(loaders.test_set)) == (6, 3)
+    cifar = write_png_tree(tmp_path / "cifar", {"train": {"a": random_images(1)}, "test": {"a": random_images(1)}})
+    for split in ("train", "test"):
+        (cifar / split / ".ipynb_checkpoints").mkdir()
+    assert load_arrays("folder", cifar, cache_dir=tmp_path / "cache").class_names == ("a",)
+
+
+@pytest.mark.parametrize("load", [lambda root: load_arrays("folder", root, cache_dir=root.parent / "cache"),
+                                  lambda root: ImageNetLoaders(root, batch_size=2, workers=0)],
+                         ids=["folder", "imagenet-folder"])
+def test_a_flat_val_of_images_says_how_to_sort_it_into_class_folders(load, tmp_path):
+    root = write_png_tree(tmp_path / "ilsvrc", {"train": {"n01": random_images(2)}})
+    (root / "val").mkdir()
+    for i, image in enumerate(random_images(3, seed=1)):
+        Image.fromarray(image).save(root / "val" / f"ILSVRC2012_val_{i:08d}.png")
+    with pytest.raises(DataFormatError, match=r"val holds 3 images directly.*val/<wnid>/.*valprep") as info:
+        load(root)
+    assert "\n" not in str(info.value)
 
 
 def test_pca_lighting_adds_one_colour_shift_per_image_with_imagenet_covariance():

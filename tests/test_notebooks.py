@@ -8,6 +8,7 @@ subset (``experiments.EXPERIMENTS[...].smoke_rows``) is what ``make reproduce PR
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import re
@@ -22,6 +23,7 @@ pytest.importorskip("myst_nb")
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
+PAGE_DIR = REPO / "book" / "pages"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["arl_vs_nal", "attention_masks", "attention_types", "cifar_sota", "imagenet",
             "label_noise", "mask_structure", "models"]
@@ -85,7 +87,9 @@ def _parameters(name: str, data: Path, results: Path, checkpoints: Path, train: 
 
 
 def _execute(name: str, out: Path, params: dict, cwd: Path):
-    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=params,
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    assert set(params) <= set(papermill.inspect_notebook(str(source))), "a parameter the notebook lacks"
+    papermill.execute_notebook(str(source), str(out), parameters=params,
                                kernel_name="python3", cwd=str(cwd), progress_bar=False)
     return nbformat.read(out, as_version=4)
 
@@ -122,6 +126,31 @@ def test_every_experiment_has_a_notebook_generated_from_the_template():
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)  # in-process: ranlib (and torch) are already imported
     assert generator.main(["--check"]) == 0, "notebooks/ differ from tools/make_notebooks.py"
+
+
+def _assigned_names(source: str) -> set[str]:
+    """Every name a cell's top-level statements assign (``a = ...``, ``a: int = ...``, ``a = b = ...``)."""
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("source", [*(NOTEBOOK_DIR / f"{n}.ipynb" for n in EXPECTED),
+                                    *sorted(PAGE_DIR.glob("*.md"))], ids=lambda p: p.name)
+def test_papermill_sees_every_parameter_the_parameters_cell_assigns(source, tmp_path):
+    """papermill skips a line it cannot parse (say, a second ``=`` in the comment): no parameter hides."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    if source.suffix == ".md":  # a book page, run as a MyST notebook (tools/reproduce.py)
+        nb = read_myst_markdown_notebook(source.read_text(encoding="utf8"), path=source)
+        source = tmp_path / f"{source.stem}.ipynb"
+        nbformat.write(nb, source)
+    nb = nbformat.read(source, as_version=4)
+    assigned = {name for c in nb.cells if "parameters" in c.metadata.get("tags", [])
+                for name in _assigned_names(c.source)}
+    assert set(papermill.inspect_notebook(str(source))) == assigned
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -159,6 +159,7 @@ def test_run_writes_a_complete_results_file(noisy_run):
     assert loaded["final"]["top5_error"] is None  # 3 classes: no top-5
     assert [p["iteration"] for p in loaded["curve"]] == [2, 4]
     assert loaded["dataset"]["num_train"] == 32 and loaded["dataset"]["fingerprint"]
+    assert loaded["final"]["num_test"] == loaded["curve"][-1]["test_count"] == 16  # the count evaluated
     assert loaded["noise"]["level"] == 0.3 and loaded["noise"]["seed"] == 3
     assert 0 < loaded["noise"]["achieved_rate"] < 1
     assert len(loaded["analysis"]["stage_response"]) == 3
@@ -305,19 +306,36 @@ def test_loader_stream_is_seeded_per_epoch_and_resumes_mid_epoch():
     assert sorted(shares[0] + shares[1]) == list(range(10))
 
 
-def test_imagenet_folder_smoke_run(tmp_path, one_thread):
-    root = tmp_path / "inet"
+def _write_imagenet_folder(root: Path, n_train: int, n_val: int) -> Path:
     rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("val", 2)):
+    for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
             folder = root / split / f"n0{i % 2}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("dataset", ["folder", "imagenet-folder"])
+def test_every_evaluation_sees_the_whole_test_set_after_a_partial_pass(dataset, data_root, tmp_path, one_thread):
+    if dataset == "imagenet-folder":
+        data_root = _write_imagenet_folder(tmp_path / "inet", 2, 7)
+    c = tiny_config(tmp_path, data_root, dataset=dataset, train_size=32, test_size=32, num_workers=0)
+    split = train.load_split(c, torch.device("cpu"), 32, train.Dist(), train=False, eval_batch_size=5)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    next(iter(split.test))  # a partial pass: the first batch only
+    evaluated = [train.evaluate(model, split.test, torch.device("cpu"), "fp32")["count"] for _ in range(2)]
+    assert evaluated == [split.info["num_test"]] * 2 == [16 if dataset == "folder" else 7] * 2
+
+
+def test_imagenet_folder_smoke_run(tmp_path, one_thread):
+    root = _write_imagenet_folder(tmp_path / "inet", 4, 2)
     record = train.run(train.TrainConfig(
         model="attention56", dataset="imagenet-folder", data_root=str(root), profile="smoke", batch_size=2,
         iterations=1, train_size=64, test_size=64, num_workers=0, device="cpu", progress=False,
         results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints")))
     assert record["dataset"]["id"] == "imagenet-folder:inet" and record["dataset"]["num_test"] == 2
+    assert record["final"]["num_test"] == 2
     assert record["config"]["train_size"] == 64 and record["config"]["nesterov"] is False
     assert record["final"]["top5_error"] is None  # 2 classes
     assert len(record["analysis"]["stage_response"]) == 4  # three attention stages and the last 2048-wide one

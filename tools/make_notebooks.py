@@ -186,7 +186,7 @@ def models() -> nbformat.NotebookNode:
         "and no training budget; the verdict rule for counts is in `ranlib.verdicts`. "
         f"{PATHS_NOTE}")
     params = parameters_cell("models", '''\
-complexity_file = "results/models/complexity.json"  # train=True (re)writes it; else read if present
+complexity_file = "results/models/complexity.json"  # (re)written when train is True; else read if present
 model_names = []  # models to count (empty: every registered model)
 ''')
     body = [

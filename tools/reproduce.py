@@ -40,8 +40,10 @@ NOTEBOOKS = (
     "imagenet",
     "attention_masks",
 )
-# The book's own generated pages; they only read results, so they run after the experiments.
-PAGES = ("summary", "setup", "performance", "open_choices", "compute")
+# The book's own generated pages, each with the options it takes (open_choices reads no results);
+# they only read results, so they run after the experiments.
+PAGES = {"summary": ("results_dir",), "setup": ("results_dir",), "performance": ("results_dir",),
+         "open_choices": (), "compute": ("results_dir",)}
 PROFILES = ("smoke", "quick", "paper")
 LEDGER_FIELDS = (
     "finished_at", "notebook", "status", "duration_s", "profile", "dataset", "device",
@@ -69,10 +71,39 @@ def _page_notebook(source: Path):
     return read_myst_markdown_notebook(source.read_text(encoding="utf8"), path=source)
 
 
+def _as_notebook(source: Path, folder: Path) -> Path:
+    """``source`` itself if it is a .ipynb; a book page (.md) written as ``folder/<stem>.ipynb``."""
+    import nbformat
+
+    if source.suffix != ".md":
+        return source
+    path = folder / f"{source.stem}.ipynb"
+    nbformat.write(_page_notebook(source), path)
+    return path
+
+
+def undeclared_parameters(source: Path, parameters: dict) -> str | None:
+    """What is wrong, in one line, if ``parameters`` has a key ``source``'s `parameters` cell lacks.
+
+    ``source`` (a notebook or a book page) must exist. The declared parameters are the ones
+    papermill infers, so a line papermill cannot parse declares nothing.
+    """
+    import papermill
+
+    with tempfile.TemporaryDirectory(prefix="ranlib-reproduce-") as tmp:
+        declared = papermill.inspect_notebook(str(_as_notebook(source, Path(tmp))))
+    unknown = [key for key in parameters if key not in declared]
+    if not unknown:
+        return None
+    return (f"{source.relative_to(REPO) if source.is_relative_to(REPO) else source} does not take "
+            f"parameter(s) {', '.join(unknown)}; its parameters are {', '.join(declared) or 'none'}")
+
+
 def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_dir: Path,
             log_output: bool, timeout: float | None, hide_parameters: bool = False) -> Outcome:
     """Execute one notebook with papermill; on success it replaces ``output``.
 
+    ``parameters`` must be ones the notebook declares (:func:`undeclared_parameters`).
     ``hide_parameters`` tags papermill's injected-parameters cell ``remove-cell`` so that the
     book's own pages do not show it (experiment chapters keep it: it says how they were run).
     """
@@ -83,13 +114,7 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
         return Outcome(name, "missing", 0.0, f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="ranlib-reproduce-") as tmp:
         scratch = Path(tmp) / output.name
-        if source.suffix == ".md":
-            nbformat.write(_page_notebook(source), scratch)
-            source = scratch
-        # Pass only what the notebook's `parameters` cell declares: an option it does not take
-        # (say, --seeds for the models notebook) keeps no meaning there.
-        declared = papermill.inspect_notebook(str(source))
-        parameters = {key: value for key, value in parameters.items() if key in declared}
+        source = _as_notebook(source, Path(tmp))
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
@@ -238,12 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             return list(pool.map(one, jobs))
 
-    outcomes = run_all([(name, NOTEBOOK_DIR / f"{name}.ipynb", book_dir / "experiments" / f"{name}.ipynb",
-                         parameters, False) for name in args.notebooks])
-    if not args.no_pages:
-        # The book's pages read results only, after the experiments have written theirs.
-        outcomes += run_all([(f"page:{name}", PAGE_SOURCE_DIR / f"{name}.md", book_dir / f"{name}.ipynb",
-                              {"results_dir": args.results_dir}, True) for name in PAGES])
+    experiments = [(name, NOTEBOOK_DIR / f"{name}.ipynb", book_dir / "experiments" / f"{name}.ipynb",
+                    parameters, False) for name in args.notebooks]
+    pages = [] if args.no_pages else [
+        (f"page:{name}", PAGE_SOURCE_DIR / f"{name}.md", book_dir / f"{name}.ipynb",
+         {key: getattr(args, key) for key in options}, True) for name, options in PAGES.items()]
+    # A parameter a notebook does not declare would change nothing there: refuse before running any.
+    for _, source, _, job_parameters, _ in experiments + pages:
+        problem = source.exists() and undeclared_parameters(source, job_parameters)
+        if problem:
+            print(f"reproduce: error: {problem}", file=sys.stderr)
+            return 2
+    outcomes = run_all(experiments)
+    # The book's pages read results only, after the experiments have written theirs.
+    outcomes += run_all(pages)
 
     print_summary(outcomes, device_name)
     failed = [o.name for o in outcomes if o.status != "ok"]
