@@ -43,7 +43,7 @@ __all__ = [
     "pixel_mean",
 ]
 
-DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder", "imagenet-folder")
+DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder", "imagenet-folder", "imagewoof")
 ARRAY_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
 
 IMAGE_SIZE = 32
@@ -123,6 +123,8 @@ def load_arrays(name: str, root, *, download: bool = False, cache_dir=None) -> A
     """
     if name == "imagenet-folder":
         raise ConfigError("dataset 'imagenet-folder' is not a 32x32 array dataset: load it with ImageNetLoaders")
+    if name == "imagewoof":
+        raise ConfigError("dataset 'imagewoof' is not a 32x32 array dataset: load it with ranlib.imagewoof")
     if name not in ARRAY_DATASETS:
         raise UnknownNameError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     root = Path(root).expanduser()
@@ -185,37 +187,48 @@ _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_o
 
 
 def _decode_npz(path: Path) -> dict:
+    with _open_npz(path, _NPZ_KEYS, "cifar10-jpeg") as pack:
+        class_names = tuple(str(c) for c in pack["class_names"])
+        arrays = {"class_names": np.asarray(class_names)}
+        for split in ("train", "test"):
+            blobs, labels = _npz_blobs(pack, path, split, len(class_names))
+            arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(len(blobs))])
+            arrays[f"{split}_labels"] = labels
+    return arrays
+
+
+def _open_npz(path: Path, keys: Sequence[str], layout: str):
+    """The open ``np.load`` of ``path`` (no pickle) after checking that it holds ``keys``."""
     try:
         pack = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise DataFormatError(f"{path} is not a readable .npz file ({err}): re-copy it from its source") from err
-    with pack:
-        missing = [k for k in _NPZ_KEYS if k not in pack.files]
-        if missing:
-            raise DataFormatError(
-                f"{path} is not in the cifar10-jpeg layout: missing keys {missing} (the README next to the "
-                "original describes the layout)"
-            )
-        class_names = tuple(str(c) for c in pack["class_names"])
-        arrays = {"class_names": np.asarray(class_names)}
-        for split in ("train", "test"):
-            buf, offsets, labels = pack[f"{split}_jpeg"], pack[f"{split}_offsets"], pack[f"{split}_labels"]
-            n = len(labels)
-            ok = (
-                buf.dtype == np.uint8 and buf.ndim == 1 and offsets.ndim == 1 and len(offsets) == n + 1
-                and np.issubdtype(offsets.dtype, np.integer) and np.issubdtype(labels.dtype, np.integer)
-                and n > 0 and offsets[0] == 0 and offsets[-1] == len(buf) and (np.diff(offsets) > 0).all()
-                and labels.min() >= 0 and labels.max() < len(class_names)
-            )
-            if not ok:
-                raise DataFormatError(
-                    f"{path}: {split}_jpeg/{split}_offsets/{split}_labels are inconsistent (offsets must run "
-                    f"0..len(jpeg) with n+1 entries, labels must lie in [0, {len(class_names)}))"
-                )
-            blobs = [buf[offsets[i]:offsets[i + 1]].tobytes() for i in range(n)]
-            arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(n)])
-            arrays[f"{split}_labels"] = labels.astype(np.int64)
-    return arrays
+    missing = [k for k in keys if k not in pack.files]
+    if missing:
+        pack.close()
+        raise DataFormatError(
+            f"{path} is not in the {layout} layout: missing keys {missing} (the README next to the "
+            "original describes the layout)"
+        )
+    return pack
+
+
+def _npz_blobs(pack, path: Path, split: str, num_classes: int) -> tuple[list[bytes], np.ndarray]:
+    """The encoded images (bytes) and int64 labels of one split of a JPEG npz (``<split>_jpeg/_offsets/_labels``)."""
+    buf, offsets, labels = pack[f"{split}_jpeg"], pack[f"{split}_offsets"], pack[f"{split}_labels"]
+    n = len(labels)
+    ok = (
+        buf.dtype == np.uint8 and buf.ndim == 1 and offsets.ndim == 1 and len(offsets) == n + 1
+        and np.issubdtype(offsets.dtype, np.integer) and np.issubdtype(labels.dtype, np.integer)
+        and n > 0 and offsets[0] == 0 and offsets[-1] == len(buf) and (np.diff(offsets) > 0).all()
+        and labels.min() >= 0 and labels.max() < num_classes
+    )
+    if not ok:
+        raise DataFormatError(
+            f"{path}: {split}_jpeg/{split}_offsets/{split}_labels are inconsistent (offsets must run "
+            f"0..len(jpeg) with n+1 entries, labels must lie in [0, {num_classes}))"
+        )
+    return [buf[offsets[i]:offsets[i + 1]].tobytes() for i in range(n)], labels.astype(np.int64)
 
 
 def _load_folder(root: Path, cache_dir) -> ArrayDataset:
@@ -326,18 +339,24 @@ def _dataset_from_arrays(name: str, arrays: dict, dataset_id: str, label: str) -
 # --- JPEG/PNG decoding, once, on all cores --------------------------------------------------------------
 
 
-def _decode_one(blob: bytes, name: str) -> np.ndarray:
+def _decode_rgb(blob: bytes, name: str) -> np.ndarray:
+    """One encoded image as uint8 (H, W, 3) RGB, any size."""
     try:
         with Image.open(io.BytesIO(blob)) as image:
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                width, height = image.size
-                raise DataFormatError(
-                    f"{name} is {width}x{height}, expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB: the array datasets are "
-                    "CIFAR-sized; use dataset 'imagenet-folder' for larger images"
-                )
             return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataFormatError(f"{name} is not a readable image ({err}): remove or replace it") from err
+
+
+def _decode_one(blob: bytes, name: str) -> np.ndarray:
+    image = _decode_rgb(blob, name)
+    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        height, width = image.shape[:2]
+        raise DataFormatError(
+            f"{name} is {width}x{height}, expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB: the array datasets are "
+            "CIFAR-sized; use dataset 'imagenet-folder' for larger images"
+        )
+    return image
 
 
 def _decode_chunk(blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
@@ -349,16 +368,22 @@ def _decode_chunk(blobs: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
 
 def _decode_images(blobs: Sequence[bytes], names: Sequence[str], workers: int | None = None) -> np.ndarray:
     """Decode encoded images into uint8 (N, 32, 32, 3), in worker processes when that pays off."""
+    return np.concatenate(_decode_in_chunks(_decode_chunk, blobs, names, workers))
+
+
+def _decode_in_chunks(decode_chunk, blobs: Sequence[bytes], names: Sequence[str], workers: int | None = None) -> list:
+    """``decode_chunk(blobs, names)`` over consecutive chunks, in forked worker processes when that pays off
+    (up to 8, from ``_PARALLEL_DECODE_MIN`` images on); the chunks' results in order."""
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = min(cores, 8) if len(blobs) >= _PARALLEL_DECODE_MIN else 0
     # Forked workers inherit the interpreter (no re-import of torch); only where fork is safe and available.
     if workers < 2 or not sys.platform.startswith("linux"):
-        return _decode_chunk(blobs, names)
+        return [decode_chunk(blobs, names)]
     step = math.ceil(len(blobs) / (4 * workers))
     chunks = [(blobs[i:i + step], names[i:i + step]) for i in range(0, len(blobs), step)]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return np.concatenate(list(pool.map(_decode_chunk, *zip(*chunks))))
+        return list(pool.map(decode_chunk, *zip(*chunks)))
 
 
 # --- cache ----------------------------------------------------------------------------------------------
@@ -532,14 +557,12 @@ class GpuBatches:
 
     def epoch_iter(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start``, ``start + 1``, ... of ``epoch``; training batches' state advances as each is handed out."""
-        order, offsets, flips = self.epoch_plan(epoch)
+        order, *plan = self.epoch_plan(epoch)
         count = len(self)
         for k in range(start, count):
             window = slice(k * self.batch_size, (k + 1) * self.batch_size)
             index = order[window]
-            pixels = self.images[index]
-            if self.train:
-                pixels = self._crop_and_flip(pixels, offsets[window], flips[window])
+            pixels = self._batch_pixels(index, *(p[window] for p in plan))
             if self.train:
                 self.epoch, self.position = (epoch, k + 1) if k + 1 < count else (epoch + 1, 0)
             yield self._normalise(pixels), self.labels[index]
@@ -552,6 +575,11 @@ class GpuBatches:
         """Batches across epochs without end, from the current state (for iteration-based schedules)."""
         while True:
             yield from self.epoch_iter(self.epoch, self.position)
+
+    def _batch_pixels(self, index: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """NHWC pixels of one batch (``index`` into the set; the epoch plan's entries for its positions)."""
+        pixels = self.images[index]
+        return self._crop_and_flip(pixels, offsets, flips) if self.train else pixels
 
     def _crop_and_flip(self, pixels: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         p = self.pad
