@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,18 +303,21 @@ def _check_size(size) -> int:
 class ImagewoofSplit:
     """What ``ranlib.train.Split`` takes from Imagewoof."""
 
-    train: RandomResizedCropBatches | None  # wrap in train._GpuStream for endless batches; None if not asked
+    train: list[RandomResizedCropBatches] | None  # one per seed; None if not asked
     test: GpuBatches  # one ordered pass over the single-crop test set per iteration
     fixed_batch: torch.Tensor  # the first 64 test images, normalised, (64, 3, size, size)
     info: dict  # the results' "dataset" block
     num_classes: int
 
 
-def load_imagewoof_split(root, *, device, input_size: int, batch_size: int, seed: int, channels_last: bool,
+def load_imagewoof_split(root, *, device, input_size: int, batch_size: int, seeds: Sequence[int], channels_last: bool,
                          test_size: int | None = None, max_train_samples: int | None = None,
                          max_test_samples: int | None = None, eval_batch_size: int | None = None,
                          train: bool = True, cache_dir=None, lighting_std: float = 0.1) -> ImagewoofSplit:
     """Imagewoof for the training loop: the whole set on ``device`` as uint8, batches made there.
+
+    One training batcher per seed in ``seeds`` (the members of a fused group), all reading one copy
+    of the images on the device.
 
     Training crops to ``input_size``; the test crop is ``test_size`` (default ``input_size``), computed once.
     ``max_*_samples`` keep a class-balanced subset, the first images of each class in turn (the file is
@@ -334,11 +338,12 @@ def load_imagewoof_split(root, *, device, input_size: int, batch_size: int, seed
                                  batch_size=STAGE_RESPONSE_BATCH, **common)))[0]
     batches = None
     if train:
-        batches = RandomResizedCropBatches(
-            woof.train_images[train_index], woof.train_sizes[train_index], train_labels,
+        canvases = torch.as_tensor(woof.train_images[train_index]).to(device)
+        batches = [RandomResizedCropBatches(
+            canvases, woof.train_sizes[train_index], train_labels,
             input_size=input_size, batch_size=batch_size, device=device, channels_last=channels_last, seed=seed,
             lighting_std=lighting_std,
-        )
+        ) for seed in seeds]
     info = {**woof.to_dict(), "num_train": len(train_labels), "num_test": len(test_labels),
             "subset": bool(max_train_samples or max_test_samples)}
     return ImagewoofSplit(batches, test, fixed, info, woof.num_classes)

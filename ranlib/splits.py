@@ -226,8 +226,26 @@ class _OnePass:
             yield self.to_device(x, y)
 
 
+def load_imagewoof(members: Sequence, device: torch.device, *, train: bool = True,
+                   eval_batch_size: int | None = None) -> Split:
+    """Imagewoof on the device (:mod:`ranlib.imagewoof`), one augmented stream per member."""
+    from .imagewoof import load_imagewoof_split
+
+    c = members[0]
+    if any(m.noise_level > 0 for m in members):
+        raise ConfigError("label noise is implemented for the 32x32 datasets only (Table 5 is CIFAR-10)")
+    woof = load_imagewoof_split(c.data_root, device=device, input_size=c.train_size, test_size=c.test_size,
+                                batch_size=c.batch_size, seeds=[m.seed for m in members],
+                                channels_last=bool(c.channels_last), max_train_samples=c.max_train_samples,
+                                max_test_samples=c.max_test_samples, eval_batch_size=eval_batch_size, train=train)
+    streams = None if woof.train is None else [_GpuStream(batches) for batches in woof.train]
+    return Split(streams, woof.test, woof.fixed_batch, woof.info, woof.num_classes, [None] * len(members))
+
+
 def load_split(members: Sequence, device: torch.device, input_size: int, d: Dist, **kwargs) -> Split:
     """The :class:`Split` of a group of members (one or more) sharing a dataset."""
+    if members[0].dataset == "imagewoof":
+        return load_imagewoof(members, device, **{k: v for k, v in kwargs.items() if k != "mean"})
     if members[0].dataset in IMAGENET_DATASETS:
         return load_imagenet_split(members, device, d, **{k: v for k, v in kwargs.items() if k != "mean"})
     return load_cifar_split(members, device, input_size, **kwargs)

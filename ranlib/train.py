@@ -59,6 +59,8 @@ from .splits import IMAGENET_DATASETS, load_split
 from .step import TrainStep, member_losses
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
+IMAGENET_STYLE_DATASETS = (*IMAGENET_DATASETS, "imagewoof")  # what the ImageNet networks train on
+IMAGEWOOF_SIZE = 112  # the shared copy's shorter side: ImageNet networks train and test at it there
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 DEFAULT_DOWNLOAD_ROOT = ".data"  # where --download puts official CIFAR when no --data-root is given
@@ -255,9 +257,9 @@ def default_run_name(config: TrainConfig) -> str:
 def _check_dataset(model: str, dataset: str):
     """The model's info, after checking that ``dataset`` exists and suits the model."""
     info = _model_info(model)
-    if dataset not in CIFAR_DATASETS + IMAGENET_DATASETS:
-        raise UnknownNameError(f"unknown dataset {dataset!r}; valid: {', '.join(CIFAR_DATASETS + IMAGENET_DATASETS)}")
-    valid = CIFAR_DATASETS if info.dataset == "cifar" else IMAGENET_DATASETS
+    if dataset not in CIFAR_DATASETS + IMAGENET_STYLE_DATASETS:
+        raise UnknownNameError(f"unknown dataset {dataset!r}; valid: {', '.join(CIFAR_DATASETS + IMAGENET_STYLE_DATASETS)}")
+    valid = CIFAR_DATASETS if info.dataset == "cifar" else IMAGENET_STYLE_DATASETS
     if dataset not in valid:
         kind = "an ImageNet" if info.dataset == "imagenet" else "a CIFAR"
         raise ConfigError(f"model {model} is {kind} model but dataset {dataset!r} is not; use one of: "
@@ -341,8 +343,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
         c.max_train_samples = profile.max_train_samples
     if c.max_test_samples is None:
         c.max_test_samples = profile.max_test_samples
-    c.train_size = int(c.train_size or info.input_size)
-    c.test_size = int(c.test_size or getattr(info, "test_size", None) or info.input_size)
+    if c.dataset == "imagewoof":
+        c.train_size = int(c.train_size or IMAGEWOOF_SIZE)
+        c.test_size = int(c.test_size or c.train_size)
+    else:
+        c.train_size = int(c.train_size or info.input_size)
+        c.test_size = int(c.test_size or getattr(info, "test_size", None) or info.input_size)
     c.run_name = c.run_name or default_run_name(c)
     check_name(c.experiment, "experiment")
     check_name(c.run_name, "run name")
@@ -635,7 +641,7 @@ def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> li
                                   f"{m.saved.get('dataset', {}).get('fingerprint')}, not {split.info['fingerprint']}; "
                                   "point --data-root at the original data")
     solo = [_member_model(m, split.num_classes) for m in members]
-    complexity = _complexity(solo[0], info.input_size)
+    complexity = _complexity(solo[0], c.train_size)
     reference_state = solo[0].state_dict()
     memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
     model = fuse(solo).to(device, memory_format=memory_format)
@@ -807,7 +813,7 @@ def _final_record(m: _Member, index: int, split, fused_state: dict, reference_st
         "run_name": c.run_name,
         "config": c.to_dict(),
         "model": {"name": c.model, "kwargs": c.model_kwargs, **complexity,
-                  "input_size": info.input_size, "num_classes": split.num_classes},
+                  "input_size": c.train_size, "num_classes": split.num_classes},
         "dataset": split.info,
         "noise": split.noise[index],
         "final": {"top1_error": final["test_top1_error"],

@@ -162,7 +162,7 @@ def test_lighting_shifts_each_crop_by_one_colour():
 
 
 def test_evaluation_is_the_single_crop_of_every_image_in_order(woof_root, woof):
-    split = load_imagewoof_split(woof_root, device="cpu", input_size=48, test_size=64, batch_size=4, seed=0,
+    split = load_imagewoof_split(woof_root, device="cpu", input_size=48, test_size=64, batch_size=4, seeds=[0],
                                  channels_last=False, eval_batch_size=7, cache_dir=woof_root / "cache")
     first = list(split.test)
     again = list(split.test)  # every pass starts from the first image
@@ -202,15 +202,17 @@ def test_random_resized_crop_boxes_follow_torchvision_distribution():
 
 
 def test_split_block_subset_and_fixed_batch(woof_root, woof):
-    split = load_imagewoof_split(woof_root, device="cpu", input_size=32, batch_size=4, seed=1, channels_last=True,
-                                 max_train_samples=12, max_test_samples=10, cache_dir=woof_root / "cache")
+    split = load_imagewoof_split(woof_root, device="cpu", input_size=32, batch_size=4, seeds=[1, 2],
+                                 channels_last=True, max_train_samples=12, max_test_samples=10,
+                                 cache_dir=woof_root / "cache")
     assert split.info == {**woof.to_dict(), "num_train": 12, "num_test": 10, "subset": True}
-    assert split.num_classes == 10 and len(split.train) == 3
+    assert split.num_classes == 10 and [len(batches) for batches in split.train] == [3, 3]
+    assert split.train[0].images is split.train[1].images  # one copy of the images for all members
     labels = torch.cat([y for _, y in split.test])
     assert labels.tolist() == list(range(10))  # one image of each breed, not ten Shih-Tzus
     assert split.fixed_batch.shape == (10, 3, 32, 32)
     assert split.fixed_batch.is_contiguous(memory_format=torch.channels_last)
-    no_train = load_imagewoof_split(woof_root, device="cpu", input_size=32, batch_size=4, seed=1,
+    no_train = load_imagewoof_split(woof_root, device="cpu", input_size=32, batch_size=4, seeds=[1],
                                     channels_last=False, train=False, cache_dir=woof_root / "cache")
     assert no_train.train is None and no_train.info["subset"] is False
 
