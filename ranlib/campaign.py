@@ -12,9 +12,13 @@ The study needs dozens of CIFAR trainings, and a GPU is lent in short sittings. 
   that every table gets its first seed before any table gets its second, and leaves out a run
   whose results exist or that another experiment trains anyway (:func:`ranlib.planning.find_training`:
   Attention-56 with the default switches is a row of Tables 1, 3 and 4);
-* runs up to ``--concurrent`` of them at once, each as its own ``python -m ranlib train ... --resume``
-  process on the same device (a small CIFAR model leaves most of an H100 idle; whether sharing
-  raises total throughput is measured by ``python -m ranlib.bench --processes K``);
+* puts runs that differ only in seed, label-noise level and ARL/NAL into fused groups of up to
+  ``--max-group`` members (:func:`group_runs`), each trained as one wide model
+  (:mod:`ranlib.models.fused`): a CIFAR network at batch 64 leaves most of a GPU idle, a group of
+  eight fills it;
+* runs up to ``--concurrent`` groups at once, each as its own process (``python -m ranlib train
+  ... --resume`` for a single run, ``python -m ranlib.campaign train-group FILE`` for a group)
+  on the same device, and with ``estimate_s`` launches only groups expected to finish in time;
 * launches nothing once less than ``--launch-margin-minutes`` of the budget is left, and at the
   end of ``--budget-minutes`` sends SIGTERM: each training writes a checkpoint, which the next
   campaign resumes (nothing is trained twice because a sitting ended);
@@ -41,14 +45,14 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from . import provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
-from .experiments import EXPERIMENTS, experiment
+from .experiments import EXPERIMENTS, experiment, with_model_defaults
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import resolve_path
 from .planning import find_training, plan_runs, same_training
@@ -121,6 +125,31 @@ def _why_skip(config: dict, planned: list[dict]) -> str | None:
     return None
 
 
+# What the members of one fused group may differ in (ranlib.train.check_group): the run's name,
+# seed, label noise and the ARL/NAL switch.
+_MEMBER_FIELDS = ("experiment", "run_name", "seed", "noise_level", "model_kwargs")
+
+
+def group_runs(runs: Sequence[dict], max_members: int = 8) -> list[list[dict]]:
+    """Planned runs gathered into fused groups of at most ``max_members``, in the order of their
+    first run: runs join a group when everything but seed, noise level and ARL/NAL is the same."""
+    if max_members < 1:
+        raise RanlibError(f"--max-group must be at least 1, not {max_members}")
+    groups: list[list[dict]] = []
+    open_group: dict[str, list[dict]] = {}
+    for config in runs:
+        switches = with_model_defaults(config.get("model_kwargs"))
+        switches.pop("residual_attention")
+        shared = {k: v for k, v in config.items() if k not in _MEMBER_FIELDS}
+        key = json.dumps([shared, switches], sort_keys=True, default=str)
+        group = open_group.get(key)
+        if group is None or len(group) >= max_members:
+            group = open_group[key] = []
+            groups.append(group)
+        group.append(config)
+    return groups
+
+
 def training_size(config: dict) -> dict:
     """Images and multiply-adds a planned run trains on (a training step costs about three
     forward passes), from the resolved schedule and the model variant's counts."""
@@ -140,7 +169,7 @@ def training_size(config: dict) -> dict:
 
 @dataclass
 class _Active:
-    config: dict
+    group: list[dict]
     process: subprocess.Popen
     started_at: str
     started: float
@@ -151,9 +180,15 @@ class _Active:
 
 @dataclass
 class Campaign:
-    """Runs ``runs`` (plan configs) at most ``concurrent`` at a time within ``budget_s`` seconds."""
+    """Trains ``groups`` (lists of plan configs, see :func:`group_runs`; one run is a group of one)
+    at most ``concurrent`` groups at a time within ``budget_s`` seconds.
 
-    runs: Sequence[dict]
+    ``estimate_s(group)``, if given, is a group's expected training time: a group is launched only
+    when it fits in what is left of the budget (less the stop grace), else the next that fits.
+    ``on_finish(lines)`` is called with the ledger lines of every group that ends.
+    """
+
+    groups: Sequence[list[dict]]
     concurrent: int = 1
     budget_s: float = float("inf")
     launch_margin_s: float = 60.0  # launch nothing with less than this left
@@ -161,6 +196,9 @@ class Campaign:
     ledger: Path | None = None
     device_name: str = ""
     echo: bool = True
+    estimate_s: Callable[[list[dict]], float] | None = None
+    on_finish: Callable[[list[dict]], None] | None = None
+    group_dir: Path | None = None  # where group files go (default: <checkpoint_dir>/groups)
 
     def __post_init__(self):
         if self.concurrent < 1:
@@ -173,22 +211,31 @@ class Campaign:
         self.left: list[dict] = []
         self._signalled = False
 
-    def command(self, config: dict) -> list[str]:
+    def command(self, group: list[dict]) -> list[str]:
+        """A single run as the ``ranlib train`` command anyone can type; a group through a file of
+        its members' configurations (each member's results file records its full configuration)."""
         from .cli import train_argv
 
-        return [sys.executable, "-m", "ranlib", "train", *train_argv(config), "--resume", "--no-progress"]
+        if len(group) == 1:
+            return [sys.executable, "-m", "ranlib", "train", *train_argv(group[0]), "--resume", "--no-progress"]
+        folder = self.group_dir or Path(group[0]["checkpoint_dir"]) / "groups"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{group[0]['run_name']}+{len(group) - 1}.json"
+        path.write_text(json.dumps(group, indent=1) + "\n")
+        return [sys.executable, "-m", "ranlib.campaign", "train-group", str(path)]
 
     def run(self) -> list[dict]:
-        """Train until every run is done or the budget is spent; the ledger lines written."""
-        pending, active = deque(self.runs), []
+        """Train until every group is done or the budget is spent; the ledger lines written."""
+        pending, active = list(self.groups), []
         start = last = time.monotonic()
         stop_at, kill_at = start + self.budget_s - self.stop_grace_s, None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while pending or active:
                 now = time.monotonic()
+                members = sum(len(a.group) for a in active)
                 for a in active:  # every second of the campaign is split between the runs in it
-                    a.device_s += (now - last) / len(active)
+                    a.device_s += (now - last) * len(a.group) / members
                 last = now
                 for a in [a for a in active if a.process.poll() is not None]:
                     active.remove(a)
@@ -202,18 +249,28 @@ class Campaign:
                         a.process.kill()
                 launch = (kill_at is None and not self.stop_requested()
                           and now < start + self.budget_s - self.launch_margin_s)
-                while launch and pending and len(active) < self.concurrent:
-                    active.append(self._launch(pending.popleft()))
+                while launch and len(active) < self.concurrent:
+                    group = self._next_fitting(pending, stop_at - now)
+                    if group is None:
+                        break
+                    active.append(self._launch(group))
                 for a in active:
                     a.max_concurrent = max(a.max_concurrent, len(active))
-                if not active and (not launch or not pending):
+                if not active and (not launch or self._next_fitting(pending, stop_at - now, take=False) is None):
                     break
                 time.sleep(POLL_S)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.left = list(pending)
+        self.left = [config for group in pending for config in group]
         return self.lines
+
+    def _next_fitting(self, pending: list, left_s: float, take: bool = True) -> list[dict] | None:
+        """The first pending group expected to finish in ``left_s`` (any, without an estimate)."""
+        for i, group in enumerate(pending):
+            if self.estimate_s is None or self.estimate_s(group) <= left_s:
+                return pending.pop(i) if take else group
+        return None
 
     def _on_signal(self, signum, frame):
         self._signalled = True
@@ -222,18 +279,20 @@ class Campaign:
         """SIGTERM/SIGINT reached the campaign: stop the trainings (they checkpoint), launch no more."""
         return self._signalled
 
-    def _launch(self, config: dict) -> _Active:
+    def _launch(self, group: list[dict]) -> _Active:
+        config = group[0]
         run_dir = Path(config["checkpoint_dir"]) / config["experiment"] / config["run_name"]
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / LOG_NAME, "a")
-        command = self.command(config)
+        command = self.command(group)
         log.write(f"# {provenance.utc_now()} campaign {self.campaign_started_at}: {shlex.join(command)}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)  # a Ctrl-C reaches the campaign, which stops them in order
-        self._say(f"start {config['experiment']}/{config['run_name']}")
-        return _Active(config, process, provenance.utc_now(), time.monotonic(), log=log)
+        more = f" and {len(group) - 1} more as one fused group" if len(group) > 1 else ""
+        self._say(f"start {config['experiment']}/{config['run_name']}{more}")
+        return _Active(group, process, provenance.utc_now(), time.monotonic(), log=log)
 
     def _finish(self, a: _Active, *, stopped: bool) -> None:
         a.log.close()
@@ -244,19 +303,24 @@ class Campaign:
             status, message = "interrupted", "stopped at the end of the budget; the next campaign resumes it"
         else:
             status, message = "failed", _last_error(Path(a.log.name))
-        config = a.config
-        line = {"campaign_started_at": self.campaign_started_at, "experiment": config["experiment"],
-                "run_name": config["run_name"], "model": config["model"], "profile": config["profile"],
-                "seed": config["seed"], "status": status, "started_at": a.started_at,
-                "finished_at": provenance.utc_now(), "wall_s": round(time.monotonic() - a.started, 1),
-                "device_s": round(a.device_s, 1), "max_concurrent": a.max_concurrent,
-                "device": config.get("device", ""), "device_name": self.device_name,
-                "git_commit": self.git_commit, "exit_code": code, "message": message}
-        self.lines.append(line)
+        lines = []
+        for config in a.group:
+            lines.append({"campaign_started_at": self.campaign_started_at, "experiment": config["experiment"],
+                          "run_name": config["run_name"], "model": config["model"], "profile": config["profile"],
+                          "seed": config["seed"], "status": status, "started_at": a.started_at,
+                          "finished_at": provenance.utc_now(), "wall_s": round(time.monotonic() - a.started, 1),
+                          "device_s": round(a.device_s / len(a.group), 1), "max_concurrent": a.max_concurrent,
+                          "device": config.get("device", ""), "device_name": self.device_name,
+                          "git_commit": self.git_commit, "exit_code": code, "message": message})
+        self.lines += lines
         if self.ledger is not None:
-            append_ledger(self.ledger, [line])
-        self._say(f"{status} {config['experiment']}/{config['run_name']} after {line['wall_s']:.0f} s"
-                  f"{': ' + message if message else ''}")
+            append_ledger(self.ledger, lines)
+        what = a.group[0]["experiment"] + "/" + a.group[0]["run_name"]
+        if len(a.group) > 1:
+            what += f" and {len(a.group) - 1} more"
+        self._say(f"{status} {what} after {lines[0]['wall_s']:.0f} s{': ' + message if message else ''}")
+        if self.on_finish is not None:
+            self.on_finish(lines)
 
     def _say(self, text: str) -> None:
         if self.echo:
@@ -386,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--tflops", type=float, help="also give the time at this achieved TFLOP/s")
     run = sub.add_parser("run", help="train the planned runs within a time budget")
     selection(run)
-    run.add_argument("--concurrent", type=int, default=1, help="trainings at once on the device")
+    run.add_argument("--concurrent", type=int, default=1, help="trainings (single runs or fused groups) at once "
+                                                                   "on the device")
+    run.add_argument("--max-group", type=int, default=8, help="runs per fused group (1: every run alone)")
     run.add_argument("--budget-minutes", type=float, default=float("inf"),
                      help="stop (checkpointing) after this long; resume with the same command")
     run.add_argument("--launch-margin-minutes", type=float, default=1.0,
@@ -402,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also these runs' checkpoints (e.g. for ranlib.jpeg_gap)")
     packer.add_argument("--results-dir", type=Path, default=Path("results"))
     packer.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    member = sub.add_parser("train-group", help="train the runs in a JSON file (a list of TrainConfig fields) as "
+                                                "one fused group, resuming their checkpoints")
+    member.add_argument("group_file", type=Path)
+    from .sitting import add_sitting_parser
+    add_sitting_parser(sub, selection)
     unpacker = sub.add_parser("unpack", help="put a packed archive's files into this checkout")
     unpacker.add_argument("archive", type=Path)
     unpacker.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -447,7 +518,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # is one error line now rather than one failed run per planned training.
         load_arrays(args.dataset, resolve_path(args.data_root),
                     download=bool(plan.runs[0].get("download")))
-    campaign = Campaign(plan.runs, concurrent=args.concurrent, budget_s=args.budget_minutes * 60,
+    campaign = Campaign(group_runs(plan.runs, args.max_group), concurrent=args.concurrent,
+                        budget_s=args.budget_minutes * 60,
                         launch_margin_s=args.launch_margin_minutes * 60,
                         stop_grace_s=args.stop_grace_minutes * 60,
                         ledger=args.ledger or args.results_dir / LEDGER_NAME,
@@ -460,6 +532,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"command), {status['failed']} failed, {len(campaign.left)} not started; "
           f"{sum(line['device_s'] for line in lines) / 60:.1f} device minutes charged", flush=True)
     return 1 if status["failed"] else 0
+
+
+def _cmd_train_group(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, run_group
+
+    try:
+        configs = json.loads(args.group_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise RanlibError(f"cannot read the group file {args.group_file} ({exc}); it is written by `campaign run`") from None
+    records = run_group([TrainConfig(**{**c, "resume": True, "progress": False}) for c in configs])
+    for record in records:
+        print(f"{record['run_name']}: final top-1 error {record['final']['top1_error']:.2f} %", flush=True)
+    return 0
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
@@ -480,12 +565,15 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"plan": _cmd_plan, "run": _cmd_run, "pack": _cmd_pack, "unpack": _cmd_unpack}
+    from .sitting import cmd_sitting
+
+    commands = {"plan": _cmd_plan, "run": _cmd_run, "pack": _cmd_pack, "unpack": _cmd_unpack,
+                "train-group": _cmd_train_group, "sitting": cmd_sitting}
     try:
         return commands[args.command](args)
     except (RanlibError, tarfile.TarError) as exc:
         print_error(exc)
-        return 1
+        return getattr(exc, "exit_code", 1)  # a stopped training says which signal, for the campaign
 
 
 if __name__ == "__main__":

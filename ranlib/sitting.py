@@ -1,0 +1,425 @@
+"""One GPU sitting with no one in the loop: ``python -m ranlib.campaign sitting --minutes M --out DIR``.
+
+A lent GPU comes for minutes, one command at a time, and only the files in ``DIR`` come back. A
+sitting therefore decides nothing on the way and loses little when it is cut off:
+
+1. **Preflight** (about 20 s): every path the sitting will use is tried once on the device — a
+   fused training step, bf16 autocast, the step captured as a CUDA graph (compared with the eager
+   step it replaces), evaluation, writing and reading a checkpoint — and the training throughput
+   of a fused group is measured. A failing path is switched off for the rest of the sitting, with
+   the reason logged; the sitting goes on without it.
+2. **Benchmark** (``--bench-seconds``, about 60 s): ``ranlib.bench``'s fused-population figures,
+   written to ``<results-dir>/performance``, when the bench supports them.
+3. **The study, claims first** (:func:`study_slices`): the quick profile's seed 0 of Table 3 with
+   Figure 4, Table 5, Table 1 and Table 4, then seed 1 of the same, then the JPEG-cost evaluation
+   of a trained Attention-92 and a checkpoint for the masks figure, then Table 6's larger networks.
+   Runs with results (committed or from this sitting) are left out; the rest are put into fused
+   groups (:func:`ranlib.campaign.group_runs`), each group's time is estimated from the measured
+   throughput, and only groups expected to finish inside the budget are started. With
+   ``--dataset imagewoof`` (a call that carries the Imagewoof data) the slice is Table 7's
+   networks on Imagewoof instead.
+4. After every group, the results, ledger lines, metrics and logs are packed into
+   ``DIR/sitting.tar.gz`` (rewritten atomically, a few MB): a kill at the time limit loses only the
+   group in flight, whose checkpoints the next sitting resumes.
+5. It ends with a short table: what ran, what failed and why, images/s, minutes left.
+
+Back here, ``make unpack ARCHIVE=DIR/sitting.tar.gz`` puts the archive into ``results/`` (never
+replacing a differing file) and re-renders the book.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import provenance
+from .errors import RanlibError
+
+ARCHIVE_NAME = "sitting.tar.gz"
+PREFLIGHT_BUDGET_S = 20.0
+GROUP_STARTUP_S = 20.0  # a group's process: imports, data, model building, graph capture
+CLAIM_EXPERIMENTS = ("arl_vs_nal", "label_noise", "attention_types", "mask_structure")
+JPEG_GAP_ROW = ("label_noise", "attention92-noise10")  # a trained Attention-92 for the JPEG cost
+MASKS_EXPERIMENT = "attention_masks"
+
+
+@dataclass
+class Slice:
+    """A part of the study: experiments at a profile and seeds, or a step that is not training."""
+
+    name: str
+    experiments: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    action: str = "train"  # "train" or "jpeg_gap_and_masks"
+
+
+def study_slices(seeds: Sequence[int], dataset: str) -> list[Slice]:
+    """The order in which a sitting works through the study: what answers the paper's claims first."""
+    if dataset == "imagewoof":
+        return [Slice(f"Table 7 on Imagewoof, seed {s}", ("imagewoof",), (s,)) for s in seeds]
+    slices = [Slice(f"claims (Tables 3, 5, 1, 4), seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[:2]]
+    slices.append(Slice("JPEG cost of a trained Attention-92; a checkpoint for the masks figure",
+                        action="jpeg_gap_and_masks"))
+    slices += [Slice(f"Table 6's larger networks, seed {s}", ("cifar_sota",), (s,)) for s in seeds[:2]]
+    slices += [Slice(f"claims, seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[2:]]
+    return slices
+
+
+# --------------------------------------------------------------------------------------------
+# Preflight
+
+
+@dataclass
+class Preflight:
+    """What works on this device, and the measured training throughput."""
+
+    checks: dict[str, dict] = field(default_factory=dict)  # path -> {"ok", "seconds", "detail"}
+    macs_per_s: float | None = None  # multiply-adds per second of training (forward + backward ~ 3 passes)
+
+    def ok(self, name: str) -> bool:
+        return self.checks.get(name, {}).get("ok", False)
+
+    def overrides(self) -> dict:
+        """TrainConfig fields that switch off what failed."""
+        out = {}
+        if "cuda_graphs" in self.checks and not self.ok("cuda_graphs"):
+            out["cuda_graphs"] = False
+        if "bf16" in self.checks and not self.ok("bf16"):
+            out["precision"] = "fp32"
+        return out
+
+    def max_group(self, wanted: int) -> int:
+        return wanted if self.ok("fused_step") else 1
+
+
+class NotApplicable(Exception):
+    """A path this device does not have (CUDA graphs on a CPU): not tried, not a failure."""
+
+
+def _check(report: Preflight, name: str, fn: Callable[[], str]) -> None:
+    start = time.perf_counter()
+    try:
+        detail, ok = fn(), True
+    except NotApplicable as why:
+        print(f"sitting: preflight {name}: not applicable ({why})", flush=True)
+        return
+    except Exception as exc:  # a failing path is switched off, never fatal
+        detail, ok = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", False
+        traceback.print_exc()
+    report.checks[name] = {"ok": ok, "seconds": round(time.perf_counter() - start, 2), "detail": detail}
+    print(f"sitting: preflight {name}: {'ok' if ok else 'FAILED, switched off'} ({detail})", flush=True)
+
+
+def preflight(device_request: str, *, batch_size: int, members: int = 4,
+              model: str = "cifar_attention56") -> Preflight:
+    """Try every path a sitting uses on the device (see the module docstring), at ``batch_size``."""
+    import torch
+
+    import ranlib
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .models.fused import fuse, fuse_inputs, member_state_dict
+    from .runtime import Dist, select_device, synchronize
+    from .step import GRAPH_WARMUP_STEPS, TrainStep
+    from .train import evaluate_members
+
+    report = Preflight()
+    device = select_device(device_request, Dist())
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    built = {}
+
+    def group(precision: str, graphs: bool):
+        torch.manual_seed(0)
+        solo = [ranlib.create_model(model) for _ in range(members)]
+        fused = fuse(solo).to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+        optimizer = torch.optim.SGD(fused.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                                    fused=graphs or None)
+        windows = [torch.zeros(members, 3, dtype=torch.float64, device=device)]
+        return fused, TrainStep(fused, fused, optimizer, windows=windows, precision=precision, cuda_graphs=graphs), \
+            solo[0].state_dict()
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    batches = [(torch.randn(batch_size, 3 * members, 32, 32, device=device, generator=generator),
+                torch.randint(0, 10, (batch_size, members), device=device, generator=generator))
+               for _ in range(GRAPH_WARMUP_STEPS + 3)]
+
+    def fused_step():
+        fused, step, reference = group("fp32", False)
+        for x, y in batches[:2]:
+            step(x, y)
+        synchronize(device)
+        built["fp32"] = (fused, reference)
+        if not all(torch.isfinite(p).all() for p in fused.parameters()):
+            raise RanlibError("non-finite parameters after two fused steps")
+        return f"{members} x {model}, batch {batch_size}, 2 steps"
+
+    def bf16():
+        if not cuda:
+            raise NotApplicable("bf16 autocast is for CUDA here; CPU trains in fp32")
+        fused, step, _ = group("bf16", False)
+        for x, y in batches[:2]:
+            step(x, y)
+        synchronize(device)
+        return "2 fused steps under bf16 autocast"
+
+    def cuda_graphs():
+        if not cuda:
+            raise NotApplicable("CUDA graphs need CUDA")
+        precision = "bf16" if report.ok("bf16") else "fp32"
+        eager, eager_step, _ = group(precision, False)
+        graphed, graph_step, _ = group(precision, True)
+        for x, y in batches:
+            eager_step(x, y)
+            graph_step(x, y)
+        synchronize(device)
+        if graph_step.graph is None:
+            raise RanlibError("capture fell back to eager")
+        worst = max((a - b).abs().max().item() / (b.abs().max().item() or 1.0)
+                    for a, b in zip(graphed.parameters(), eager.parameters()))
+        if not worst < 1e-2:
+            raise RanlibError(f"graph replay drifts from the eager step by {worst:.3g} (relative)")
+        return f"captured after {GRAPH_WARMUP_STEPS} eager steps; {len(batches) - GRAPH_WARMUP_STEPS} replays " \
+               f"match eager within {worst:.2g} (relative)"
+
+    def evaluation():
+        fused, _ = built["fp32"]
+        x, y = batches[0]
+        from .data import GpuBatches
+        images = torch.randint(0, 256, (2 * batch_size, 32, 32, 3), dtype=torch.uint8)
+        test = GpuBatches(images, torch.randint(0, 10, (2 * batch_size,)), batch_size=batch_size, train=False,
+                          device=device, mean=(0.5, 0.5, 0.5))
+        results = evaluate_members(fused, test, device, "fp32", members=members)
+        if [r["count"] for r in results] != [2 * batch_size] * members:
+            raise RanlibError(f"evaluation counted {[r['count'] for r in results]} images")
+        return f"{members} members x {2 * batch_size} images"
+
+    def checkpoint():
+        fused, reference = built["fp32"]
+        state = member_state_dict(fused.state_dict(), 0, members, reference=reference, steps=2)
+        with tempfile.TemporaryDirectory() as folder:
+            path = save_checkpoint(Path(folder) / "last.pt", {"model": state})
+            back = load_checkpoint(path)["model"]
+        if any(not torch.equal(back[k].cpu(), v.cpu()) for k, v in state.items()):
+            raise RanlibError("a checkpoint read back differs")
+        ranlib.create_model(model).load_state_dict(back, strict=True)
+        return "a member's checkpoint written, read back and loaded into a solo model"
+
+    def throughput():
+        precision = "bf16" if report.ok("bf16") else "fp32"
+        fused, step, _ = group(precision, report.ok("cuda_graphs"))
+        for x, y in batches:  # warm-up (and capture)
+            step(x, y)
+        synchronize(device)
+        start, steps = time.perf_counter(), 0
+        while steps < 5 or time.perf_counter() - start < 2.0:
+            step(*batches[steps % len(batches)])
+            steps += 1
+            if steps % 5 == 0:
+                synchronize(device)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        macs = ranlib.complexity(ranlib.create_model(model), 32)["macs"]
+        report.macs_per_s = 3 * macs * batch_size * members * steps / seconds
+        return f"{members * batch_size * steps / seconds:.0f} images/s, {2 * report.macs_per_s / 1e12:.1f} TFLOP/s"
+
+    for name, fn in (("fused_step", fused_step), ("bf16", bf16), ("cuda_graphs", cuda_graphs),
+                     ("evaluation", evaluation), ("checkpoint", checkpoint), ("throughput", throughput)):
+        if name in ("evaluation", "checkpoint") and "fp32" not in built:
+            report.checks[name] = {"ok": False, "seconds": 0.0, "detail": "needs the fused step"}
+            continue
+        _check(report, name, fn)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The sitting
+
+
+def estimate_group_s(group: Sequence[dict], macs_per_s: float | None) -> float:
+    """Expected seconds for a fused group: start-up plus training and evaluation at ``macs_per_s``."""
+    from .campaign import training_size
+    from .cli import model_counts
+    from .train import TrainConfig, resolve
+
+    if not macs_per_s:
+        return GROUP_STARTUP_S
+    work = 0.0
+    for config in group:
+        resolved = resolve(TrainConfig(**config))
+        macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
+        evaluations = -(-resolved.iterations // resolved.eval_every)
+        num_test = resolved.max_test_samples or 10_000
+        work += training_size(config)["train_macs"] + evaluations * num_test * macs
+    return GROUP_STARTUP_S + work / macs_per_s
+
+
+@dataclass
+class SittingLog:
+    """What happened, for the closing table and ``DIR/sitting.json``."""
+
+    started_at: str
+    budget_s: float
+    steps: list[dict] = field(default_factory=list)
+
+    def add(self, step: str, status: str, detail: str = "", seconds: float = 0.0) -> None:
+        self.steps.append({"step": step, "status": status, "detail": detail, "seconds": round(seconds, 1)})
+        print(f"sitting: {step}: {status}{' (' + detail + ')' if detail else ''}", flush=True)
+
+
+def run_sitting(args: argparse.Namespace) -> int:
+    from .campaign import CIFAR_EXPERIMENTS, EXTRA_RESULTS, Campaign, group_runs, pack, plan_campaign
+    from .cli import _key_values
+    from .ledger import LEDGER_NAME
+    from .runtime import Dist, select_device
+    from .train import PROFILES
+
+    start = time.monotonic()
+    deadline = start + args.minutes * 60
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = SittingLog(provenance.utc_now(), args.minutes * 60)
+    device = select_device(args.device, Dist())
+    print(f"sitting: {args.minutes:g} minutes on {provenance.device_name(device)}; results into {args.results_dir}, "
+          f"archive {out / ARCHIVE_NAME}", flush=True)
+
+    def left_s() -> float:
+        return deadline - time.monotonic()
+
+    def pack_now(_lines=None) -> None:
+        names = [*CIFAR_EXPERIMENTS, *EXTRA_RESULTS, "imagewoof"]
+        checkpoints = [p.parent.relative_to(args.checkpoint_dir).as_posix()
+                       for p in sorted((args.checkpoint_dir / MASKS_EXPERIMENT).glob("*/last.pt"))]
+        pack(out / ARCHIVE_NAME, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+             experiments=[n for n in names if (args.results_dir / n).is_dir()] or ["performance"],
+             checkpoints=checkpoints)
+        (out / "sitting.json").write_text(json.dumps({"started_at": log.started_at, "steps": log.steps,
+                                                      "device": provenance.device_name(device)}, indent=1))
+
+    # 1. preflight
+    batch = (PROFILES["cifar"][args.profile].batch_size if args.profile in PROFILES["cifar"] else 64)
+    t0 = time.monotonic()
+    checks = preflight(args.device, batch_size=batch, members=min(4, args.max_group) or 1)
+    log.add("preflight", "ok" if all(c["ok"] for c in checks.checks.values()) else "partly",
+            ", ".join(f"{k} {'ok' if v['ok'] else 'off'}" for k, v in checks.checks.items()), time.monotonic() - t0)
+    overrides = {**checks.overrides(), **_key_values(args.set)}
+    max_group = checks.max_group(args.max_group)
+
+    # 2. benchmark
+    if args.bench_seconds > 0 and device.type == "cuda" and left_s() > args.bench_seconds + 60:
+        t0 = time.monotonic()
+        try:
+            from . import bench
+            bench.fused_sitting_bench(results_dir=args.results_dir / "performance", device=args.device,
+                                      budget_s=args.bench_seconds)
+            log.add("benchmark", "ok", str(args.results_dir / "performance"), time.monotonic() - t0)
+        except Exception as exc:  # the study goes on without the figures
+            log.add("benchmark", "failed", f"{type(exc).__name__}: {exc}"[:200], time.monotonic() - t0)
+        pack_now()
+
+    # 3. the study, slice by slice
+    for part in study_slices(args.seeds, args.dataset):
+        if left_s() < GROUP_STARTUP_S + 30:
+            log.add(part.name, "not started", "budget spent")
+            continue
+        t0 = time.monotonic()
+        if part.action == "jpeg_gap_and_masks":
+            _jpeg_gap_and_masks(args, log, overrides, left_s)
+            pack_now()
+            continue
+        plan = plan_campaign(part.experiments, profile=args.profile, seeds=part.seeds, dataset=args.dataset,
+                             data_root=args.data_root, results_dir=args.results_dir,
+                             checkpoint_dir=args.checkpoint_dir, device=args.device, overrides=overrides)
+        if not plan.runs:
+            log.add(part.name, "done before", f"{len(plan.skipped)} runs have results")
+            continue
+        groups = group_runs(plan.runs, max_group)
+        campaign = Campaign(groups, budget_s=max(left_s(), 1.0), launch_margin_s=GROUP_STARTUP_S,
+                            stop_grace_s=min(45.0, max(left_s() / 4, 5.0)),
+                            ledger=args.results_dir / LEDGER_NAME, device_name=provenance.device_name(device),
+                            estimate_s=lambda g: estimate_group_s(g, checks.macs_per_s), on_finish=pack_now)
+        lines = campaign.run()
+        status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
+        failed = [f"{line['run_name']}: {line['message']}" for line in lines if line["status"] == "failed"]
+        log.add(part.name, f"{status['finished']} finished, {status['interrupted']} interrupted, "
+                           f"{status['failed']} failed, {len(campaign.left)} not started",
+                f"{len(groups)} fused groups" + ("; " + "; ".join(failed[:3]) if failed else ""),
+                time.monotonic() - t0)
+        pack_now()
+    pack_now()
+    _print_table(log, args, left_s())
+    return 0
+
+
+def _jpeg_gap_and_masks(args, log: SittingLog, overrides: dict, left_s: Callable[[], float]) -> None:
+    """The JPEG-cost evaluation of a trained Attention-92 and an Attention-56 checkpoint for the masks."""
+    from .campaign import Campaign, plan_campaign
+    from .jpeg_gap import jpeg_gap
+
+    t0 = time.monotonic()
+    experiment_name, row = JPEG_GAP_ROW
+    checkpoint = args.checkpoint_dir / experiment_name / f"{row}-{args.profile}-s{args.seeds[0]}" / "last.pt"
+    target = args.results_dir / "jpeg_gap" / f"{checkpoint.parent.name}.json"
+    if target.exists():
+        log.add("JPEG cost", "done before", str(target))
+    elif checkpoint.is_file():
+        try:
+            result = jpeg_gap(checkpoint, data_root=args.data_root, device=args.device)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(result, indent=1) + "\n")
+            log.add("JPEG cost", "ok", f"jpeg - exact = {result['jpeg_minus_exact']:+.2f} points",
+                    time.monotonic() - t0)
+        except Exception as exc:
+            log.add("JPEG cost", "failed", f"{type(exc).__name__}: {exc}"[:200], time.monotonic() - t0)
+    else:
+        log.add("JPEG cost", "not run", f"no trained Attention-92 checkpoint at {checkpoint}")
+    plan = plan_campaign([MASKS_EXPERIMENT], profile=args.profile, seeds=args.seeds[:1], dataset=args.dataset,
+                         data_root=args.data_root, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+                         device=args.device, overrides=overrides)
+    if plan.runs and left_s() > GROUP_STARTUP_S + 30:
+        lines = Campaign([plan.runs], budget_s=left_s(), launch_margin_s=GROUP_STARTUP_S, echo=True).run()
+        log.add("masks checkpoint", lines[0]["status"] if lines else "not started")
+
+
+def _print_table(log: SittingLog, args, left: float) -> None:
+    from .experiments import EXPERIMENTS
+    from .results import load_results
+
+    print("\nsitting: what ran")
+    print(f"{'step':<62} {'status':<48} {'s':>6}")
+    for step in log.steps:
+        print(f"{step['step'][:62]:<62} {step['status'][:48]:<48} {step['seconds']:>6.0f}")
+        if step["detail"] and step["status"] not in ("ok", "done before"):
+            print(f"    {step['detail'][:150]}")
+    rates = []
+    for folder in sorted(args.results_dir / name for name in EXPERIMENTS if (args.results_dir / name).is_dir()):
+        for record in load_results(folder):
+            if record.get("provenance", {}).get("started_at", "") >= log.started_at:
+                rates.append((record["run_name"], record["cost"].get("group_images_per_s") or
+                              record["cost"]["images_per_s"], record["final"]["top1_error"]))
+    for name, rate, error in rates:
+        print(f"  {name:<60} {rate:>9.0f} img/s (group)  top-1 error {error:.2f} %")
+    print(f"sitting: {len(rates)} runs finished in this sitting; {max(left, 0) / 60:.1f} minutes of the budget left")
+
+
+def add_sitting_parser(sub, selection: Callable[[argparse.ArgumentParser], None]) -> None:
+    q = sub.add_parser("sitting", help="one unattended GPU sitting: preflight, benchmark, the study claims first, "
+                                       "results packed into --out as it goes")
+    selection(q)
+    q.add_argument("--minutes", type=float, required=True, help="the sitting's whole budget, preflight included")
+    q.add_argument("--out", type=Path, required=True, help=f"where {ARCHIVE_NAME} and sitting.json go")
+    q.add_argument("--max-group", type=int, default=8, help="runs per fused group")
+    q.add_argument("--bench-seconds", type=float, default=60.0, help="time for the benchmark (0: none)")
+
+
+def cmd_sitting(args: argparse.Namespace) -> int:
+    if not args.minutes > 0:
+        raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")
+    args.results_dir, args.checkpoint_dir = Path(args.results_dir), Path(args.checkpoint_dir)
+    return run_sitting(args)
