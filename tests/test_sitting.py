@@ -1,0 +1,81 @@
+"""A dress rehearsal of the GPU sitting on the CPU: smoke profile, about a minute's budget.
+
+It must stop on time, pack as it goes, unpack here, and the experiment pages render the new rows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ranlib import campaign, planning, report, sitting
+from ranlib.ledger import LEDGER_NAME, read_ledger
+from test_notebooks import _execute, _text_outputs
+from test_train import REPO, make_folder_dataset, subprocess_env
+
+papermill = pytest.importorskip("papermill")
+
+BUDGET_MINUTES = 1.2
+
+
+def test_slices_put_the_claims_first():
+    slices = sitting.study_slices([0, 1, 2], "cifar10-jpeg")
+    assert [s.seeds for s in slices[:2]] == [(0,), (1,)]
+    assert slices[0].experiments[:2] == ("arl_vs_nal", "label_noise")  # Table 3 with Figure 4, then Table 5
+    assert slices[2].action == "jpeg_gap_and_masks"
+    assert "cifar_sota" in slices[3].experiments
+    assert [s.experiments for s in sitting.study_slices([0], "imagewoof")] == [("imagewoof",)]
+
+
+def test_groups_join_seeds_noise_and_arl_nal_but_nothing_else(tmp_path):
+    plan = campaign.plan_campaign(["arl_vs_nal", "label_noise"], profile="quick", seeds=[0],
+                                  dataset="cifar10-jpeg", data_root=str(tmp_path), results_dir=tmp_path / "r",
+                                  checkpoint_dir=tmp_path / "c")
+    groups = campaign.group_runs(plan.runs, max_members=8)
+    by_first = {g[0]["run_name"]: [c["run_name"] for c in g] for g in groups}
+    assert by_first["attention56-arl-quick-s0"] == ["attention56-arl-quick-s0", "attention56-nal-quick-s0"]
+    noise = next(g for g in groups if any(c["model"] == "cifar_attention92" and c.get("noise_level") for c in g))
+    assert {c.get("noise_level", 0) for c in noise} >= {0.1, 0.3, 0.5, 0.7}  # and Table 3's clean ARL/NAL runs
+    for group in groups:
+        assert len({c["model"] for c in group}) == 1
+    assert all(len(g) <= 2 for g in campaign.group_runs(plan.runs, max_members=2))
+
+
+@pytest.mark.slow
+def test_a_sitting_stops_on_time_packs_and_its_archive_renders(tmp_path):
+    data = make_folder_dataset(tmp_path / "data", n_train=48, n_test=16, classes=3)
+    results, checkpoints, out = tmp_path / "device-results", tmp_path / "device-ckpt", tmp_path / "out"
+    command = [sys.executable, "-m", "ranlib.campaign", "sitting", "--minutes", str(BUDGET_MINUTES),
+               "--out", str(out), "--profile", "smoke", "--seeds", "0", "--dataset", "folder",
+               "--data-root", str(data), "--device", "cpu", "--results-dir", str(results),
+               "--checkpoint-dir", str(checkpoints), "--max-group", "4"]
+    start = time.monotonic()
+    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert wall < BUDGET_MINUTES * 60 + 30, f"the sitting ran {wall:.0f} s on a {BUDGET_MINUTES} minute budget"
+    assert "sitting: what ran" in done.stdout and "minutes of the budget left" in done.stdout
+    assert "fused group" in done.stdout
+    archive = out / sitting.ARCHIVE_NAME
+    assert archive.is_file() and archive.stat().st_size < 16 * 2**20  # what the device call brings back
+
+    # Back here: into a checkout's results folder; nothing is replaced, the ledger is merged.
+    here = tmp_path / "results"
+    counts = campaign.unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")
+    assert counts["results"] >= 2 and counts["ledger_lines"] == counts["results"]
+    assert campaign.unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")["results"] == 0
+    ledger = read_ledger(here / LEDGER_NAME)
+    assert {line["status"] for line in ledger} == {"finished"}
+    records = planning.load_records(here, "arl_vs_nal")
+    assert any(r["provenance"]["group"]["size"] > 1 for r in records)  # trained as a fused group
+    claims = report.claims_table("arl_vs_nal", records)
+    assert (claims["verdict"] == "not run here (smoke only)").any()
+
+    nb = _execute("arl_vs_nal", tmp_path / "arl_vs_nal.ipynb",
+                  {"profile": "smoke", "seeds": [0], "device": "cpu", "train": False, "results_dir": str(here),
+                   "checkpoint_dir": str(tmp_path / "ckpt"), "dataset": "folder", "data_root": str(data)}, REPO)
+    text = _text_outputs(nb)
+    assert "No results yet" not in text and "smoke (6 it)" in text  # the rows the sitting trained
