@@ -4,6 +4,7 @@
 #   make reproduce PROFILE=smoke|quick|paper [NOTEBOOKS="a b"] [DEVICE=cuda] [DATASET=..] [DATA_ROOT=..]
 #   make venv        only the environment (.venv)
 #   make device-data the CIFAR-10 JPEG copy and its 846 exact test images in .data/ (ignored, < 64 MiB)
+#   make unpack ARCHIVE=path/sitting.tar.gz   a GPU sitting's results into results/, then the book
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +21,7 @@ PYTEST_ARGS ?=
 # Two pytest workers; tests marked xdist_group("book") share one worker so the book builds once.
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test book reproduce device-data clean-book
+.PHONY: venv test book reproduce device-data unpack clean-book
 
 venv: $(STAMP)
 
@@ -56,6 +57,14 @@ device-data: $(STAMP)
 	cp $(SHARED_DATA)/cifar10-jpeg.npz .data/cifar10-jpeg/
 	$(PY) -c "import numpy as np; s = np.load('$(SHARED_DATA)/cifar10-exact-subset.npz'); \
 	np.savez('.data/cifar10-jpeg/cifar10-exact-test.npz', **{k: s[k] for k in ('x_test', 'y_test', 'test_index')})"
+
+# What a GPU sitting (python -m ranlib.campaign sitting) packed: results files are added, never
+# replaced; then the book is rebuilt, and the tree is ready to commit.
+ARCHIVE ?=
+unpack: $(STAMP)
+	@test -n "$(ARCHIVE)" || { echo "make unpack: give ARCHIVE=path/to/sitting.tar.gz" >&2; exit 2; }
+	$(PY) -m ranlib.campaign unpack $(ARCHIVE)
+	$(MAKE) book
 
 clean-book:
 	rm -rf book/_build _build
