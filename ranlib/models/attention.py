@@ -232,7 +232,9 @@ def _running_stats_kept(*modules: nn.Module):
     """Restore the BatchNorm running statistics (and batch counts) of ``modules`` on exit."""
     norms = [m for module in modules for m in module.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [[t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in norms]
+    # A fused model drops the batch counters (ranlib.models.fused): None, nothing to restore.
+    saved = [[None if t is None else t.clone() for t in (m.running_mean, m.running_var, m.num_batches_tracked)]
+             for m in norms]
     try:
         yield
     finally:
@@ -240,7 +242,8 @@ def _running_stats_kept(*modules: nn.Module):
             for m, (mean, var, count) in zip(norms, saved):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
 
 
 def imagenet_stages(modules: tuple[int, int, int]) -> list[StageSpec]:
