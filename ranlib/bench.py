@@ -35,6 +35,34 @@ on the same device, their timed steps started together (a barrier), and reports 
 of all K together against one process's rate: whether packing small trainings onto one GPU
 raises total throughput. Without CUDA MPS (``nvidia-cuda-mps-control -d``) the processes'
 kernels time-slice rather than overlap.
+
+``--fused`` (issue 10, item 5) measures horizontal fusion instead, in one process::
+
+    python -m ranlib.bench --fused --budget-seconds 60 --out results/performance
+
+For each of ``--fused-models`` (cifar_attention92, cifar_resnet164), ``--fused-batches`` (64 and
+the quick profile's 256, per member), ``--members`` K (1 2 4 8 16) and ``--graphs`` (both, on,
+off), it builds K members (``ranlib.create_model``, seeds 0..K-1), fuses them
+(``ranlib.models.fused.fuse``) and times real training steps of ``ranlib.step.TrainStep`` as
+``ranlib.train.run_group`` runs them (Nesterov SGD with ``fused=graphs``, bf16 autocast and
+channels_last on CUDA, the whole step one CUDA graph with graphs on), fed K random uint8
+batches made and normalised on the device and fused by ``fuse_inputs``: CUDA-event times of up
+to ``--steps`` steps (fewer when they would take longer than ``--seconds-per-config``) after
+``--warmup`` (default 5; graphs capture after ``GRAPH_WARMUP_STEPS`` eager steps). Also, in the
+same process: the GPU's bf16 matrix peak (``--peak-size`` 8192, n x n products), the plain
+eager-fp32 DataLoader baseline per model and batch, and per-layer alternatives to the grouped
+convolutions (every distinct convolution of the fused model at its real shape, forward and
+backward, grouped vs a 1x1 as one ``bmm`` over the members or a 3x3 as one dense convolution
+with a block-diagonal weight; which is faster, recorded, not switched on). Per configuration:
+aggregate and per-member images/s, step time, achieved TFLOP/s (6 x multiply-adds per image x
+images/s), its share of the measured peak, and the ratios to K separate solo trainings (K x the
+K = 1 step time), to the best solo configuration (K = 1, graphs on or off) and to the baseline;
+then the issue's targets, met or not. Measurements run in order of importance
+(:func:`fused_plan`: the targets' K = 8 Attention-92 at batch 64 with graphs first, its solo
+runs, the baseline, ...); with ``--budget-seconds S`` none starts after S seconds from the
+process's start, nor one predicted to overrun them, and those are listed under ``"skipped"``;
+a configuration that fails (out of memory, a capture failure) is listed under ``"failed"`` and
+the rest go on. The record goes to ``--out DIR/fused.json`` (or ``--json PATH``) with provenance.
 """
 
 from __future__ import annotations
