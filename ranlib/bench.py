@@ -498,6 +498,9 @@ def _fused_batches(model_name: str, members: int, batch_size: int, device: torch
     return batch
 
 
+_MACS: dict[str, int] = {}  # multiply-adds per image, by model name
+
+
 def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: bool, device: torch.device,
                   precision: str, channels_last: bool, steps: int, warmup: int, seed: int,
                   max_seconds: float | None = None) -> dict:
@@ -525,7 +528,9 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
     if graphs and device.type != "cuda":
         raise RanlibError("CUDA graphs need a CUDA device")
     solo = [build_model(model_name, {}, info.num_classes, seed + i) for i in range(members)]
-    macs = ranlib.complexity(solo[0], 32)["macs"]
+    if model_name not in _MACS:  # FlopCounterMode takes seconds of host time: once per model
+        _MACS[model_name] = ranlib.complexity(solo[0], 32)["macs"]
+    macs = _MACS[model_name]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if device.type == "cuda":
         torch.cuda.synchronize(device)
