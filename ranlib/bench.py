@@ -799,8 +799,11 @@ def _release_memory(device: torch.device) -> None:
     import gc
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except Exception:  # a broken context: the next configurations fail and say so
+            pass
 
 
 def process_age_seconds() -> float:
@@ -814,8 +817,11 @@ def process_age_seconds() -> float:
         return 0.0
 
 
-def run_fused(args: argparse.Namespace, clock_start: float) -> dict:
-    """Every configuration of ``fused_plan`` the budget allows; the record written to disk."""
+def run_fused(args: argparse.Namespace, clock_start: float, save: Callable[[dict], None] | None = None) -> dict:
+    """Every configuration of ``fused_plan`` the budget allows; the record written to disk.
+
+    ``save`` is handed the record so far (``"complete": False``) after every configuration, so
+    that a run stopped from outside leaves what it measured."""
     import ranlib
     from .runtime import Dist, resolve_precision, select_device
 
@@ -830,10 +836,8 @@ def run_fused(args: argparse.Namespace, clock_start: float) -> dict:
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
-    if device.type == "cuda":  # as ranlib.train._configure_backends
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # as ranlib.train._configure_backends (TF32 flags left at torch's defaults, as
+        torch.backends.cudnn.benchmark = True  # the plain baseline has them; the fused steps run in bf16)
     warmup = args.warmup if args.warmup is not None else 5
     graphs = {"both": [True, False], "on": [True], "off": [False]}[args.graphs]
     started = provenance.utc_now()
@@ -847,6 +851,7 @@ def run_fused(args: argparse.Namespace, clock_start: float) -> dict:
               "graphs": graphs, "precision": precision, "channels_last": channels_last, "seed": args.seed,
               "budget_seconds": budget, "plan": [plan_label(item) for item in plan]}
     record["matmul_peak"] = measure_matmul_peak(device, args.peak_size)
+    early_provenance = provenance.collect(device, precision=precision, seed=args.seed, started_at=started)
     print(f"measuring on {name} ({len(plan)} configurations planned): bf16 matrix peak {record['matmul_peak']['tflops']:.1f} TFLOP/s "
           f"({record['matmul_peak']['size']}^3)", flush=True)
     fused, baselines, layers, failed, skipped = [], [], [], [], []
@@ -897,8 +902,14 @@ def run_fused(args: argparse.Namespace, clock_start: float) -> dict:
             print(f"  {label}: failed ({failed[-1]['error']})", flush=True)
             del exc
         _release_memory(device)
+        if save is not None:
+            partial = {**record, "fused": fused, "baselines": baselines, "layers": layers, "failed": failed,
+                       "skipped": skipped, "spent_seconds": time.perf_counter() - clock_start, "complete": False}
+            fused_summary(partial)
+            save({**partial, "provenance": early_provenance})
     record.update(fused=fused, baselines=baselines, layers=layers, failed=failed, skipped=skipped)
     record["spent_seconds"] = time.perf_counter() - clock_start
+    record["complete"] = True
     fused_summary(record)
     record["provenance"] = provenance.collect(device, precision=precision, seed=args.seed, started_at=started)
     return record
@@ -1225,6 +1236,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     return 0
 
 
+def _write_atomic(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    partial.replace(path)
+
+
 def main_fused(args: argparse.Namespace, clock_start: float) -> int:
     if args.fused_batches is None:
         args.fused_batches = [64, quick_batch_size()]
@@ -1234,9 +1252,10 @@ def main_fused(args: argparse.Namespace, clock_start: float) -> int:
             raise RanlibError("--fused and --suite are separate benchmarks; pass one")
         if path is not None and path.exists() and not args.overwrite:  # before the measuring
             raise ResultsExistError(f"{path} already exists; pass --overwrite to replace it or choose another path")
-        record = run_fused(args, clock_start)
+        record = run_fused(args, clock_start, save=None if path is None else lambda r: _write_atomic(path, r))
         print(fused_report(record), flush=True)
-        _write(path, record, args.overwrite)
+        if path is not None:
+            _write_atomic(path, record)
     except RanlibError as exc:
         print_error(exc)
         return 1

@@ -298,8 +298,9 @@ def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both
     assert set(record) == {"benchmark", "device_name", "bf16_peak_tflops_datasheet", "models", "batches", "members",
                            "graphs", "precision", "channels_last", "seed", "budget_seconds", "plan", "matmul_peak",
                            "fused", "baselines", "layers", "failed", "skipped", "spent_seconds", "targets",
-                           "provenance"}
+                           "complete", "provenance"}
     assert record["benchmark"] == "fused" and record["matmul_peak"]["tflops"] > 0 and record["failed"] == []
+    assert record["complete"] is True and [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     # No CUDA here: the graph configurations are skipped, and say why; everything else was measured.
     assert {s["item"] for s in record["skipped"]} == {f"fused {TINY_MODEL} b2 K={k} graphs on" for k in (1, 2)}
     assert {s["reason"] for s in record["skipped"]} == {"CUDA graphs need a CUDA device"}
@@ -440,3 +441,19 @@ def test_the_1x1_alternative_gives_the_same_gradients():
     grad = torch.randn_like(reference)
     for a, b in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(reference, (x, weight), grad)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_fused_run_stopped_from_outside_leaves_what_it_measured(tmp_path, monkeypatch, one_thread):
+    fake, calls = _fake_fused()
+    monkeypatch.setattr(bench, "measure_fused", fake)
+
+    def killed(*args, **kwargs):  # the sitting's time limit strikes during the baseline
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "measure", killed)
+    out = tmp_path / "fused.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*FUSED_TINY, "--graphs", "off", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["complete"] is False and [f["members"] for f in record["fused"]] == calls == [2, 1]
+    assert record["fused"][0]["vs_separate"] == pytest.approx(1.0) and "provenance" in record  # the fake scales linearly
