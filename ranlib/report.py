@@ -419,6 +419,7 @@ def read_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
     profiles (``--profile results/performance/profiles``) under ``"profile"`` when present."""
     folder = resolve_path(results_root) / "performance"
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    records = [r for r in records if "ranlib" in r]  # not bench --fused's file (read_fused_benchmarks)
     profiles = {p.name.removesuffix("-profile.json"): json.loads(p.read_text())
                 for p in sorted(folder.glob("profiles/*-profile.json"))}
     from .bench import file_name
@@ -479,6 +480,39 @@ def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
             add(f"training step <= {TARGET_MEMORY_BYTES / 1e9:g} GB peak memory", b, peak / 1e9, "GB",
                 peak <= TARGET_MEMORY_BYTES)
     return pd.DataFrame(lines, columns=["target", "model", "batch", "setup", "measured", "met", "device"])
+
+
+def read_fused_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
+    """The files ``python -m ranlib.bench --fused --out results/performance`` wrote."""
+    folder = resolve_path(results_root) / "performance"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [r for r in records if r.get("benchmark") == "fused"]
+
+
+def fused_table(records: Sequence[dict]) -> pd.DataFrame:
+    """One line per fused configuration (K members as one model): rates, TFLOP/s and the ratios."""
+    def ratio(value):
+        return round(value, 2) if value is not None else math.nan
+
+    lines = [{"model": f["model"], "batch": f["batch_size"], "K": f["members"],
+              "graphs": ("on" if f["graph_captured"] else "capture failed") if f["graphs"] else "off",
+              "images/s (all)": round(f["images_per_s"], 1), "images/s (each)": round(f["images_per_s_per_member"], 1),
+              "step ms": round(f["step_time_ms_mean"], 2), "TFLOP/s": round(f["achieved_tflops"], 2),
+              "% of bf16 peak": round(100 * f["peak_share"], 1), "x separate": ratio(f["vs_separate"]),
+              "x best solo": ratio(f["vs_best_solo"]), "x baseline": ratio(f["vs_baseline"]),
+              "device": r["device_name"]}
+             for r in records for f in r["fused"]]
+    return pd.DataFrame(lines)
+
+
+def fused_targets(records: Sequence[dict]) -> pd.DataFrame:
+    """The fused benchmark's targets as it judged them (met, not met, or not measured)."""
+    lines = [{"target": t["target"],
+              "measured": "not measured" if t["measured"] is None else
+              (f"{100 * t['measured']:.1f} %" if "peak" in t["target"] else f"{t['measured']:.2f}x"),
+              "met": {True: "yes", False: "no", None: "not measured"}[t["met"]], "device": r["device_name"]}
+             for r in records for t in r["targets"]]
+    return pd.DataFrame(lines, columns=["target", "measured", "met", "device"])
 
 
 def profile_table(benchmarks: Sequence[dict]) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ranlib import bench, train
 from ranlib.errors import CheckpointError, ConfigError, RanlibError
@@ -279,3 +280,180 @@ def test_a_concurrent_measurement_gets_a_file_of_its_own():
     record = {"model": "m", "input_size": 32, "batch_size": 4, "concurrent": {"processes": 4},
               "ranlib": {"precision": "bf16", "channels_last": True, "grad_checkpointing": False, "compile": False}}
     assert bench.file_name(record) == "m-32-b4-bf16-cl-x4.json"
+
+
+# --- horizontal fusion (--fused) ----------------------------------------------------------------------
+
+FUSED_TINY = ["--fused", "--fused-models", TINY_MODEL, "--members", "1", "2", "--fused-batches", "2", "--steps", "2",
+              "--device", "cpu", "--peak-size", "32", "--baseline-workers", "0"]
+
+
+def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both(tmp_path, capsys, one_thread):
+    from ranlib import report
+
+    out = tmp_path / "performance"
+    assert bench.main([*TINY, "--baseline", "--out", str(out)]) == 0  # an ordinary figures file beside it
+    assert bench.main([*FUSED_TINY, "--out", str(out)]) == 0
+    record = json.loads((out / bench.FUSED_FILE).read_text())
+    assert set(record) == {"benchmark", "device_name", "bf16_peak_tflops_datasheet", "models", "batches", "members",
+                           "graphs", "precision", "channels_last", "seed", "budget_seconds", "plan", "matmul_peak",
+                           "fused", "baselines", "layers", "failed", "skipped", "spent_seconds", "targets",
+                           "complete", "provenance"}
+    assert record["benchmark"] == "fused" and record["matmul_peak"]["tflops"] > 0 and record["failed"] == []
+    assert record["complete"] is True and [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    # No CUDA here: the graph configurations are skipped, and say why; everything else was measured.
+    assert {s["item"] for s in record["skipped"]} == {f"fused {TINY_MODEL} b2 K={k} graphs on" for k in (1, 2)}
+    assert {s["reason"] for s in record["skipped"]} == {"CUDA graphs need a CUDA device"}
+    assert len(record["plan"]) == len(record["fused"]) + len(record["baselines"]) + len(record["layers"]) + 2
+    solo, pair = sorted(record["fused"], key=lambda f: f["members"])
+    assert (solo["members"], pair["members"]) == (1, 2) and not pair["graphs"] and not pair["graph_captured"]
+    assert pair["images_per_s"] == pytest.approx(2 * pair["images_per_s_per_member"])
+    assert pair["images_per_s"] == pytest.approx(2 * 2 * 1e3 / pair["step_time_ms_mean"])
+    assert pair["achieved_tflops"] == pytest.approx(6 * pair["macs_per_image"] * pair["images_per_s"] / 1e12)
+    assert pair["peak_share"] == pytest.approx(pair["achieved_tflops"] / record["matmul_peak"]["tflops"])
+    assert solo["vs_separate"] == pytest.approx(1.0) and solo["vs_best_solo"] == pytest.approx(1.0)
+    assert pair["vs_separate"] == pytest.approx(pair["images_per_s"] / solo["images_per_s"])
+    [baseline] = record["baselines"]
+    assert baseline["precision"] == "fp32" and baseline["data"] == "dataloader"
+    assert pair["vs_baseline"] == pytest.approx(pair["images_per_s"] / baseline["images_per_s"])
+    [layers] = record["layers"]
+    assert layers["members"] == 2 and layers["layers"] and layers["not_measured"] == 0
+    assert {row["alternative"] for row in layers["layers"]} == {"bmm", "dense_block_diagonal"}
+    assert all(row["winner"] in ("grouped", row["alternative"]) and row["grouped_ms"] > 0 for row in layers["layers"])
+    assert [t["met"] for t in record["targets"]] == [None] * 4  # a tiny model on a CPU speaks to no target
+    printed = capsys.readouterr().out
+    assert "x separate" in printed and "target not measured" in printed
+    # The Performance page's readers: the ordinary file as before, the fused one on its own.
+    [ordinary] = report.read_benchmarks(tmp_path)
+    assert ordinary["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json" and len(report.performance_table([ordinary])) == 1
+    fused = report.read_fused_benchmarks(tmp_path)
+    assert len(fused) == 1 and len(report.fused_table(fused)) == 2
+    assert report.fused_targets(fused)["met"].tolist() == ["not measured"] * 4
+    assert bench.main([*FUSED_TINY, "--out", str(out)]) == 1  # no silent overwrite
+    assert "already exists" in error_line(capsys)
+
+
+def _fake_fused(seconds: float = 0.0, fail_at: int | None = None):
+    calls = []
+
+    def fake(model_name, *, members, batch_size, graphs, **_):
+        calls.append(members)
+        if members == fail_at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore lines")
+        import time
+        time.sleep(seconds)
+        step_ms = 10.0 * members
+        return {"model": model_name, "members": members, "batch_size": batch_size, "graphs": graphs,
+                "graph_captured": graphs, "step_time_ms_mean": step_ms, "images_per_s": members * batch_size / step_ms * 1e3,
+                "images_per_s_per_member": batch_size / step_ms * 1e3, "achieved_tflops": 1.0, "warmup": 1,
+                "build_seconds": 0.0, "seconds": seconds}
+
+    return fake, calls
+
+
+def test_fused_bench_stops_when_the_budget_is_spent_and_says_what_it_skipped(tmp_path, monkeypatch, capsys, one_thread):
+    fake, calls = _fake_fused(seconds=0.6)
+    monkeypatch.setattr(bench, "measure_fused", fake)
+    out = tmp_path / "fused.json"
+    assert bench.main([*FUSED_TINY, "--graphs", "off", "--budget-seconds", "0.5", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert calls == [2]  # the first planned configuration, started within the budget; nothing after it
+    assert [s["item"] for s in record["skipped"]] == record["plan"][1:]
+    assert {s["reason"] for s in record["skipped"]} == {"budget spent"}
+    assert record["budget_seconds"] == 0.5 and record["spent_seconds"] >= 0.6
+    assert "skipped 3 of 4 (budget spent)" in capsys.readouterr().out
+
+
+def test_fused_bench_skips_a_configuration_predicted_to_overrun():
+    done = [{"model": "m", "members": 1, "batch_size": 64, "step_time_ms_mean": 100.0, "warmup": 4,
+             "build_seconds": 1.0}]
+    # K = 8 at batch 256: building 8 s, steps up to 32 x 0.1 s each; 5 warm-up steps and 1.5 s timed (at least 3)
+    predicted = bench._predicted_seconds(("fused", "m", 256, 8, True), done, 50, 1.5)
+    assert predicted == pytest.approx(8.0 + 5 * 3.2 + 3 * 3.2)
+    assert bench._predicted_seconds(("fused", "other", 64, 8, True), done, 50, 1.5) == 0.0  # nothing known
+
+
+def test_a_failing_fused_configuration_is_recorded_and_the_rest_measured(tmp_path, monkeypatch, one_thread):
+    fake, calls = _fake_fused(fail_at=2)
+    monkeypatch.setattr(bench, "measure_fused", fake)
+    monkeypatch.setattr(bench, "measure_layer_alternatives", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")))
+    out = tmp_path / "fused.json"
+    assert bench.main([*FUSED_TINY, "--members", "1", "2", "4", "--graphs", "off", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert sorted(calls) == [1, 2, 4]
+    failed = {f["item"]: f["error"] for f in record["failed"]}
+    assert failed.pop(f"fused {TINY_MODEL} b2 K=2 graphs off") == \
+        "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"  # its first line
+    assert set(failed) == {f"layers {TINY_MODEL} b2 K={k}" for k in (2, 4)}
+    assert set(failed.values()) == {"RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"}
+    assert sorted(f["members"] for f in record["fused"]) == [1, 4]
+
+
+def test_fused_plan_measures_the_targets_configuration_first():
+    plan = bench.fused_plan(["cifar_attention92", "cifar_resnet164"], [64, 256], [1, 2, 4, 8, 16], [True, False])
+    assert [bench.plan_label(item) for item in plan[:9]] == [
+        "fused cifar_attention92 b64 K=8 graphs on", "fused cifar_attention92 b64 K=1 graphs on",
+        "fused cifar_attention92 b64 K=1 graphs off", "baseline cifar_attention92 b64",
+        "fused cifar_attention92 b256 K=8 graphs on", "fused cifar_attention92 b256 K=1 graphs on",
+        "fused cifar_attention92 b256 K=1 graphs off", "layers cifar_attention92 b64 K=8",
+        "fused cifar_attention92 b64 K=8 graphs off"]
+    assert len(plan) == len(set(plan)) == 2 * 2 * 5 * 2 + 2 * 2 + 2 * 2 * 4  # every configuration, once
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_grouped_1x1_convolution_as_a_batched_matrix_product_is_the_same(stride):
+    generator = torch.Generator().manual_seed(0)
+    k, cin, cout = 3, 4, 5
+    x = torch.randn(2, k * cin, 6, 6, dtype=torch.float64, generator=generator)
+    weight = torch.randn(k * cout, cin, 1, 1, dtype=torch.float64, generator=generator)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xm = x.contiguous(memory_format=memory_format)
+        torch.testing.assert_close(bench.grouped_1x1_as_bmm(xm, weight, k, stride),
+                                   F.conv2d(xm, weight, stride=stride, groups=k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_grouped_3x3_convolution_as_a_dense_one_with_block_diagonal_weight_is_the_same(stride):
+    generator = torch.Generator().manual_seed(0)
+    k, cin, cout = 3, 2, 4
+    x = torch.randn(2, k * cin, 7, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(k * cout, cin, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    dense = bench.block_diagonal_weight(weight, k)
+    assert dense.shape == (k * cout, k * cin, 3, 3)
+    for i in range(k):  # the members' blocks on the diagonal, zeros elsewhere
+        for j in range(k):
+            block = dense[i * cout:(i + 1) * cout, j * cin:(j + 1) * cin]
+            assert torch.equal(block, weight[i * cout:(i + 1) * cout] if i == j else torch.zeros_like(block))
+    ours = bench.grouped_as_dense(x, weight, k, stride, 1)
+    reference = F.conv2d(x, weight, stride=stride, padding=1, groups=k)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(reference)  # and the gradients the timed passes compute
+    for a, b in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(reference, (x, weight), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_1x1_alternative_gives_the_same_gradients():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(9, 2, 1, 1, dtype=torch.float64, generator=generator, requires_grad=True)
+    ours, reference = bench.grouped_1x1_as_bmm(x, weight, 3), F.conv2d(x, weight, groups=3)
+    grad = torch.randn_like(reference)
+    for a, b in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(reference, (x, weight), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_fused_run_stopped_from_outside_leaves_what_it_measured(tmp_path, monkeypatch, one_thread):
+    fake, calls = _fake_fused()
+    monkeypatch.setattr(bench, "measure_fused", fake)
+
+    def killed(*args, **kwargs):  # the sitting's time limit strikes during the baseline
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "measure", killed)
+    out = tmp_path / "fused.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*FUSED_TINY, "--graphs", "off", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["complete"] is False and [f["members"] for f in record["fused"]] == calls == [2, 1]
+    assert record["fused"][0]["vs_separate"] == pytest.approx(1.0) and "provenance" in record  # the fake scales linearly
