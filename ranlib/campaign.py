@@ -52,10 +52,12 @@ from typing import Sequence
 
 from . import provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
-from .experiments import EXPERIMENTS, experiment, with_model_defaults
+from .experiments import EXPERIMENTS, experiment
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import resolve_path
-from .planning import find_training, plan_runs, same_training
+from .planning import find_training, group_runs, plan_runs, same_training, training_size
+from .sitting import ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, jpeg_gap_step, preflight, \
+    print_table, study_slices
 
 LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
@@ -123,44 +125,6 @@ def _why_skip(config: dict, planned: list[dict]) -> str | None:
     if twin is not None:
         return f"same training as {twin['experiment']}/{twin['run_name']}"
     return None
-
-
-# What the members of one fused group may differ in (ranlib.train.check_group): the run's name,
-# seed, label noise and the ARL/NAL switch.
-_MEMBER_FIELDS = ("experiment", "run_name", "seed", "noise_level", "model_kwargs")
-
-
-def group_runs(runs: Sequence[dict], max_members: int = 8) -> list[list[dict]]:
-    """Planned runs gathered into fused groups of at most ``max_members``, in the order of their
-    first run: runs join a group when everything but seed, noise level and ARL/NAL is the same."""
-    if max_members < 1:
-        raise RanlibError(f"--max-group must be at least 1, not {max_members}")
-    groups: list[list[dict]] = []
-    open_group: dict[str, list[dict]] = {}
-    for config in runs:
-        switches = with_model_defaults(config.get("model_kwargs"))
-        switches.pop("residual_attention")
-        shared = {k: v for k, v in config.items() if k not in _MEMBER_FIELDS}
-        key = json.dumps([shared, switches], sort_keys=True, default=str)
-        group = open_group.get(key)
-        if group is None or len(group) >= max_members:
-            group = open_group[key] = []
-            groups.append(group)
-        group.append(config)
-    return groups
-
-
-def training_size(config: dict) -> dict:
-    """Images and multiply-adds a planned run trains on (a training step costs about three
-    forward passes), from the resolved schedule and the model variant's counts."""
-    from .cli import model_counts
-    from .train import TrainConfig, resolve
-
-    resolved = resolve(TrainConfig(**config))
-    images = resolved.iterations * resolved.batch_size
-    macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
-    return {"iterations": resolved.iterations, "batch_size": resolved.batch_size, "images": images,
-            "train_macs": 3 * macs * images}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,8 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     member = sub.add_parser("train-group", help="train the runs in a JSON file (a list of TrainConfig fields) as "
                                                 "one fused group, resuming their checkpoints")
     member.add_argument("group_file", type=Path)
-    from .sitting import add_sitting_parser
-    add_sitting_parser(sub, selection)
+    sit = sub.add_parser("sitting", help="one unattended GPU sitting: preflight, benchmark, the study claims first, "
+                                         "results packed into --out as it goes (see ranlib.sitting)")
+    selection(sit)
+    sit.add_argument("--minutes", type=float, required=True, help="the sitting's whole budget, preflight included")
+    sit.add_argument("--out", type=Path, required=True, help=f"where {ARCHIVE_NAME} and sitting.json go")
+    sit.add_argument("--max-group", type=int, default=8, help="runs per fused group")
+    sit.add_argument("--bench-seconds", type=float, default=60.0, help="time for the benchmark (0: none)")
     unpacker = sub.add_parser("unpack", help="put a packed archive's files into this checkout")
     unpacker.add_argument("archive", type=Path)
     unpacker.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -511,6 +480,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .data import ARRAY_DATASETS, load_arrays
     from .runtime import Dist, select_device
 
+    _check_max_group(args.max_group)
     plan = _plan_from(args)
     device = select_device(args.device, Dist())
     if plan.runs and args.dataset in ARRAY_DATASETS:
@@ -532,6 +502,98 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"command), {status['failed']} failed, {len(campaign.left)} not started; "
           f"{sum(line['device_s'] for line in lines) / 60:.1f} device minutes charged", flush=True)
     return 1 if status["failed"] else 0
+
+
+def _cmd_sitting(args: argparse.Namespace) -> int:
+    """One GPU sitting (:mod:`ranlib.sitting` says what it does and in which order)."""
+    from .cli import _key_values
+    from .runtime import Dist, select_device
+    from .train import PROFILES
+
+    if not args.minutes > 0:
+        raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")
+    _check_max_group(args.max_group)
+    deadline = time.monotonic() + args.minutes * 60
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = SittingLog(provenance.utc_now(), args.minutes * 60)
+    device = select_device(args.device, Dist())
+    device_name = provenance.device_name(device)
+    print(f"sitting: {args.minutes:g} minutes on {device_name}; results into {args.results_dir}, "
+          f"archive {out / ARCHIVE_NAME}", flush=True)
+
+    def left_s() -> float:
+        return deadline - time.monotonic()
+
+    def pack_now(_lines=None) -> None:
+        """Everything so far into the archive (atomically: a kill leaves the previous one)."""
+        folders = [n for n in (*EXPERIMENTS, *EXTRA_RESULTS) if (args.results_dir / n).is_dir()]
+        masks = [p.parent.relative_to(args.checkpoint_dir).as_posix()
+                 for p in sorted((args.checkpoint_dir / "attention_masks").glob("*/last.pt"))]
+        pack(out / ARCHIVE_NAME, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+             experiments=folders, checkpoints=masks)
+        (out / "sitting.json").write_text(json.dumps({"started_at": log.started_at, "device": device_name,
+                                                      "steps": log.steps}, indent=1) + "\n")
+
+    t0 = time.monotonic()
+    profiles = PROFILES["cifar"]
+    checks = preflight(args.device, batch_size=profiles.get(args.profile, profiles["quick"]).batch_size,
+                       members=min(4, args.max_group) if device.type == "cuda" else min(2, args.max_group))
+    log.add("preflight", "ok" if all(c["ok"] for c in checks.checks.values()) else "partly",
+            ", ".join(f"{k} {'ok' if v['ok'] else 'off'}" for k, v in checks.checks.items()), time.monotonic() - t0)
+    overrides = {**checks.overrides(), **_key_values(args.set)}
+    max_group = checks.max_group(args.max_group)
+
+    if args.bench_seconds > 0 and device.type == "cuda" and left_s() > args.bench_seconds + 120:
+        t0 = time.monotonic()
+        bench = subprocess.run([sys.executable, "-m", "ranlib.bench", "--fused", "--budget-seconds",
+                                str(args.bench_seconds), "--out", str(args.results_dir / "performance"),
+                                "--overwrite"], capture_output=True, text=True, timeout=args.bench_seconds + 120)
+        detail = (bench.stdout.strip().splitlines() or [""])[-1] if bench.returncode == 0 else \
+            _last_error_text(bench.stderr)
+        log.add("benchmark", "ok" if bench.returncode == 0 else "failed", detail, time.monotonic() - t0)
+        pack_now()
+
+    for part in study_slices(args.seeds, args.dataset):
+        if left_s() < GROUP_STARTUP_S + 30:
+            log.add(part.name, "not started", "budget spent")
+            continue
+        if part.action == "jpeg_gap":
+            jpeg_gap_step(args, log)
+            pack_now()
+            continue
+        t0 = time.monotonic()
+        plan = plan_campaign(part.experiments, profile=args.profile, seeds=part.seeds, dataset=args.dataset,
+                             data_root=args.data_root, results_dir=args.results_dir,
+                             checkpoint_dir=args.checkpoint_dir, device=args.device, overrides=overrides)
+        if not plan.runs:
+            log.add(part.name, "done before", f"{len(plan.skipped)} runs have results")
+            continue
+        groups = group_runs(plan.runs, max_group)
+        runner = Campaign(groups, budget_s=max(left_s(), 1.0), launch_margin_s=GROUP_STARTUP_S,
+                          stop_grace_s=min(45.0, max(left_s() / 4, 5.0)), ledger=args.results_dir / LEDGER_NAME,
+                          device_name=device_name, estimate_s=lambda g: estimate_group_s(g, checks.macs_per_s),
+                          on_finish=pack_now)
+        lines = runner.run()
+        status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
+        failed = [f"{line['run_name']}: {line['message']}" for line in lines if line["status"] == "failed"]
+        log.add(part.name, f"{status['finished']} finished, {status['interrupted']} interrupted, "
+                           f"{status['failed']} failed, {len(runner.left)} not started",
+                f"{len(groups)} fused groups" + ("; " + "; ".join(failed[:3]) if failed else ""), time.monotonic() - t0)
+        pack_now()
+    pack_now()
+    print_table(log, args, left_s())
+    return 0
+
+
+def _last_error_text(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return (lines or ["no output"])[-1][:300]
+
+
+def _check_max_group(max_group: int) -> None:
+    if max_group < 1:
+        raise RanlibError(f"--max-group must be at least 1, not {max_group}")
 
 
 def _cmd_train_group(args: argparse.Namespace) -> int:
@@ -565,10 +627,8 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .sitting import cmd_sitting
-
     commands = {"plan": _cmd_plan, "run": _cmd_run, "pack": _cmd_pack, "unpack": _cmd_unpack,
-                "train-group": _cmd_train_group, "sitting": cmd_sitting}
+                "train-group": _cmd_train_group, "sitting": _cmd_sitting}
     try:
         return commands[args.command](args)
     except (RanlibError, tarfile.TarError) as exc:

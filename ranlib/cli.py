@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fused groups", "train several runs of one architecture at once as one wide model (horizontal fusion): "
                         "every combination of these seeds and noise levels, each run with its own results file "
                         "and checkpoint, exactly as if trained alone")
-    group.add_argument("--seeds", nargs="+", type=int, metavar="N", help="the runs' seeds (instead of --seed)")
-    group.add_argument("--noise-levels", nargs="+", type=float, metavar="X",
+    group.add_argument("--seeds", nargs="+", type=int, metavar="N", default=argparse.SUPPRESS,
+                       help="the runs' seeds (instead of --seed)")
+    group.add_argument("--noise-levels", nargs="+", type=float, metavar="X", default=argparse.SUPPRESS,
                        help="the runs' label-noise levels (instead of --noise-level)")
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on a test set")
@@ -172,7 +173,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "model_kwargs" in values:
         values["model_kwargs"] = _key_values(values["model_kwargs"])
     configs = [TrainConfig(**values)]
-    for name, choices in (("seed", args.seeds), ("noise_level", args.noise_levels)):
+    for name, choices in (("seed", getattr(args, "seeds", None)), ("noise_level", getattr(args, "noise_levels", None))):
         if choices is None:
             continue
         if name in values:

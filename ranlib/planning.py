@@ -10,6 +10,7 @@ an experiment's page shows.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -98,25 +99,35 @@ def find_training(config: dict, results_dir: str | os.PathLike) -> dict | None:
     return None
 
 
-def train_experiment(name: str, *, skip_existing: bool = True, **plan_kwargs) -> list[dict]:
-    """Run :func:`plan_runs`'s configs through :func:`ranlib.train.run`; returns their records.
+def train_experiment(name: str, *, skip_existing: bool = True, max_group: int = 8, **plan_kwargs) -> list[dict]:
+    """Train :func:`plan_runs`'s configs through :func:`ranlib.train.run_group`; returns their records.
 
     A run is skipped (``skip_existing``) when its results file exists or another experiment
     already trained the same thing (:func:`find_training`: Attention-56 with mixed attention,
     ARL and the encoder-decoder mask is one row of Tables 1, 3 and 4), so re-running a notebook
-    with ``train=True`` only trains what is missing.
+    with ``train=True`` only trains what is missing. The rest train as fused groups of up to
+    ``max_group`` runs (:func:`group_runs`), each exactly as if trained alone.
     """
-    from .train import TrainConfig, run
+    from .train import TrainConfig, run_group
 
-    records = []
-    for config in plan_runs(name, **plan_kwargs):
+    records: dict[int, dict] = {}
+    missing = []
+    configs = plan_runs(name, **plan_kwargs)
+    for i, config in enumerate(configs):
         path = results_path(config["results_dir"], config["experiment"], config["run_name"])
         if skip_existing and path.is_file():
-            records += load_results(path)
+            [records[i]] = load_results(path)
             continue
         done = find_training(config, config["results_dir"]) if skip_existing else None
-        records.append(done if done is not None else run(TrainConfig(**config)))
-    return records
+        if done is not None:
+            records[i] = done
+        else:
+            missing.append(i)
+    position = {id(configs[i]): i for i in missing}
+    for group in group_runs([configs[i] for i in missing], max_group):
+        trained = run_group([TrainConfig(**config) for config in group])
+        records.update({position[id(config)]: record for config, record in zip(group, trained)})
+    return [records[i] for i in range(len(configs))]
 
 
 def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
@@ -161,3 +172,41 @@ def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = Tr
         records += [r for other in EXPERIMENTS if other != name
                     for r in _folder_records(root, other) if any(row.matches(r) for row in rows)]
     return with_charged_time(records, charged_device_s(root))
+
+
+# What the members of one fused group may differ in (ranlib.train.check_group): the run's name,
+# seed, label noise and the ARL/NAL switch.
+_MEMBER_FIELDS = ("experiment", "run_name", "seed", "noise_level", "model_kwargs")
+
+
+def group_runs(runs: Sequence[dict], max_members: int = 8) -> list[list[dict]]:
+    """Planned runs gathered into fused groups of at most ``max_members``, in the order of their
+    first run: runs join a group when everything but seed, noise level and ARL/NAL is the same."""
+    if max_members < 1:
+        raise ValueError(f"a fused group holds at least one run, not {max_members}")
+    groups: list[list[dict]] = []
+    open_group: dict[str, list[dict]] = {}
+    for config in runs:
+        switches = with_model_defaults(config.get("model_kwargs"))
+        switches.pop("residual_attention")
+        shared = {k: v for k, v in config.items() if k not in _MEMBER_FIELDS}
+        key = json.dumps([shared, switches], sort_keys=True, default=str)
+        group = open_group.get(key)
+        if group is None or len(group) >= max_members:
+            group = open_group[key] = []
+            groups.append(group)
+        group.append(config)
+    return groups
+
+
+def training_size(config: dict) -> dict:
+    """Images and multiply-adds a planned run trains on (a training step costs about three
+    forward passes), from the resolved schedule and the model variant's counts."""
+    from .cli import model_counts
+    from .train import TrainConfig, resolve
+
+    resolved = resolve(TrainConfig(**config))
+    images = resolved.iterations * resolved.batch_size
+    macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
+    return {"iterations": resolved.iterations, "batch_size": resolved.batch_size, "images": images,
+            "train_macs": 3 * macs * images}

@@ -23,13 +23,15 @@ sitting therefore decides nothing on the way and loses little when it is cut off
    group in flight, whose checkpoints the next sitting resumes.
 5. It ends with a short table: what ran, what failed and why, images/s, minutes left.
 
+This module holds the parts (slices, preflight, estimates, the closing table); the command that
+strings them together is ``ranlib.campaign``'s ``sitting``, beside the campaign it drives.
+
 Back here, ``make unpack ARCHIVE=DIR/sitting.tar.gz`` puts the archive into ``results/`` (never
 replacing a differing file) and re-renders the book.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -38,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import provenance
 from .errors import RanlibError
 
 ARCHIVE_NAME = "sitting.tar.gz"
@@ -56,7 +57,7 @@ class Slice:
     name: str
     experiments: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
-    action: str = "train"  # "train" or "jpeg_gap_and_masks"
+    action: str = "train"  # "train", or "jpeg_gap" (the JPEG cost of a trained Attention-92)
 
 
 def study_slices(seeds: Sequence[int], dataset: str) -> list[Slice]:
@@ -64,8 +65,8 @@ def study_slices(seeds: Sequence[int], dataset: str) -> list[Slice]:
     if dataset == "imagewoof":
         return [Slice(f"Table 7 on Imagewoof, seed {s}", ("imagewoof",), (s,)) for s in seeds]
     slices = [Slice(f"claims (Tables 3, 5, 1, 4), seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[:2]]
-    slices.append(Slice("JPEG cost of a trained Attention-92; a checkpoint for the masks figure",
-                        action="jpeg_gap_and_masks"))
+    slices.append(Slice("JPEG cost of a trained Attention-92", action="jpeg_gap"))
+    slices.append(Slice("a checkpoint for the masks figure", (MASKS_EXPERIMENT,), tuple(seeds[:1])))
     slices += [Slice(f"Table 6's larger networks, seed {s}", ("cifar_sota",), (s,)) for s in seeds[:2]]
     slices += [Slice(f"claims, seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[2:]]
     return slices
@@ -123,7 +124,7 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
 
     import ranlib
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .models.fused import fuse, fuse_inputs, member_state_dict
+    from .models.fused import fuse, member_state_dict
     from .runtime import Dist, select_device, synchronize
     from .step import GRAPH_WARMUP_STEPS, TrainStep
     from .train import evaluate_members
@@ -244,8 +245,8 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
 
 def estimate_group_s(group: Sequence[dict], macs_per_s: float | None) -> float:
     """Expected seconds for a fused group: start-up plus training and evaluation at ``macs_per_s``."""
-    from .campaign import training_size
     from .cli import model_counts
+    from .planning import training_size
     from .train import TrainConfig, resolve
 
     if not macs_per_s:
@@ -273,93 +274,8 @@ class SittingLog:
         print(f"sitting: {step}: {status}{' (' + detail + ')' if detail else ''}", flush=True)
 
 
-def run_sitting(args: argparse.Namespace) -> int:
-    from .campaign import CIFAR_EXPERIMENTS, EXTRA_RESULTS, Campaign, group_runs, pack, plan_campaign
-    from .cli import _key_values
-    from .ledger import LEDGER_NAME
-    from .runtime import Dist, select_device
-    from .train import PROFILES
-
-    start = time.monotonic()
-    deadline = start + args.minutes * 60
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = SittingLog(provenance.utc_now(), args.minutes * 60)
-    device = select_device(args.device, Dist())
-    print(f"sitting: {args.minutes:g} minutes on {provenance.device_name(device)}; results into {args.results_dir}, "
-          f"archive {out / ARCHIVE_NAME}", flush=True)
-
-    def left_s() -> float:
-        return deadline - time.monotonic()
-
-    def pack_now(_lines=None) -> None:
-        names = [*CIFAR_EXPERIMENTS, *EXTRA_RESULTS, "imagewoof"]
-        checkpoints = [p.parent.relative_to(args.checkpoint_dir).as_posix()
-                       for p in sorted((args.checkpoint_dir / MASKS_EXPERIMENT).glob("*/last.pt"))]
-        pack(out / ARCHIVE_NAME, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-             experiments=[n for n in names if (args.results_dir / n).is_dir()] or ["performance"],
-             checkpoints=checkpoints)
-        (out / "sitting.json").write_text(json.dumps({"started_at": log.started_at, "steps": log.steps,
-                                                      "device": provenance.device_name(device)}, indent=1))
-
-    # 1. preflight
-    batch = (PROFILES["cifar"][args.profile].batch_size if args.profile in PROFILES["cifar"] else 64)
-    t0 = time.monotonic()
-    checks = preflight(args.device, batch_size=batch, members=min(4, args.max_group) or 1)
-    log.add("preflight", "ok" if all(c["ok"] for c in checks.checks.values()) else "partly",
-            ", ".join(f"{k} {'ok' if v['ok'] else 'off'}" for k, v in checks.checks.items()), time.monotonic() - t0)
-    overrides = {**checks.overrides(), **_key_values(args.set)}
-    max_group = checks.max_group(args.max_group)
-
-    # 2. benchmark
-    if args.bench_seconds > 0 and device.type == "cuda" and left_s() > args.bench_seconds + 60:
-        t0 = time.monotonic()
-        try:
-            from . import bench
-            bench.fused_sitting_bench(results_dir=args.results_dir / "performance", device=args.device,
-                                      budget_s=args.bench_seconds)
-            log.add("benchmark", "ok", str(args.results_dir / "performance"), time.monotonic() - t0)
-        except Exception as exc:  # the study goes on without the figures
-            log.add("benchmark", "failed", f"{type(exc).__name__}: {exc}"[:200], time.monotonic() - t0)
-        pack_now()
-
-    # 3. the study, slice by slice
-    for part in study_slices(args.seeds, args.dataset):
-        if left_s() < GROUP_STARTUP_S + 30:
-            log.add(part.name, "not started", "budget spent")
-            continue
-        t0 = time.monotonic()
-        if part.action == "jpeg_gap_and_masks":
-            _jpeg_gap_and_masks(args, log, overrides, left_s)
-            pack_now()
-            continue
-        plan = plan_campaign(part.experiments, profile=args.profile, seeds=part.seeds, dataset=args.dataset,
-                             data_root=args.data_root, results_dir=args.results_dir,
-                             checkpoint_dir=args.checkpoint_dir, device=args.device, overrides=overrides)
-        if not plan.runs:
-            log.add(part.name, "done before", f"{len(plan.skipped)} runs have results")
-            continue
-        groups = group_runs(plan.runs, max_group)
-        campaign = Campaign(groups, budget_s=max(left_s(), 1.0), launch_margin_s=GROUP_STARTUP_S,
-                            stop_grace_s=min(45.0, max(left_s() / 4, 5.0)),
-                            ledger=args.results_dir / LEDGER_NAME, device_name=provenance.device_name(device),
-                            estimate_s=lambda g: estimate_group_s(g, checks.macs_per_s), on_finish=pack_now)
-        lines = campaign.run()
-        status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
-        failed = [f"{line['run_name']}: {line['message']}" for line in lines if line["status"] == "failed"]
-        log.add(part.name, f"{status['finished']} finished, {status['interrupted']} interrupted, "
-                           f"{status['failed']} failed, {len(campaign.left)} not started",
-                f"{len(groups)} fused groups" + ("; " + "; ".join(failed[:3]) if failed else ""),
-                time.monotonic() - t0)
-        pack_now()
-    pack_now()
-    _print_table(log, args, left_s())
-    return 0
-
-
-def _jpeg_gap_and_masks(args, log: SittingLog, overrides: dict, left_s: Callable[[], float]) -> None:
-    """The JPEG-cost evaluation of a trained Attention-92 and an Attention-56 checkpoint for the masks."""
-    from .campaign import Campaign, plan_campaign
+def jpeg_gap_step(args, log: SittingLog) -> None:
+    """The JPEG-cost evaluation (``ranlib.jpeg_gap``) of the first seed's trained Attention-92."""
     from .jpeg_gap import jpeg_gap
 
     t0 = time.monotonic()
@@ -368,26 +284,20 @@ def _jpeg_gap_and_masks(args, log: SittingLog, overrides: dict, left_s: Callable
     target = args.results_dir / "jpeg_gap" / f"{checkpoint.parent.name}.json"
     if target.exists():
         log.add("JPEG cost", "done before", str(target))
-    elif checkpoint.is_file():
+    elif not checkpoint.is_file():
+        log.add("JPEG cost", "not run", f"no trained Attention-92 checkpoint at {checkpoint}")
+    else:
         try:
             result = jpeg_gap(checkpoint, data_root=args.data_root, device=args.device)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(result, indent=1) + "\n")
-            log.add("JPEG cost", "ok", f"jpeg - exact = {result['jpeg_minus_exact']:+.2f} points",
-                    time.monotonic() - t0)
-        except Exception as exc:
+        except Exception as exc:  # the study goes on without it
             log.add("JPEG cost", "failed", f"{type(exc).__name__}: {exc}"[:200], time.monotonic() - t0)
-    else:
-        log.add("JPEG cost", "not run", f"no trained Attention-92 checkpoint at {checkpoint}")
-    plan = plan_campaign([MASKS_EXPERIMENT], profile=args.profile, seeds=args.seeds[:1], dataset=args.dataset,
-                         data_root=args.data_root, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-                         device=args.device, overrides=overrides)
-    if plan.runs and left_s() > GROUP_STARTUP_S + 30:
-        lines = Campaign([plan.runs], budget_s=left_s(), launch_margin_s=GROUP_STARTUP_S, echo=True).run()
-        log.add("masks checkpoint", lines[0]["status"] if lines else "not started")
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=1) + "\n")
+        log.add("JPEG cost", "ok", f"jpeg - exact = {result['jpeg_minus_exact']:+.2f} points", time.monotonic() - t0)
 
 
-def _print_table(log: SittingLog, args, left: float) -> None:
+def print_table(log: SittingLog, args, left: float) -> None:
     from .experiments import EXPERIMENTS
     from .results import load_results
 
@@ -406,20 +316,3 @@ def _print_table(log: SittingLog, args, left: float) -> None:
     for name, rate, error in rates:
         print(f"  {name:<60} {rate:>9.0f} img/s (group)  top-1 error {error:.2f} %")
     print(f"sitting: {len(rates)} runs finished in this sitting; {max(left, 0) / 60:.1f} minutes of the budget left")
-
-
-def add_sitting_parser(sub, selection: Callable[[argparse.ArgumentParser], None]) -> None:
-    q = sub.add_parser("sitting", help="one unattended GPU sitting: preflight, benchmark, the study claims first, "
-                                       "results packed into --out as it goes")
-    selection(q)
-    q.add_argument("--minutes", type=float, required=True, help="the sitting's whole budget, preflight included")
-    q.add_argument("--out", type=Path, required=True, help=f"where {ARCHIVE_NAME} and sitting.json go")
-    q.add_argument("--max-group", type=int, default=8, help="runs per fused group")
-    q.add_argument("--bench-seconds", type=float, default=60.0, help="time for the benchmark (0: none)")
-
-
-def cmd_sitting(args: argparse.Namespace) -> int:
-    if not args.minutes > 0:
-        raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")
-    args.results_dir, args.checkpoint_dir = Path(args.results_dir), Path(args.checkpoint_dir)
-    return run_sitting(args)

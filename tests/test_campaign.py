@@ -92,7 +92,7 @@ def test_training_size_counts_the_variant_and_the_scaled_schedule():
 def test_concurrent_runs_finish_with_results_and_a_ledger(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
     ledger = tmp_path / "results" / campaign.LEDGER_NAME
-    lines = campaign.Campaign(plan.runs, concurrent=2, ledger=ledger, device_name="CPU", echo=False).run()
+    lines = campaign.Campaign(singles(plan.runs), concurrent=2, ledger=ledger, device_name="CPU", echo=False).run()
     assert [line["status"] for line in lines] == ["finished", "finished"], lines
     assert {line["max_concurrent"] for line in lines} == {2}
     for line in lines:  # shared time: each run is charged about half of what it held
@@ -112,6 +112,11 @@ def _has_trained(metrics: Path) -> bool:
     return any(json.loads(line).get("event") == "train" for line in lines)
 
 
+def singles(runs: list[dict]) -> list[list[dict]]:
+    """Every run a group of its own: launched as the ``ranlib train`` command anyone can type."""
+    return [[config] for config in runs]
+
+
 class StopOnceTraining(campaign.Campaign):
     """Stops the campaign (as the end of its budget does) once its training is past its first
     step, so that the test does not depend on how fast this machine starts a process."""
@@ -119,20 +124,20 @@ class StopOnceTraining(campaign.Campaign):
     def stop_requested(self) -> bool:
         return super().stop_requested() or any(
             _has_trained(Path(c["checkpoint_dir"]) / c["experiment"] / c["run_name"] / "metrics.jsonl")
-            for c in self.runs)
+            for group in self.groups for c in group)
 
 
 def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)
     ledger = tmp_path / "results" / campaign.LEDGER_NAME
-    [line] = StopOnceTraining(plan.runs, ledger=ledger, stop_grace_s=120, echo=False).run()
+    [line] = StopOnceTraining(singles(plan.runs), ledger=ledger, stop_grace_s=120, echo=False).run()
     assert line["status"] == "interrupted", line
     run_dir = tmp_path / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0"
     assert (run_dir / "last.pt").is_file()
     assert not (tmp_path / "results" / "mask_structure").exists()
 
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)  # the next sitting
-    [line] = campaign.Campaign(plan.runs, ledger=ledger, echo=False).run()
+    [line] = campaign.Campaign(singles(plan.runs), ledger=ledger, echo=False).run()
     assert line["status"] == "finished", line
     [record] = load_results(tmp_path / "results" / "mask_structure")
     assert record["provenance"]["resumed"] and record["final"]["iteration"] == 30
@@ -142,17 +147,17 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
 def test_a_failing_run_is_reported_in_one_line_and_the_others_go_on(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
     plan.runs[0]["data_root"] = str(tmp_path / "missing")
-    lines = campaign.Campaign(plan.runs, concurrent=2, ledger=tmp_path / "l.csv", echo=False).run()
+    lines = campaign.Campaign(singles(plan.runs), concurrent=2, ledger=tmp_path / "l.csv", echo=False).run()
     assert [line["status"] for line in lines] == ["failed", "finished"]
     assert lines[0]["message"].startswith("ranlib: error:") and "missing" in lines[0]["message"]
 
 
 def test_no_run_is_launched_without_enough_budget(tmp_path, data_root):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"])
-    runner = campaign.Campaign(plan.runs, budget_s=30, launch_margin_s=60, echo=False)
+    runner = campaign.Campaign(singles(plan.runs), budget_s=30, launch_margin_s=60, echo=False)
     assert runner.run() == [] and runner.left == plan.runs
     with pytest.raises(RanlibError, match="at least 1"):
-        campaign.Campaign(plan.runs, concurrent=0)
+        campaign.Campaign(singles(plan.runs), concurrent=0)
 
 
 # --- carrying results ---------------------------------------------------------------------------

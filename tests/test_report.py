@@ -415,7 +415,7 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
     write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
                               error=5.0, kwargs={"residual_attention": True}), tmp_path)
     trained = []
-    monkeypatch.setattr("ranlib.train.run", lambda config: trained.append(config.run_name) or {})
+    monkeypatch.setattr("ranlib.train.run_group", lambda configs: [trained.append(c.run_name) or {} for c in configs])
     records = planning.train_experiment("mask_structure", profile="quick", seeds=[0],
                                       dataset="cifar10-jpeg", data_root="d",
                                       results_dir=tmp_path)

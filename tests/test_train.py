@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ranlib import splits, train
+from ranlib.runtime import Dist
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.results import load_results
 
@@ -321,7 +322,7 @@ def test_every_evaluation_sees_the_whole_test_set_after_a_partial_pass(dataset, 
     if dataset == "imagenet-folder":
         data_root = _write_imagenet_folder(tmp_path / "inet", 2, 7)
     c = tiny_config(tmp_path, data_root, dataset=dataset, train_size=32, test_size=32, num_workers=0)
-    split = train.load_split(c, torch.device("cpu"), 32, train.Dist(), train=False, eval_batch_size=5)
+    split = splits.load_split([c], torch.device("cpu"), 32, Dist(), train=False, eval_batch_size=5)
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
     next(iter(split.test))  # a partial pass: the first batch only
     evaluated = [train.evaluate(model, split.test, torch.device("cpu"), "fp32")["count"] for _ in range(2)]
