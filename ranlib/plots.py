@@ -169,8 +169,12 @@ def plot_masks(images: np.ndarray, masks: dict, *, max_images: int = 4):
 
 def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: str = "auto",
                      data_root: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
-    """The first ``num_images`` test images (uint8 NHWC) of a CIFAR checkpoint's dataset and its
-    model's soft masks on them (:func:`ranlib.analysis.capture_masks`), normalised as in training."""
+    """The first ``num_images`` test images (uint8 NHWC) of a checkpoint's dataset and its model's
+    soft masks on them (:func:`ranlib.analysis.capture_masks`), normalised as in training.
+
+    CIFAR checkpoints: the first test images. Imagewoof checkpoints: the first validation image of
+    each breed in turn (one per class up to 10), at the run's test crop, un-normalised for display.
+    """
     import dataclasses
 
     import torch
@@ -188,6 +192,8 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
         config = dataclasses.replace(config, data_root=str(resolve_path(data_root)))
     config = dataclasses.replace(config, channels_last=False, noise_level=0.0)
     dev = select_device(device, Dist())
+    if config.dataset == "imagewoof":
+        return _imagewoof_masks(path, saved, config, dev, num_images)
     split = load_cifar_split([config], dev, 32, train=False)
     model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
     load_model_state(model, saved["model"], path)
@@ -199,12 +205,44 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
     return images, masks
 
 
-def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict]) -> Path | None:
-    """The ``last.pt`` of the most recent run in ``records`` that has one, else None."""
-    from .checkpoint import CHECKPOINT_NAME
+def _imagewoof_masks(path, saved: dict, config, dev, num_images: int) -> tuple[np.ndarray, dict]:
+    import torch
 
-    for record in sorted(records, key=lambda r: r["provenance"].get("finished_at") or "",
-                         reverse=True):
+    from . import analysis
+    from .checkpoint import load_model_state
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .imagewoof import load_imagewoof_split
+    from .train import build_model
+
+    # A class-balanced subset: the file is sorted by breed, so its first images are all one dog.
+    split = load_imagewoof_split(config.data_root, device=dev, input_size=config.train_size,
+                                 test_size=config.test_size, batch_size=num_images, seeds=[],
+                                 channels_last=False, max_test_samples=num_images, train=False)
+    model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
+    load_model_state(model, saved["model"], path)
+    model = model.to(dev).eval()
+    x = split.fixed_batch[:num_images]
+    with torch.no_grad():
+        masks = {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    pixels = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy(), masks
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict], *,
+                      model: str | None = None) -> Path | None:
+    """The ``last.pt`` of the most recent run in ``records`` (of ``model`` only, if given) that has
+    one; runs at a larger budget first (quick before smoke). None when there is none."""
+    from .checkpoint import CHECKPOINT_NAME
+    from .verdicts import PROFILE_RANK
+
+    def order(record):
+        return (PROFILE_RANK.get(record_profile(record), -1), record["provenance"].get("finished_at") or "")
+
+    for record in sorted(records, key=order, reverse=True):
+        if model is not None and record["model"]["name"] != model:
+            continue
         path = (resolve_path(checkpoint_dir) / record["experiment"] / record["run_name"]
                 / CHECKPOINT_NAME)
         if path.is_file():
