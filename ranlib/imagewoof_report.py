@@ -165,3 +165,26 @@ def leaderboard_context(records: Sequence[dict], profile: str = "quick") -> pd.D
         "leaderboard top-1 error (%)": round(100 - LEADERBOARD_128[nearest], 2),
         "leaderboard": LEADERBOARD_SOURCE,
     }])
+
+
+MASKS_FILE = "results/attention_masks/imagewoof_attention56_masks.npz"  # what the masks chapter reads
+
+
+def masks_commands(profile: str = "quick", seed: int = 0) -> str:
+    """The commands that give the masks chapter its Imagewoof figure: train Attention-56 on
+    Imagewoof (both seeds fused), then write its masks to :data:`MASKS_FILE`."""
+    import shlex
+
+    from .cli import train_argv
+    from .planning import plan_runs
+
+    exp = experiment(EXPERIMENT)
+    config = plan_runs(EXPERIMENT, profile=profile, seeds=[seed], dataset=exp.dataset, data_root=exp.data_root,
+                       rows=["attention56"])[0]
+    shown = {k: v for k, v in config.items() if k not in ("results_dir", "checkpoint_dir", "device") and v != {}}
+    shown["data_root"] = exp.data_root
+    checkpoint = f"checkpoints/{EXPERIMENT}/{config['run_name']}/last.pt"
+    return "\n".join([
+        shlex.join(["python", "-m", "ranlib", "train", *train_argv(shown)]),
+        f"python -c \"from ranlib import plots; plots.write_checkpoint_masks('{checkpoint}', '{MASKS_FILE}')\"",
+    ])

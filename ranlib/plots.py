@@ -248,3 +248,37 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict]
         if path.is_file():
             return path
     return None
+
+
+def write_masks(path: str | os.PathLike, images: np.ndarray, masks: dict, *, source: str = "") -> Path:
+    """Keep a masks figure's data (images, channel-mean masks) as a small ``.npz`` so that the book
+    shows it from committed results, without the checkpoint (hundreds of MB) it came from."""
+    import torch
+
+    path = resolve_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"mask_{i}": torch.as_tensor(m).float().mean(dim=1, keepdim=True).numpy().astype(np.float32)
+              for i, m in enumerate(masks.values())}
+    np.savez_compressed(path, images=np.asarray(images, dtype=np.uint8), names=np.array(list(masks)),
+                        source=np.array(source), **arrays)
+    return path
+
+
+def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict, str] | None:
+    """``(images, masks, source)`` from :func:`write_masks`' file; None when it does not exist."""
+    path = resolve_path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as pack:
+        names = [str(n) for n in pack["names"]]
+        return pack["images"], {n: pack[f"mask_{i}"] for i, n in enumerate(names)}, str(pack["source"])
+
+
+def write_checkpoint_masks(checkpoint: str | os.PathLike, path: str | os.PathLike, *, num_images: int = 4,
+                           device: str = "auto") -> Path:
+    """:func:`checkpoint_masks` of ``checkpoint`` written to ``path`` (:func:`write_masks`): run it
+    where the checkpoint is (the GPU machine) and bring the small file back."""
+    images, masks = checkpoint_masks(checkpoint, num_images=num_images, device=device)
+    checkpoint = resolve_path(checkpoint)
+    source = f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
+    return write_masks(path, images, masks, source=source)
