@@ -169,8 +169,12 @@ def plot_masks(images: np.ndarray, masks: dict, *, max_images: int = 4):
 
 def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: str = "auto",
                      data_root: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
-    """The first ``num_images`` test images (uint8 NHWC) of a CIFAR checkpoint's dataset and its
-    model's soft masks on them (:func:`ranlib.analysis.capture_masks`), normalised as in training."""
+    """The first ``num_images`` test images (uint8 NHWC) of a checkpoint's dataset and its model's
+    soft masks on them (:func:`ranlib.analysis.capture_masks`), normalised as in training.
+
+    CIFAR checkpoints: the first test images. Imagewoof checkpoints: the first validation image of
+    each breed in turn (one per class up to 10), at the run's test crop, un-normalised for display.
+    """
     import dataclasses
 
     import torch
@@ -188,6 +192,8 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
         config = dataclasses.replace(config, data_root=str(resolve_path(data_root)))
     config = dataclasses.replace(config, channels_last=False, noise_level=0.0)
     dev = select_device(device, Dist())
+    if config.dataset == "imagewoof":
+        return _imagewoof_masks(path, saved, config, dev, num_images)
     split = load_cifar_split([config], dev, 32, train=False)
     model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
     load_model_state(model, saved["model"], path)
@@ -199,14 +205,80 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
     return images, masks
 
 
-def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict]) -> Path | None:
-    """The ``last.pt`` of the most recent run in ``records`` that has one, else None."""
-    from .checkpoint import CHECKPOINT_NAME
+def _imagewoof_masks(path, saved: dict, config, dev, num_images: int) -> tuple[np.ndarray, dict]:
+    import torch
 
-    for record in sorted(records, key=lambda r: r["provenance"].get("finished_at") or "",
-                         reverse=True):
+    from . import analysis
+    from .checkpoint import load_model_state
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .imagewoof import load_imagewoof_split
+    from .train import build_model
+
+    # A class-balanced subset: the file is sorted by breed, so its first images are all one dog.
+    split = load_imagewoof_split(config.data_root, device=dev, input_size=config.train_size,
+                                 test_size=config.test_size, batch_size=num_images, seeds=[],
+                                 channels_last=False, max_test_samples=num_images, train=False)
+    model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
+    load_model_state(model, saved["model"], path)
+    model = model.to(dev).eval()
+    x = split.fixed_batch[:num_images]
+    with torch.no_grad():
+        masks = {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    pixels = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy(), masks
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict], *,
+                      model: str | None = None) -> Path | None:
+    """The ``last.pt`` of the most recent run in ``records`` (of ``model`` only, if given) that has
+    one; runs at a larger budget first (quick before smoke). None when there is none."""
+    from .checkpoint import CHECKPOINT_NAME
+    from .verdicts import PROFILE_RANK
+
+    def order(record):
+        return (PROFILE_RANK.get(record_profile(record), -1), record["provenance"].get("finished_at") or "")
+
+    for record in sorted(records, key=order, reverse=True):
+        if model is not None and record["model"]["name"] != model:
+            continue
         path = (resolve_path(checkpoint_dir) / record["experiment"] / record["run_name"]
                 / CHECKPOINT_NAME)
         if path.is_file():
             return path
     return None
+
+
+def write_masks(path: str | os.PathLike, images: np.ndarray, masks: dict, *, source: str = "") -> Path:
+    """Keep a masks figure's data (images, channel-mean masks) as a small ``.npz`` so that the book
+    shows it from committed results, without the checkpoint (hundreds of MB) it came from."""
+    import torch
+
+    path = resolve_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"mask_{i}": torch.as_tensor(m).float().mean(dim=1, keepdim=True).numpy().astype(np.float32)
+              for i, m in enumerate(masks.values())}
+    np.savez_compressed(path, images=np.asarray(images, dtype=np.uint8), names=np.array(list(masks)),
+                        source=np.array(source), **arrays)
+    return path
+
+
+def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict, str] | None:
+    """``(images, masks, source)`` from :func:`write_masks`' file; None when it does not exist."""
+    path = resolve_path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as pack:
+        names = [str(n) for n in pack["names"]]
+        return pack["images"], {n: pack[f"mask_{i}"] for i, n in enumerate(names)}, str(pack["source"])
+
+
+def write_checkpoint_masks(checkpoint: str | os.PathLike, path: str | os.PathLike, *, num_images: int = 4,
+                           device: str = "auto") -> Path:
+    """:func:`checkpoint_masks` of ``checkpoint`` written to ``path`` (:func:`write_masks`): run it
+    where the checkpoint is (the GPU machine) and bring the small file back."""
+    images, masks = checkpoint_masks(checkpoint, num_images=num_images, device=device)
+    checkpoint = resolve_path(checkpoint)
+    source = f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
+    return write_masks(path, images, masks, source=source)

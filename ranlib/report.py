@@ -26,7 +26,7 @@ from .paths import resolve_path
 from .planning import load_records, train_commands
 from .results import load_results
 from .verdicts import (COMPLEXITY_TOLERANCE, DEPLOY_TOLERANCE, NOT_RUN, NOT_RUN_SMOKE, PROFILE_RANK,
-                       judge_absolute, judge_complexity, judge_ordering, mean_std)
+                       judge_absolute, judge_complexity, judge_ordering, judge_parity, mean_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,6 +180,12 @@ def claims_table(name: str, records: Sequence[dict]) -> pd.DataFrame:
                 a, b = (exp.row(k) for k in claim.rows)
                 if claim.kind == "ordering":
                     verdict = judge_ordering(values[0], values[1], profile=profile)
+                    paper_gap = (b.paper_error - a.paper_error
+                                 if a.paper_error is not None and b.paper_error is not None
+                                 else math.nan)
+                    ours_gap = mean_std(values[1])[0] - mean_std(values[0])[0]
+                elif claim.kind == "parity":  # the gap, signed as for an ordering; 0 is the claim
+                    verdict = judge_parity(values[0], values[1], profile=profile)
                     paper_gap = (b.paper_error - a.paper_error
                                  if a.paper_error is not None and b.paper_error is not None
                                  else math.nan)

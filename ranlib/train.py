@@ -20,6 +20,15 @@ Profiles scale the whole schedule to a budget: ``paper`` is the recipe itself; `
 tenth of the CIFAR schedule (a hundredth of ImageNet's) at a GPU-friendly batch with the
 large-batch rule; ``smoke`` is a few iterations on a tiny subset, seconds on a CPU.
 
+Imagewoof (``dataset="imagewoof"``) has a recipe and profiles of its own (``RECIPES`` and
+``PROFILES`` are keyed by the dataset there, by the model's family "cifar"/"imagenet" otherwise):
+the ImageNet recipe's optimiser and the shape of its step schedule (lr / 10 at 200k/530k,
+400k/530k and 500k/530k of the run), 20 epochs of Imagewoof's 9,025 training images at batch 256
+and lr 0.1 (Goyal et al.'s 0.1 per 256 images), with a linear warm-up over the first 2 epochs even
+at the reference batch (a from-scratch run this short has no easy first epochs to spare).
+There is no ``paper`` budget for it: the paper never trained on Imagewoof. Why these numbers:
+``ranlib.models.choices.OPEN_CHOICES`` ("Imagewoof recipe").
+
 Multi-GPU: launch with ``torchrun --nproc_per_node N -m ranlib train ...``. ``batch_size`` is the
 global batch; every process draws the same global batch (same seed) and trains on its 1/N slice,
 so the data are those of a one-process run. Batch norm: by default each process normalises with
@@ -95,12 +104,30 @@ class Recipe:
     milestones: tuple[int, ...]
     nominal_train_size: int  # images per epoch, to express the warm-up in epochs
     warmup_epochs: float = 5.0  # Goyal et al. 2017, used only when batch_size > the reference
+    warmup_at_reference: bool = False  # warm up at the reference batch too (not only above it)
+
+
+IMAGEWOOF_TRAIN_IMAGES = 9_025  # fast.ai's official Imagewoof2 train split: one epoch
+IMAGEWOOF_EPOCHS = 20  # the quick profile's length; fast.ai's leaderboard also reports 20 epochs
+IMAGEWOOF_BATCH = 256
+
+
+def _imagewoof_recipe() -> Recipe:
+    """The ImageNet recipe's optimiser and schedule shape, 20 epochs of Imagewoof at batch 256."""
+    iterations = round(IMAGEWOOF_EPOCHS * IMAGEWOOF_TRAIN_IMAGES / IMAGEWOOF_BATCH)
+    reference = paper.IMAGENET_RECIPE
+    milestones = tuple(round(iterations * m / reference["iterations"]) for m in reference["milestones"])
+    return Recipe("imagewoof", batch_size=IMAGEWOOF_BATCH, lr=0.1 * IMAGEWOOF_BATCH / 256,
+                  momentum=reference["momentum"], nesterov=False, weight_decay=1e-4, iterations=iterations,
+                  milestones=milestones, nominal_train_size=IMAGEWOOF_TRAIN_IMAGES, warmup_epochs=2.0,
+                  warmup_at_reference=True)
 
 
 RECIPES = {
     "cifar": Recipe("cifar", nominal_train_size=50_000, **paper.CIFAR_RECIPE),
     "imagenet": Recipe("imagenet", batch_size=256, weight_decay=1e-4, nesterov=False,
                        nominal_train_size=1_281_167, **paper.IMAGENET_RECIPE),
+    "imagewoof": _imagewoof_recipe(),
 }
 
 
@@ -116,6 +143,7 @@ class Profile:
     log_every: int = 100
     max_train_samples: int | None = None
     max_test_samples: int | None = None
+    train_size: int | None = None  # crop size (Imagewoof: default IMAGEWOOF_SIZE)
 
 
 PROFILES: dict[str, dict[str, Profile]] = {
@@ -131,7 +159,18 @@ PROFILES: dict[str, dict[str, Profile]] = {
         "quick": Profile(batch_size=256, fraction=0.01, eval_points=5, checkpoint_every=1000, log_every=50),
         "paper": Profile(batch_size=256, eval_points=53, checkpoint_every=5000, log_every=100),
     },
+    "imagewoof": {
+        "smoke": Profile(batch_size=4, iterations=4, eval_points=1, checkpoint_every=2, log_every=1,
+                         max_train_samples=20, max_test_samples=10, train_size=64),
+        "quick": Profile(batch_size=IMAGEWOOF_BATCH, eval_points=5, checkpoint_every=200, log_every=35),
+    },
 }
+
+
+def schedule_key(model: str, dataset: str) -> str:
+    """Which ``RECIPES``/``PROFILES`` entry a run uses: the dataset's own when it has one
+    (Imagewoof), else the model's family ("cifar" or "imagenet")."""
+    return dataset if dataset in RECIPES else _model_info(model).dataset
 
 
 def scaled_schedule(recipe: Recipe, batch_size: int, fraction: float = 1.0,
@@ -146,7 +185,7 @@ def scaled_schedule(recipe: Recipe, batch_size: int, fraction: float = 1.0,
     total = int(iterations) if iterations is not None else max(1, round(full * fraction))
     milestones = [round(total * m / recipe.iterations) for m in recipe.milestones]
     warmup_share = recipe.warmup_epochs * recipe.nominal_train_size / (recipe.iterations * recipe.batch_size)
-    warmup = round(total * warmup_share) if k > 1 else 0
+    warmup = round(total * warmup_share) if k > 1 or recipe.warmup_at_reference else 0
     return {"lr": recipe.lr * k, "iterations": total, "milestones": milestones, "warmup_iterations": warmup}
 
 
@@ -283,9 +322,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     c = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     info = _check_dataset(c.model, c.dataset)
     _check_model_kwargs(c.model, c.model_kwargs)
-    profiles = PROFILES[info.dataset]
+    key = schedule_key(c.model, c.dataset)
+    profiles = PROFILES[key]
     if c.profile not in profiles:
-        raise UnknownNameError(f"unknown profile {c.profile!r}; valid: {', '.join(profiles)}")
+        raise UnknownNameError(f"unknown profile {c.profile!r} for {key}; valid: {', '.join(profiles)}")
     c.noise_level = check_noise_level(c.noise_level)
     if c.data_root is None:
         if c.download and c.dataset in ("cifar10", "cifar100"):
@@ -300,7 +340,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise UnknownNameError(f"unknown compile mode {c.compile_mode!r}; valid: {', '.join(COMPILE_MODES)}")
     if c.compile_mode is not None and not c.compile:
         raise ConfigError(f"compile mode {c.compile_mode!r} given without --compile; add --compile or drop the mode")
-    profile, recipe = profiles[c.profile], RECIPES[info.dataset]
+    profile, recipe = profiles[c.profile], RECIPES[key]
 
     explicit_batch = c.batch_size is not None
     c.batch_size = int(c.batch_size or profile.batch_size)
@@ -328,7 +368,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
         rule_parts.append("the recipe's lr and schedule")
     else:
         rule_parts.append(f"linear lr scaling x{scale:g}, iterations and milestones x{1 / scale:g}"
-                          + (", linear warm-up over 5 epochs (Goyal et al. 2017)" if scale > 1 else ""))
+                          + (f", linear warm-up over {recipe.warmup_epochs:g} epochs (Goyal et al. 2017)"
+                             if scale > 1 else ""))
+    if recipe.warmup_at_reference and c.warmup_iterations and scale <= 1:
+        rule_parts.append(f"linear warm-up over {recipe.warmup_epochs:g} epochs of {recipe.nominal_train_size:,} images")
     if config.iterations is None and profile.iterations is None and profile.fraction != 1:
         rule_parts.append(f"{profile.fraction:g} of that schedule ({c.profile} profile)")
     if config.iterations is not None or profile.iterations is not None:
@@ -344,7 +387,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.max_test_samples is None:
         c.max_test_samples = profile.max_test_samples
     if c.dataset == "imagewoof":
-        c.train_size = int(c.train_size or IMAGEWOOF_SIZE)
+        c.train_size = int(c.train_size or profile.train_size or IMAGEWOOF_SIZE)
         c.test_size = int(c.test_size or c.train_size)
     else:
         c.train_size = int(c.train_size or info.input_size)

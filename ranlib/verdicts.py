@@ -21,6 +21,16 @@ budget profile and dataset; a claim is judged on the largest budget present for 
   - ``partly``: gap > 0 but smaller than that, or only one seed (no spread to compare with);
   - ``not reproduced``: gap <= 0.
 
+* **Parity claims** ("AttentionNeXt-56 matches ResNeXt-101", Table 7). A tie cannot be shown by
+  failing to find a difference, so the rule is an equivalence test (two one-sided tests): with
+  ``gap = |mean_a - mean_b|`` and its seed noise as above, judged at the same budgets as orderings:
+
+  - ``reproduced``: >= 2 seeds per row and ``gap + ORDERING_SIGMAS x noise <=``
+    :data:`PARITY_MARGIN` (the gap's interval lies inside the margin);
+  - ``not reproduced``: ``gap - ORDERING_SIGMAS x noise > PARITY_MARGIN`` (a difference larger
+    than the margin beyond the seed noise; with one seed, ``gap > PARITY_MARGIN``);
+  - ``partly``: in between (the interval straddles the margin, or one seed and ``gap`` inside it).
+
 * **Absolute claims** (an error in a table). ``delta`` = ours - paper. Judged at the ``paper``
   budget only (a shortened schedule is not the paper's experiment: ``"not run here (paper
   budget needed)"``), and on ImageNet rows only on the full ImageNet (``"not run here (needs
@@ -58,6 +68,9 @@ VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_RUN, NOT_RUN_SMOKE, NOT_RUN_
 
 PROFILE_RANK = {"smoke": 0, "quick": 1, "paper": 2}
 ORDERING_SIGMAS = 2.0
+# Points of top-1 error within which two networks "match" (a parity claim): the band the study
+# already allows an ImageNet error (ABS_TOLERANCE["imagenet"]). Table 7's tie is 21.2 vs 21.2.
+PARITY_MARGIN = 1.0
 # Points of top-1 error: a seed-to-seed spread of a few tenths on CIFAR (community reruns) and
 # a looser band for ImageNet, where recipes differ in unstated details (batch, weight decay).
 ABS_TOLERANCE = {"cifar": 0.5, "imagenet": 1.0}
@@ -94,6 +107,31 @@ def judge_ordering(better: Sequence[float], worse: Sequence[float], *, profile: 
     if gap >= sigmas * noise:
         return REPRODUCED, f"gap {gap:+.2f} >= {sigmas:g} x seed noise {noise:.2f}"
     return PARTLY, f"gap {gap:+.2f} < {sigmas:g} x seed noise {noise:.2f}"
+
+
+def judge_parity(first: Sequence[float], second: Sequence[float], *, profile: str,
+                 margin: float = PARITY_MARGIN, sigmas: float = ORDERING_SIGMAS) -> tuple[str, str]:
+    """Verdict and reason for "``first`` and ``second`` have the same value" (per-seed values)."""
+    if not len(first) or not len(second):
+        return NOT_RUN, "no results for one side"
+    if profile == "smoke":
+        return NOT_RUN_SMOKE, "smoke runs check the code path only"
+    ma, sa, na = mean_std(first)
+    mb, sb, nb = mean_std(second)
+    gap = abs(ma - mb)
+    lower = "first" if ma < mb else "second"
+    shown = f"|gap| {gap:.2f} (the {lower} row lower)" if gap else "|gap| 0.00"
+    if na < 2 or nb < 2:
+        if gap > margin:
+            return NOT_REPRODUCED, f"{shown} > margin {margin:g} (one seed: no spread)"
+        return PARTLY, f"{shown} <= margin {margin:g} but one seed gives no spread"
+    noise = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+    if gap + sigmas * noise <= margin:
+        return REPRODUCED, f"{shown} + {sigmas:g} x seed noise {noise:.2f} <= margin {margin:g}"
+    if gap - sigmas * noise > margin:
+        return NOT_REPRODUCED, f"{shown} - {sigmas:g} x seed noise {noise:.2f} > margin {margin:g}"
+    return PARTLY, (f"{shown} ± {sigmas:g} x seed noise {noise:.2f} straddles margin {margin:g}: "
+                    "inconclusive")
 
 
 def judge_absolute(paper_value: float, values: Sequence[float], *, profile: str, task: str,

@@ -26,7 +26,9 @@ NOTEBOOK_DIR = REPO / "notebooks"
 PAGE_DIR = REPO / "book" / "pages"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["arl_vs_nal", "attention_masks", "attention_types", "cifar_sota", "imagenet",
-            "label_noise", "mask_structure", "models"]
+            "imagewoof", "label_noise", "mask_structure", "models"]
+# The Imagewoof chapter trains on a tiny slice of the shared file (skipped where it is absent).
+WOOF_ROOT = REPO.parent / "shared" / "data" / "imagewoof"
 COMMON_PARAMETERS = ("profile", "seeds", "dataset", "data_root", "device", "results_dir", "train")
 
 # The cheapest rows per notebook (attention56 where the table has it) and a one-step schedule.
@@ -39,6 +41,7 @@ SMOKE_ROWS = {
     "label_noise": ["resnet164-noise70"],
     "cifar_sota": ["resnet164"],
     "imagenet": ["attention56"],
+    "imagewoof": ["attention56", "resnet152"],  # both sides of the first ordering
     "attention_masks": ["attention56"],
 }
 # Counting every registered model (ImageNet ones at 224) is too slow for a test.
@@ -78,6 +81,12 @@ def _parameters(name: str, data: Path, results: Path, checkpoints: Path, train: 
     if name == "imagenet":
         params.update(dataset="imagenet-folder", data_root=str(data / "imagenet"))
         params["train_overrides"].update(train_size=64, test_size=64)
+    if name == "imagewoof":
+        if not (WOOF_ROOT / "imagewoof-112.npz").is_file():
+            pytest.skip(f"the shared Imagewoof file is not on this machine ({WOOF_ROOT})")
+        params.update(dataset="imagewoof", data_root=str(WOOF_ROOT))
+    if name == "attention_masks":
+        params["woof_masks_file"] = str(results / "attention_masks" / "woof.npz")
     if name == "models":
         params["model_names"] = MODEL_NAMES
         params["complexity_file"] = str(results / "models" / "complexity.json")

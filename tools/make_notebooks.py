@@ -177,6 +177,86 @@ def imagenet() -> nbformat.NotebookNode:
     ], train_guard=guard)
 
 
+def imagewoof() -> nbformat.NotebookNode:
+    exp = EXPERIMENTS["imagewoof"]
+    intro_cell = new_markdown_cell(
+        f"# {exp.title}\n\n**Claim checked.** {exp.claim}\n\nFull ImageNet cannot be had here. "
+        "What can be shown honestly is Table 7's networks, with the ImageNet training pipeline "
+        "(RandomResizedCrop, flips, PCA lighting; the single centre crop for testing), on real "
+        "photos at small scale: Imagewoof, fast.ai's ten dog breeds of ImageNet with its official "
+        "split, at 112 px (`ranlib.imagewoof`). Every number here is labelled *Imagewoof (10 "
+        "ImageNet dog classes, 112 px)*; the paper's ImageNet errors appear only as the paper's, "
+        "for the ordering they claim, and are never compared with ours as numbers. "
+        "Inception-ResNet-v1/v2 are left out: they are not ranlib models. Our results come from "
+        "`results/imagewoof/` (final model, never the best epoch); the verdict rules are in "
+        f"`ranlib.verdicts`' docstring.\n\n{PATHS_NOTE}")
+    guard = ('\nelif train and dataset != "imagewoof":\n'
+             '    display(Markdown(f"**Not run here:** this chapter trains on Imagewoof '
+             '(`dataset=\\"imagewoof\\"`), not `{dataset}`."))\n'
+             'elif train and profile == "paper":\n'
+             '    display(Markdown("**Not run here:** there is no paper budget for Imagewoof (the paper '
+             'never trained on it); use `profile=\\"quick\\"`."))')
+    budget = 'profile if profile != "paper" else "quick"'
+    body = [
+        new_markdown_cell("## The recipe\n\nThe ImageNet recipe's optimiser and schedule shape, cut to "
+                          "{glue:md}`imagewoof_epochs` epochs of Imagewoof's 9,025 training images: "
+                          "{glue:md}`imagewoof_recipe`. The estimate below is 6 FLOPs per multiply-add "
+                          "per training image (forward and backward) at an assumed share of the "
+                          "H200's dense bf16 peak, plus a start-up per training process: an "
+                          "assumption until `ranlib.bench` measures it (the open-choices page says "
+                          "why these numbers). Both seeds of a network train as one fused process "
+                          "(`ranlib train --seeds 0 1`). All rows, 2 seeds: "
+                          "{glue:md}`imagewoof_estimate`."),
+        new_code_cell(f'''\
+plan = imagewoof_report.schedule({budget})
+glue("imagewoof_epochs", Markdown(f"{{plan['epochs']:.0f}}"), display=False)
+glue("imagewoof_recipe", Markdown(
+    f"batch {{plan['batch_size']}}, lr {{plan['lr']:g}} (SGD, momentum {{plan['momentum']:g}}, weight decay "
+    f"{{plan['weight_decay']:g}}), {{plan['iterations']}} iterations, lr / 10 at {{plan['milestones']}}, linear "
+    f"warm-up over {{plan['warmup_iterations']}} iterations ({{plan['warmup_epochs']:.1f}} epochs), "
+    f"{{plan['train_size']}} px crops"), display=False)
+cost = imagewoof_report.cost_table({budget}, seeds=2)
+estimates = [c for c in cost.columns if c.startswith("est.")]
+glue("imagewoof_estimate", Markdown(
+    f"about {{cost[estimates[0]].iloc[-1] / 60:.1f}} device minutes at "
+    f"{{imagewoof_report.ASSUMED_MFU:.0%}} of the peak, {{cost[estimates[1]].iloc[-1] / 60:.1f}} at "
+    f"{{imagewoof_report.PESSIMISTIC_MFU:.0%}}"), display=False)
+cost''', metadata={"tags": ["hide-input"]}),
+        new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
+                          "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
+                          "classifier) and multiply-adds at the input size, epochs, the device "
+                          "minutes it cost. The paper's ImageNet parameters and error stand beside "
+                          "as context for the orderings only."),
+        new_code_cell('table = imagewoof_report.results_table(records)\n'
+                      'glue("imagewoof_table", table, display=False)\ntable'),
+        new_markdown_cell("## Verdicts\n\nOrderings against the seed spread; the parity claim by "
+                          "an equivalence rule (the gap's interval within ±1 point of top-1 error); "
+                          "no absolute claims, since the paper gives no Imagewoof numbers."),
+        new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
+                      "report.glue_claims(EXPERIMENT, records, claims)\n"
+                      'claims[["claim", "ours", "verdict", "reason", "budget", "dataset", "seeds"]]'),
+        new_markdown_cell("What we have: {glue:md}`imagewoof_runs`. Verdicts: "
+                          "{glue:md}`imagewoof_verdicts`.\n\n" + "\n".join(
+                              f"- {c.text}: {{glue:md}}`imagewoof_claim{i}`"
+                              for i, c in enumerate(exp.claims))),
+        new_markdown_cell("## Context: a public yardstick\n\nfast.ai's leaderboard trains Imagewoof "
+                          "at 128 px with its own recipe and tricks; its error at the epoch count "
+                          "nearest ours ({glue:md}`imagewoof_leaderboard`) is context, not a target."),
+        new_code_cell(f'''\
+context = imagewoof_report.leaderboard_context(records, {budget})
+line = context.iloc[0]
+glue("imagewoof_leaderboard", Markdown(
+    f"{{line['leaderboard top-1 error (%)']:.2f}} % top-1 error after {{line['leaderboard epochs']}} epochs; "
+    f"ours: {{line['our top-1 error (%), best – worst network']}}"), display=False)
+context'''),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()"),
+    ]
+    return new_notebook(cells=[intro_cell, parameters_cell("imagewoof"),
+                               setup_cell("imagewoof", "imagewoof_report, planning, plots, report"),
+                               train_cell("imagewoof", guard), *body],
+                        metadata={"kernelspec": KERNEL})
+
+
 def models() -> nbformat.NotebookNode:
     intro_cell = new_markdown_cell(
         "# Model size and cost (Tables 2, 6, 7)\n\n**Claim checked.** Our models have the "
@@ -228,6 +308,9 @@ def attention_masks() -> nbformat.NotebookNode:
     params = parameters_cell("attention_masks", '''\
 checkpoint = None  # a ranlib checkpoint (last.pt) of a CIFAR attention model; None: this notebook's run
 num_images = 4
+woof_checkpoint = None  # an Imagewoof Attention-56 last.pt; None: the imagewoof chapter's run, if any
+woof_masks_file = "results/attention_masks/imagewoof_attention56_masks.npz"  # the figure's data, kept
+woof_num_images = 6
 ''')
     body = [
         new_code_cell('''\
@@ -247,6 +330,37 @@ else:
                           "{glue:md}`attention_masks_runs`. A mask near 1 passes the trunk's "
                           "features through (with attention residual learning the output is "
                           "(1 + M)·T, so a mask never suppresses them below the trunk)."),
+        new_markdown_cell("## On real photos (Imagewoof)\n\nFigure 1 is about real photos: a sky "
+                          "mask and a balloon mask. Masks on 32 × 32 CIFAR images say little, so here "
+                          "is an Attention-56 trained in the Imagewoof chapter (ImageNet layout, "
+                          "112 px) with each stage's soft mask beside a validation photo (the first "
+                          "photo of each breed in turn, at the test crop). The figure's data is kept "
+                          "as a small file (`woof_masks_file`), written from the checkpoint where it "
+                          "was trained, so the book shows it without the checkpoint."),
+        new_code_cell('''\
+from ranlib import imagewoof_report
+
+woof_records = planning.load_records(RESULTS, "imagewoof")
+woof_path = (resolve_path(woof_checkpoint) if woof_checkpoint
+             else plots.latest_checkpoint(checkpoint_dir, woof_records, model="attention56"))
+if woof_path is not None and woof_path.is_file() and (
+        train or woof_checkpoint or not resolve_path(woof_masks_file).is_file()):
+    plots.write_checkpoint_masks(woof_path, woof_masks_file, num_images=woof_num_images, device=device)
+woof = plots.read_masks(woof_masks_file)
+if woof is None:
+    glue("attention_masks_woof_source", Markdown("no Imagewoof checkpoint yet"), display=False)
+    display(Markdown("**No Imagewoof checkpoint yet**, so no masks on photos. To produce them (about a "
+                     "GPU minute), train Attention-56 on Imagewoof and write its masks:\\n\\n"
+                     f"```bash\\n{imagewoof_report.masks_commands()}\\n```"))
+else:
+    images, masks, woof_source = woof
+    glue("attention_masks_woof_source", Markdown(f"`{woof_source}` (Imagewoof, 10 ImageNet dog classes)"),
+         display=False)
+    fig = plots.plot_masks(images, masks, max_images=woof_num_images)
+    glue("attention_masks_woof_figure", fig, display=False)
+    plt.show()'''),
+        new_markdown_cell("Masks on photos from {glue:md}`attention_masks_woof_source`; each panel "
+                          "is scaled to its own range (printed under it)."),
     ]
     return new_notebook(cells=[intro_cell, params, setup_cell("attention_masks"),
                                train_cell("attention_masks"), *body],
@@ -263,6 +377,7 @@ NOTEBOOKS = {
         "The CIFAR-100 rows show the paper's numbers only until a run with `dataset=\"cifar100\"` "
         "(the official data, `download=True` on a machine with internet) writes results.")]),
     "imagenet": imagenet,
+    "imagewoof": imagewoof,
     "attention_masks": attention_masks,
 }
 

@@ -38,6 +38,7 @@ NOTEBOOKS = (
     "label_noise",
     "cifar_sota",
     "imagenet",
+    "imagewoof",
     "attention_masks",
 )
 # The book's own generated pages, each with the options it takes (open_choices reads no results);
