@@ -56,8 +56,8 @@ from .experiments import EXPERIMENTS, experiment
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import resolve_path
 from .planning import find_training, group_runs, plan_runs, same_training, training_size
-from .sitting import ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, jpeg_gap_step, preflight, \
-    print_table, study_slices
+from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, imagewoof_masks_step, jpeg_gap_step,
+                      preflight, print_table, study_slices)
 
 LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
@@ -309,9 +309,9 @@ def pack(out: Path, *, results_dir: Path, checkpoint_dir: Path, experiments: Seq
     from .checkpoint import CHECKPOINT_NAME
 
     members = []
-    for name in experiments:
+    for name in experiments:  # run records, benchmark files and profiles, small figure data (.npz)
         members += [(p, Path("results") / p.relative_to(results_dir))
-                    for p in sorted((results_dir / name).rglob("*.json"))]  # benchmark profiles too
+                    for p in sorted((results_dir / name).rglob("*")) if p.suffix in (".json", ".npz")]
         members += [(p, Path("checkpoints") / p.relative_to(checkpoint_dir))
                     for p in sorted((checkpoint_dir / name).glob("*/*"))
                     if p.name in ("metrics.jsonl", LOG_NAME)]
@@ -483,11 +483,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_max_group(args.max_group)
     plan = _plan_from(args)
     device = select_device(args.device, Dist())
+    # Decode once here (the decode cache), not in every training at once; a missing dataset
+    # is one error line now rather than one failed run per planned training.
     if plan.runs and args.dataset in ARRAY_DATASETS:
-        # Decode once here (the decode cache), not in every training at once; a missing dataset
-        # is one error line now rather than one failed run per planned training.
-        load_arrays(args.dataset, resolve_path(args.data_root),
-                    download=bool(plan.runs[0].get("download")))
+        load_arrays(args.dataset, resolve_path(args.data_root), download=bool(plan.runs[0].get("download")))
+    elif plan.runs and args.dataset == "imagewoof":
+        from .imagewoof import load_imagewoof
+        load_imagewoof(resolve_path(args.data_root))
     campaign = Campaign(group_runs(plan.runs, args.max_group), concurrent=args.concurrent,
                         budget_s=args.budget_minutes * 60,
                         launch_margin_s=args.launch_margin_minutes * 60,
@@ -558,8 +560,8 @@ def _cmd_sitting(args: argparse.Namespace) -> int:
         if left_s() < GROUP_STARTUP_S + 30:
             log.add(part.name, "not started", "budget spent")
             continue
-        if part.action == "jpeg_gap":
-            jpeg_gap_step(args, log)
+        if part.action != "train":
+            {"jpeg_gap": jpeg_gap_step, "imagewoof_masks": imagewoof_masks_step}[part.action](args, log)
             pack_now()
             continue
         t0 = time.monotonic()

@@ -223,8 +223,9 @@ def _complexity_cache() -> Path:
     return root / f"complexity-{digest.hexdigest()[:16]}.json"
 
 
-def model_counts(name: str, model_kwargs: dict | None = None, *, use_cache: bool = True) -> dict:
-    """Parameters and multiply-adds of a model variant at its input size (32 or 224).
+def model_counts(name: str, model_kwargs: dict | None = None, *, input_size: int | None = None,
+                 use_cache: bool = True) -> dict:
+    """Parameters and multiply-adds of a model variant at ``input_size`` (default: its own, 32 or 224).
 
     Counted on a meta-device model (shapes only) and cached on disk per version of the model
     code, so only the first call pays for counting. A results file counts afresh
@@ -234,7 +235,10 @@ def model_counts(name: str, model_kwargs: dict | None = None, *, use_cache: bool
 
     import ranlib
 
+    input_size = input_size or ranlib.model_info(name).input_size
     key = name + (json.dumps(model_kwargs, sort_keys=True) if model_kwargs else "")
+    if input_size != ranlib.model_info(name).input_size:
+        key += f"@{input_size}"
     cache_path = _complexity_cache()
     try:
         cache = json.loads(cache_path.read_text()) if use_cache else {}
@@ -244,7 +248,7 @@ def model_counts(name: str, model_kwargs: dict | None = None, *, use_cache: bool
         return cache[key]
     with torch.device("meta"):  # shapes only: counting needs no real weights
         model = ranlib.create_model(name, **(model_kwargs or {}))
-    counts = ranlib.complexity(model, ranlib.model_info(name).input_size)
+    counts = ranlib.complexity(model, input_size)
     counts = {"params": int(counts["params"]), "macs": int(counts["macs"])}
     if use_cache:
         try:

@@ -207,6 +207,6 @@ def training_size(config: dict) -> dict:
 
     resolved = resolve(TrainConfig(**config))
     images = resolved.iterations * resolved.batch_size
-    macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
+    macs = model_counts(config["model"], config.get("model_kwargs"), input_size=resolved.train_size)["macs"]
     return {"iterations": resolved.iterations, "batch_size": resolved.batch_size, "images": images,
             "train_macs": 3 * macs * images}

@@ -57,13 +57,16 @@ class Slice:
     name: str
     experiments: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
-    action: str = "train"  # "train", or "jpeg_gap" (the JPEG cost of a trained Attention-92)
+    # "train"; "jpeg_gap": the JPEG cost of a trained Attention-92; "imagewoof_masks": a trained
+    # Attention-56's masks on Imagewoof photos, kept as a small file (its checkpoint is too large to carry)
+    action: str = "train"
 
 
 def study_slices(seeds: Sequence[int], dataset: str) -> list[Slice]:
     """The order in which a sitting works through the study: what answers the paper's claims first."""
-    if dataset == "imagewoof":
-        return [Slice(f"Table 7 on Imagewoof, seed {s}", ("imagewoof",), (s,)) for s in seeds]
+    if dataset == "imagewoof":  # both seeds in one slice: they train as one fused group per network
+        return [Slice("Table 7's networks on Imagewoof", ("imagewoof",), tuple(seeds)),
+                Slice("soft masks on photos", action="imagewoof_masks")]
     slices = [Slice(f"claims (Tables 3, 5, 1, 4), seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[:2]]
     slices.append(Slice("JPEG cost of a trained Attention-92", action="jpeg_gap"))
     slices.append(Slice("a checkpoint for the masks figure", (MASKS_EXPERIMENT,), tuple(seeds[:1])))
@@ -254,7 +257,7 @@ def estimate_group_s(group: Sequence[dict], macs_per_s: float | None) -> float:
     work = 0.0
     for config in group:
         resolved = resolve(TrainConfig(**config))
-        macs = model_counts(config["model"], config.get("model_kwargs"))["macs"]
+        macs = model_counts(config["model"], config.get("model_kwargs"), input_size=resolved.test_size)["macs"]
         evaluations = -(-resolved.iterations // resolved.eval_every)
         num_test = resolved.max_test_samples or 10_000
         work += training_size(config)["train_macs"] + evaluations * num_test * macs
@@ -295,6 +298,24 @@ def jpeg_gap_step(args, log: SittingLog) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=1) + "\n")
         log.add("JPEG cost", "ok", f"jpeg - exact = {result['jpeg_minus_exact']:+.2f} points", time.monotonic() - t0)
+
+
+def imagewoof_masks_step(args, log: SittingLog) -> None:
+    """The first seed's Imagewoof Attention-56 masks (``plots.write_checkpoint_masks``) for the masks chapter."""
+    from .plots import write_checkpoint_masks
+
+    checkpoint = args.checkpoint_dir / "imagewoof" / f"attention56-{args.profile}-s{args.seeds[0]}" / "last.pt"
+    target = args.results_dir / "attention_masks" / "imagewoof_attention56_masks.npz"
+    if not checkpoint.is_file():
+        log.add("masks on photos", "not run", f"no trained Attention-56 at {checkpoint}")
+        return
+    t0 = time.monotonic()
+    try:
+        write_checkpoint_masks(checkpoint, target, device=args.device)
+    except Exception as exc:  # the figure is missing, nothing else
+        log.add("masks on photos", "failed", f"{type(exc).__name__}: {exc}"[:200], time.monotonic() - t0)
+        return
+    log.add("masks on photos", "ok", str(target), time.monotonic() - t0)
 
 
 def print_table(log: SittingLog, args, left: float) -> None:
