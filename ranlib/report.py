@@ -52,7 +52,7 @@ def table_html(frame: pd.DataFrame, *, digits: int = PAPER_DECIMALS,
     """``frame`` as the book's HTML table: no index column, ``–`` where a value is missing,
     floats with ``digits`` decimals (``formats``: a format string per column instead)."""
     columns = list(frame.columns)
-    styler = frame.style.hide(axis="index").format(na_rep=MISSING, precision=digits)
+    styler = frame.style.hide(axis="index").format(na_rep=MISSING, precision=digits, escape="html")
     for column, spec in (formats or {}).items():
         if column in columns:
             styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else spec.format(v),
