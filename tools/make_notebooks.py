@@ -220,7 +220,7 @@ display(Markdown(f"Counts {source}."))''', metadata=CODE_FOLDED),
 claims = report.complexity_claims(entries)
 glue("models_verdicts", Markdown(", ".join(f"{n} {v}" for v, n in claims["verdict"].value_counts().items())), display=False)
 report.show(claims, ["claim", "paper", "ours", "verdict", "reason"], details=["claim", "delta"],
-            summary="Differences", digits=3)''', metadata=CODE_FOLDED),
+            summary="Differences", digits=3, formats={"paper": "{:g}"})''', metadata=CODE_FOLDED),
         new_markdown_cell("Counts {glue:md}`models_source`. Verdicts over every count the paper "
                           "or the deploy files give: {glue:md}`models_verdicts`."),
     ]
