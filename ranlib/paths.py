@@ -29,3 +29,19 @@ def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
         return path
     base = Path(root) if root is not None else (repo_root() or Path.cwd())
     return (base / path).resolve()
+
+
+def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """How a page shows ``path``: relative to the repository root (default :func:`repo_root`)
+    when it lies inside it, else only its last part, ``…/name`` (absolute paths of the machine
+    that built a page never reach the book)."""
+    path = Path(path)
+    base = Path(root) if root is not None else repo_root()
+    if not path.is_absolute():
+        return path.as_posix()
+    if base is not None:
+        try:
+            return path.resolve().relative_to(Path(base).resolve()).as_posix() or "."
+        except ValueError:
+            pass
+    return f"…/{path.name}"

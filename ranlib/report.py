@@ -22,11 +22,66 @@ import pandas as pd
 from . import paper
 from .experiments import EXPERIMENTS, OTHER_EXPERIMENTS, experiment
 from .ledger import LEDGER_NAME, charged_device_s, device_minutes, read_ledger, with_charged_time
-from .paths import resolve_path
+from .paths import display_path, resolve_path
 from .planning import load_records, train_commands
 from .results import load_results
 from .verdicts import (COMPLEXITY_TOLERANCE, DEPLOY_TOLERANCE, NOT_RUN, NOT_RUN_SMOKE, PROFILE_RANK,
                        judge_absolute, judge_complexity, judge_ordering, judge_parity, mean_std)
+
+
+# ----------------------------------------------------------------------------------------------
+# How the book shows a table
+
+# The paper prints top-1/top-5 errors (and so their deltas and spreads) with two decimals.
+PAPER_DECIMALS = 2
+MISSING = "–"
+RESULT_COLUMNS = ["network", "paper (%)", "ours (%)", "delta", "budget"]
+RESULT_DETAILS = ["row", "network", "dataset", "seeds", "device min", "device"]
+CLAIM_COLUMNS = ["claim", "paper", "ours", "verdict", "reason"]
+CLAIM_DETAILS = ["claim", "delta", "budget", "dataset", "seeds"]
+COMPLEXITY_COLUMNS = ["model", "params (M)", "paper params (M)", "official params (M)", "GMACs",
+                      "paper GFLOPs", "official GMACs"]
+COMPLEXITY_DETAILS = ["model", "input", "Δ params vs paper (%)", "Δ GMACs vs paper (%)"]
+# The paper's counts as it prints them; the differences to a tenth of a per cent.
+COMPLEXITY_FORMATS = {"paper params (M)": "{:g}", "paper GFLOPs": "{:g}",
+                      "Δ params vs paper (%)": "{:+.1f}", "Δ GMACs vs paper (%)": "{:+.1f}"}
+
+
+def table_html(frame: pd.DataFrame, *, digits: int = PAPER_DECIMALS,
+               formats: dict[str, str] | None = None) -> str:
+    """``frame`` as the book's HTML table: no index column, ``–`` where a value is missing,
+    floats with ``digits`` decimals (``formats``: a format string per column instead)."""
+    columns = list(frame.columns)
+    styler = frame.style.hide(axis="index").format(na_rep=MISSING, precision=digits, escape="html")
+    for column, spec in (formats or {}).items():
+        if column in columns:
+            styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else spec.format(v),
+                                   subset=[column])
+    return styler.set_table_attributes('class="dataframe ranlib-table"').to_html()
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def show(frame: pd.DataFrame, columns: Sequence[str] | None = None, *,
+         details: Sequence[str] | None = None, summary: str = "All columns",
+         digits: int = PAPER_DECIMALS, formats: dict[str, str] | None = None) -> None:
+    """Display ``frame`` in a notebook the way every page of the book shows a table.
+
+    Only ``columns`` (None: all; empty: none, the whole table folded) are shown, so that the
+    table fits a 1280-px page; ``details`` (other columns) go to a second table folded under
+    ``summary``. The frame itself is not changed (tables glued for the prose keep every column).
+    """
+    from IPython.display import HTML, display
+
+    if columns is None or len(columns):
+        shown = frame[[c for c in columns if c in frame.columns]] if columns is not None else frame
+        display(HTML(table_html(shown, digits=digits, formats=formats)))
+    rest = [c for c in details or [] if c in frame.columns]
+    if rest and not frame.empty:
+        display(HTML(f'<details class="ranlib-details"><summary>{summary}</summary>\n'
+                     f"{table_html(frame[rest], digits=digits, formats=formats)}\n</details>"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,11 +608,16 @@ def concurrency_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
 
 def missing_data_markdown(name: str, dataset: str, data_root: str | os.PathLike) -> str:
     """What a notebook asked to train says when its data is not there."""
-    return (f"**Not run here: no data.** `{dataset}` was expected at `{resolve_path(data_root)}`, "
+    return (f"**Not run here: no data.** `{dataset}` was expected at `{display_path(resolve_path(data_root))}`, "
             "which does not exist, so nothing was trained. Point `data_root` at the data (see "
-            "`ranlib.data.DATASETS`), or render from existing results with `train=False`. "
-            "Commands that produce this experiment's results:\n\n"
-            f"```bash\n{train_commands(name)}\n```")
+            "`ranlib.data.DATASETS`), or render from existing results with `train=False`.\n\n"
+            + _commands_block(name))
+
+
+def _commands_block(name: str) -> str:
+    """The commands that produce ``name``'s results, folded (their lines are wider than a page)."""
+    return ("<details class=\"ranlib-details\"><summary>Commands that produce these results</summary>\n\n"
+            f"```bash\n{train_commands(name)}\n```\n\n</details>")
 
 
 def glue_claims(name: str, records: Sequence[dict], claims: pd.DataFrame) -> None:
@@ -591,5 +651,6 @@ def runs_summary(records: Sequence[dict]) -> str:
 def no_results_markdown(name: str) -> str:
     """What a page with no results says: plainly that, and the commands that produce them."""
     return (f"**No results yet for `{name}`** in this results folder: the table below shows the "
-            "paper's numbers only and every verdict is *not run here*. To produce them:\n\n"
-            f"```bash\n{train_commands(name)}\n```")
+            "paper's numbers only and every verdict is *not run here*. The commands that produce "
+            "them are folded below; the page *Rerun anything* explains them.\n\n"
+            + _commands_block(name))

@@ -238,7 +238,11 @@ def test_every_toc_page_is_built(built_book):
 def test_summary_holds_every_claim_with_the_papers_number_and_ours(built_book):
     claims = report.claims_summary(REPO / "results")
     text = page_text(built_book / "summary.html")
-    assert f"Of the {len(claims)} claims checked" in text
+    # Architecture facts (parameter and multiply-add counts) are counted apart from the claims
+    # of the paper's experiments.
+    facts = int((claims["kind"] == "complexity").sum())
+    assert facts and f"Of the {len(claims) - facts} claims of the paper’s experiments checked" in text
+    assert f"Apart from them, {facts} architecture facts" in text
     for claim in claims.to_dict("records"):
         assert claim["claim"] in text, f"claim {claim['claim']!r} missing from the summary"
         for column in ("paper", "ours"):
@@ -301,3 +305,30 @@ def test_open_choices_page_lists_every_choice(built_book):
     assert OPEN_CHOICES, "ranlib.models.choices.OPEN_CHOICES is empty"
     for choice in OPEN_CHOICES:
         assert choice["topic"] in text
+
+
+def test_no_page_shows_the_building_machines_absolute_paths(built_book):
+    """Pages show paths relative to the repository; never where the book was built or run."""
+    machine = {str(REPO), str(REPO.resolve()), str(built_book.parent.parent),
+               str(Path.home()) + "/", str(Path(os.environ.get("TMPDIR", "/tmp")).resolve()) + "/"}
+    pages = sorted(built_book.rglob("*.html"))
+    assert pages
+    for page in pages:
+        markup = page.read_text(encoding="utf8")
+        found = sorted(path for path in machine if path in markup)
+        assert not found, f"{page.relative_to(built_book)} shows {found}"
+
+
+def test_chapters_fold_their_parameters_and_show_tables_without_an_index(built_book):
+    """The reader meets results first: parameters cells (the notebook's and papermill's) are
+    folded, no table carries pandas' index or NaN, and no chapter repeats the paths note."""
+    for name in reproduce.NOTEBOOKS:
+        markup = (built_book / "experiments" / f"{name}.html").read_text(encoding="utf8")
+        for tag in ("tag_parameters", "tag_injected-parameters"):
+            cell = re.search(rf'<div class="cell {tag}[^"]*"', markup)
+            assert cell and "tag_hide-cell" in cell.group(0), f"{name}: {tag} cell is not folded"
+        assert "NaN" not in page_text(built_book / "experiments" / f"{name}.html"), name
+        assert 'class="blank level0' not in markup and "<th class=\"row_heading" not in markup, \
+            f"{name}: a table shows its index"
+        assert "relative ones are taken from the repository root" not in markup, name
+    assert "relative ones are taken from the repository root" in page_text(built_book / "rerun.html")

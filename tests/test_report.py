@@ -489,3 +489,35 @@ def test_write_complexity_round_trip(tmp_path):
     assert entries[0]["params"] > 0 and entries[0]["macs"] > 0
     table = report.complexity_table(entries)
     assert table.loc[0, "paper params (M)"] is None  # Attention-56 is not in Table 6
+
+
+def test_book_tables_have_no_index_a_dash_for_missing_values_and_the_papers_decimals():
+    import math
+
+    frame = pd.DataFrame({"network": ["A", "B"], "paper (%)": [5.52, 4.4], "delta": [0.123, math.nan]})
+    html = report.table_html(frame)
+    assert "row_heading" not in html and "5.52" in html and "4.40" in html and "0.12" in html
+    assert "NaN" not in html and "nan" not in html and report.MISSING in html
+    html = report.table_html(frame, formats={"paper (%)": "{:g}"})
+    assert ">4.4<" in html
+
+
+def test_show_folds_the_detail_columns(monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+    frame = pd.DataFrame({"claim": ["c"], "verdict": ["v"], "seeds": ["0, 1"]})
+    report.show(frame, ["claim", "verdict"], details=["claim", "seeds"], summary="More")
+    assert len(shown) == 2 and "seeds" not in shown[0]
+    assert shown[1].startswith('<details class="ranlib-details"><summary>More</summary>')
+    assert "0, 1" in shown[1]
+    shown.clear()
+    report.show(frame, [], details=["claim", "seeds"])
+    assert len(shown) == 1 and shown[0].startswith("<details")
+
+
+def test_display_path_never_shows_the_machines_absolute_path(tmp_path):
+    from ranlib.paths import display_path
+
+    assert display_path(tmp_path / "results" / "x", root=tmp_path) == "results/x"
+    assert display_path("results/x", root=tmp_path) == "results/x"
+    assert display_path("/elsewhere/data/cifar", root=tmp_path) == "…/cifar"

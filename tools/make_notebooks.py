@@ -26,9 +26,12 @@ from ranlib.verdicts import JPEG_LABEL  # noqa: E402
 
 KERNEL = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
-PATHS_NOTE = ("Paths (`data_root`, `results_dir`, `checkpoint_dir`, `checkpoint`) may be absolute; "
-              "relative ones are taken from the repository root (the folder holding "
-              "`pyproject.toml`), wherever papermill runs the notebook from.")
+# How a chapter is made (its parameters, papermill's injected ones, the set-up) stays in the
+# executed notebook for reruns but is folded on the page; the reader meets the claim, the tables,
+# the verdicts and the figures first. Result cells show their output and fold their code.
+# (The paths note lives once on the Rerun page, book/rerun.md.)
+FOLDED = {"tags": ["hide-cell"]}
+CODE_FOLDED = {"tags": ["hide-input"]}
 
 
 def parameters_cell(name: str, extra: str = "") -> nbformat.NotebookNode:
@@ -47,7 +50,7 @@ train = False  # True: train the runs that have no results yet (ranlib.train.run
 rows = None  # row keys to train (None: all rows; the smoke profile trains a small subset)
 train_overrides = {{}}  # extra ranlib.train.TrainConfig fields for every run, e.g. {{"iterations": 4}}
 ''' + extra
-    return new_code_cell(source, metadata={"tags": ["parameters"]})
+    return new_code_cell(source, metadata={"tags": ["parameters", "hide-cell"]})
 
 
 def setup_cell(name: str, modules: str = "planning, plots, report") -> nbformat.NotebookNode:
@@ -65,12 +68,12 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from ranlib import {modules}
-from ranlib.paths import resolve_path
+from ranlib.paths import display_path, resolve_path
 
 EXPERIMENT = "{name}"
 RESULTS = resolve_path(results_dir)
-print(f"results: {{RESULTS / EXPERIMENT}}; data: {{resolve_path(data_root)}} ({{dataset}})")''',
-                         metadata={"tags": ["hide-input"]})
+print(f"results: {{display_path(RESULTS / EXPERIMENT)}}; data: {{display_path(resolve_path(data_root))}} ({{dataset}})")''',
+                         metadata=FOLDED)
 
 
 def train_cell(name: str, guard: str = "") -> nbformat.NotebookNode:
@@ -95,7 +98,7 @@ def intro(name: str) -> nbformat.NotebookNode:
         f"the results files in `results/{name}/`, written by `ranlib.train.run` (final model, never "
         "the best epoch). Every number measured on the JPEG copy of CIFAR-10 is labelled "
         f"*{JPEG_LABEL}*. The verdict rules are written down in `ranlib.verdicts`' "
-        f"docstring.\n\n{PATHS_NOTE}")
+        "docstring.")
 
 
 def table_cells(name: str) -> list[nbformat.NotebookNode]:
@@ -108,20 +111,23 @@ def table_cells(name: str) -> list[nbformat.NotebookNode]:
                           "of top-1 error), the budget (profile, iterations), the data and the "
                           "device minutes it cost."),
         new_code_cell(f"table = report.results_table(EXPERIMENT, records)\n"
-                      f"glue(\"{name}_table\", table, display=False)\ntable"),
+                      f"glue(\"{name}_table\", table, display=False)\n"
+                      "report.show(table, report.RESULT_COLUMNS, details=report.RESULT_DETAILS,\n"
+                      "            summary=\"Rows, data, seeds and devices\")", metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts\n\nEach claim is judged on the largest budget we have "
                           "for it; orderings against the seed spread, absolute errors only at the "
                           "paper's budget."),
         new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
-                      'claims[["claim", "paper", "ours", "delta", "verdict", "reason", "budget", '
-                      '"seeds"]]'),
+                      "report.show(claims, report.CLAIM_COLUMNS, details=report.CLAIM_DETAILS,\n"
+                      "            summary=\"Deltas, budgets and seeds\")", metadata=CODE_FOLDED),
         new_markdown_cell(f"What we have: {{glue:md}}`{name}_runs`. Verdicts: "
                           f"{{glue:md}}`{name}_verdicts`.\n\n{bullets}\n\nAbsolute errors are "
                           "listed in the table above; with the JPEG copy they can only be "
                           "compared with the paper's within the allowance the verdict rule "
                           "states."),
-        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()"),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()",
+                      metadata=CODE_FOLDED),
     ]
 
 
@@ -141,8 +147,9 @@ def arl_vs_nal() -> nbformat.NotebookNode:
                           "products of masks should make the later stages' responses collapse."),
         new_code_cell("responses = plots.responses_frame(EXPERIMENT, records)\n"
                       "ax = plots.plot_stage_responses(EXPERIMENT, records)\nplt.show()\n"
-                      'responses.pivot_table(index=["network", "source"], columns="stage", '
-                      'values="response")'),
+                      "if not responses.empty:\n"
+                      '    report.show(responses.pivot_table(index=["network", "source"], columns="stage", '
+                      'values="response").reset_index())', metadata=CODE_FOLDED),
     ])
 
 
@@ -150,7 +157,7 @@ def label_noise() -> nbformat.NotebookNode:
     return experiment_notebook("label_noise", [
         new_markdown_cell("## Error vs noise level\n\nTable 5 as a plot: ours (mean ± sd over "
                           "seeds, per budget) beside the paper's. The test set stays clean."),
-        new_code_cell("ax = plots.plot_error_vs_noise(records)\nplt.show()"),
+        new_code_cell("ax = plots.plot_error_vs_noise(records)\nplt.show()", metadata=CODE_FOLDED),
         new_markdown_cell("## The noise we injected\n\nRequested vs achieved flip rate of every "
                           "run (labels are drawn per sample from Q, so the achieved rate scatters "
                           "around the requested one), and the empirical transition matrix of the "
@@ -160,7 +167,7 @@ def label_noise() -> nbformat.NotebookNode:
                       "    noisiest = max((r for r in records if r.get(\"noise\")), "
                       "key=lambda r: r[\"noise\"][\"level\"])\n"
                       "    plots.plot_transition_matrix(noisiest)\n"
-                      "    plt.show()\nnoise"),
+                      "    plt.show()\n    report.show(noise)", metadata=CODE_FOLDED),
     ])
 
 
@@ -263,8 +270,7 @@ def models() -> nbformat.NotebookNode:
         "parameter counts and multiply-adds the paper gives (Tables 2, 6 and 7), and the ImageNet "
         "attention networks match the official Caffe deploy files' counts exactly (conv + FC + "
         "BN scale/shift; multiply-adds at 224×224).\n\nCounts are exact, so there are no seeds "
-        "and no training budget; the verdict rule for counts is in `ranlib.verdicts`. "
-        f"{PATHS_NOTE}")
+        "and no training budget; the verdict rule for counts is in `ranlib.verdicts`.")
     params = parameters_cell("models", '''\
 complexity_file = "results/models/complexity.json"  # (re)written when train is True; else read if present
 model_names = []  # models to count (empty: every registered model)
@@ -275,21 +281,26 @@ if train:  # count again and keep the counts (with provenance) as this experimen
     report.write_complexity(complexity_file, model_names or None)
 entries = report.read_complexity(complexity_file)
 if entries is not None:
-    source = f"read from `{resolve_path(complexity_file)}`"
+    source = f"read from `{display_path(resolve_path(complexity_file))}`"
 else:
     entries = report.complexity_entries(model_names or None)
     source = (f"computed live with `ranlib.complexity` in this notebook "
-              f"(`{resolve_path(complexity_file)}` does not exist)")
+              f"(`{display_path(resolve_path(complexity_file))}` does not exist)")
 glue("models_source", Markdown(source), display=False)
-display(Markdown(f"Counts {source}."))''', metadata={"tags": ["hide-input"]}),
+display(Markdown(f"Counts {source}."))''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours vs the paper vs the official deploy files"),
         new_code_cell('table = report.complexity_table(entries)\n'
-                      'glue("models_table", table, display=False)\ntable'),
+                      'glue("models_table", table, display=False)\n'
+                      'report.show(table, report.COMPLEXITY_COLUMNS, details=report.COMPLEXITY_DETAILS,\n'
+                      '            summary="Input sizes and differences in %", digits=3,\n'
+                      '            formats=report.COMPLEXITY_FORMATS)',
+                      metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts"),
         new_code_cell('''\
 claims = report.complexity_claims(entries)
 glue("models_verdicts", Markdown(", ".join(f"{n} {v}" for v, n in claims["verdict"].value_counts().items())), display=False)
-claims[["claim", "paper", "ours", "delta", "verdict", "reason"]]'''),
+report.show(claims, ["claim", "paper", "ours", "verdict", "reason"], details=["claim", "delta"],
+            summary="Differences", digits=3, formats={"paper": "{:g}"})''', metadata=CODE_FOLDED),
         new_markdown_cell("Counts {glue:md}`models_source`. Verdicts over every count the paper "
                           "or the deploy files give: {glue:md}`models_verdicts`."),
     ]
@@ -304,7 +315,7 @@ def attention_masks() -> nbformat.NotebookNode:
         "(`checkpoint`), or else from the model this notebook's own run trains (`train=True`) "
         "or trained before (its `last.pt` under `checkpoint_dir`). Each picture shows a test "
         "image and, left to right, every attention module's soft mask M(x) averaged over "
-        f"channels and upsampled to the image.\n\n{PATHS_NOTE}")
+        "channels and upsampled to the image.")
     params = parameters_cell("attention_masks", '''\
 checkpoint = None  # a ranlib checkpoint (last.pt) of a CIFAR attention model; None: this notebook's run
 num_images = 4
@@ -315,17 +326,18 @@ woof_num_images = 6
     body = [
         new_code_cell('''\
 path = resolve_path(checkpoint) if checkpoint else plots.latest_checkpoint(checkpoint_dir, records)
+where = display_path(path) if path else "none found under " + display_path(resolve_path(checkpoint_dir))
 glue("attention_masks_runs", Markdown(report.runs_summary(records)), display=False)
 if path is None or not path.is_file():
     glue("attention_masks_source", Markdown("no checkpoint: not run here"), display=False)
-    display(Markdown(f"**Not run here:** no checkpoint ({path or 'none found under ' + str(resolve_path(checkpoint_dir))}). "
+    display(Markdown(f"**Not run here:** no checkpoint ({where}). "
                      "Pass `checkpoint=...`, or run with `train=True`."))
 else:
-    glue("attention_masks_source", Markdown(f"`{path}`"), display=False)
+    glue("attention_masks_source", Markdown(f"`{where}`"), display=False)
     images, masks = plots.checkpoint_masks(path, num_images=num_images, device=device)
     fig = plots.plot_masks(images, masks, max_images=num_images)
     glue("attention_masks_figure", fig, display=False)
-    plt.show()'''),
+    plt.show()''', metadata=CODE_FOLDED),
         new_markdown_cell("Masks from {glue:md}`attention_masks_source`; runs of this notebook: "
                           "{glue:md}`attention_masks_runs`. A mask near 1 passes the trunk's "
                           "features through (with attention residual learning the output is "

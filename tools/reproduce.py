@@ -105,8 +105,9 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
     """Execute one notebook with papermill; on success it replaces ``output``.
 
     ``parameters`` must be ones the notebook declares (:func:`undeclared_parameters`).
-    ``hide_parameters`` tags papermill's injected-parameters cell ``remove-cell`` so that the
-    book's own pages do not show it (experiment chapters keep it: it says how they were run).
+    Papermill's injected-parameters cell is kept (a rerun needs it) and tagged for the book like
+    the notebook's own `parameters` cell: ``hide-cell`` (folded on the page: it says how the
+    chapter was run), or with ``hide_parameters`` ``remove-cell`` (the book's own pages).
     """
     import nbformat
     import papermill
@@ -129,13 +130,19 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
                 shutil.copyfile(scratch, failed_dir / scratch.name)
             return Outcome(name, "failed", time.perf_counter() - start, _one_line(exc))
         executed = nbformat.read(scratch, as_version=4)
-        if hide_parameters:
-            for cell in executed.cells:
-                tags = cell.metadata.get("tags", [])
-                if "injected-parameters" in tags and "remove-cell" not in tags:
-                    cell.metadata["tags"] = [*tags, "remove-cell"]
+        fold = "remove-cell" if hide_parameters else "hide-cell"
+        for cell in executed.cells:
+            tags = cell.metadata.get("tags", [])
+            if "injected-parameters" in tags and fold not in tags:
+                cell.metadata["tags"] = [*tags, fold]
+        # The book publishes the executed notebook: no absolute path of this machine in it.
+        from ranlib.paths import display_path
+
+        run = executed.metadata.get("papermill", {})
+        run.update({"input_path": display_path(source if source.is_relative_to(REPO) else source.name, REPO),
+                    "output_path": display_path(output, REPO)})
         # papermill's own measure of the run, stored in the executed notebook's metadata.
-        duration = executed.metadata.get("papermill", {}).get("duration")
+        duration = run.get("duration")
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed, output)
     return Outcome(name, "ok", float(duration if duration is not None else time.perf_counter() - start))

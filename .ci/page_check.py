@@ -1,0 +1,158 @@
+"""Measure a built book page in headless Chromium as a reader at 1280 px would see it.
+
+    python .ci/page_check.py PAGE.html [PAGE.html ...] [--screenshots DIR]
+
+For each page a copy with a small script is written beside it (so that the theme's CSS and
+scripts load as they do for the page), Chromium renders it at 1280 px and dumps the DOM, and the
+script's measurements are read back from it:
+
+- every table, folded ones opened, (and the output area holding it) must fit: no element between the table and the
+  page's article may need a horizontal scrollbar (scrollWidth > clientWidth), and the table may
+  not reach past the article's right edge;
+- a notebook's parameters cells (tagged ``parameters`` or papermill's ``injected-parameters``)
+  must not show their source unfolded.
+
+Exit status 1 when a page breaks either rule (each problem is printed), 0 otherwise. With
+``--screenshots DIR`` a PNG of each page (1280 px wide) goes there too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+WIDTH = 1280
+
+MEASURE = r"""
+<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const problems = [];
+  const article = document.querySelector("article") || document.body;
+  const right = article.getBoundingClientRect().right;
+  const name = (el) => {
+    const cell = el.closest(".cell");
+    const heading = [...document.querySelectorAll("h1, h2, h3")]
+      .filter((h) => h.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING).pop();
+    return (heading ? heading.textContent.replace("#", "").trim() : "page") +
+           (cell ? " (cell " + [...document.querySelectorAll(".cell")].indexOf(cell) + ")" : "");
+  };
+  // Content of a closed <details> keeps its boxes in Chromium (content-visibility), so folded
+  // means: inside a closed <details>, or not visible by CSS.
+  const visible = (el) => !el.closest("details:not([open])") && el.getClientRects().length > 0 &&
+    (el.checkVisibility ? el.checkVisibility({checkVisibilityCSS: true}) : true);
+  let parameters = 0;
+  for (const cell of document.querySelectorAll(".cell.tag_parameters, .cell.tag_injected-parameters")) {
+    parameters += 1;
+    const source = cell.querySelector(".cell_input pre") || cell.querySelector("pre");
+    if (source && visible(source) && source.getBoundingClientRect().height > 0) {
+      problems.push(`a parameters cell (${cell.className.match(/tag_[\w-]+/g).join(" ")}) shows unfolded`);
+    }
+  }
+  // A folded table must fit too once its reader opens it: open every fold, then measure.
+  for (const fold of document.querySelectorAll("details")) fold.open = true;
+  let tables = 0;
+  for (const table of document.querySelectorAll("article table")) {
+    if (!visible(table)) continue;
+    tables += 1;
+    for (let el = table; el && el !== article.parentElement; el = el.parentElement) {
+      if (el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0 &&
+          getComputedStyle(el).overflowX !== "visible") {
+        problems.push(`table under "${name(table)}" needs a horizontal scrollbar ` +
+                      `(${el.scrollWidth} px in ${el.clientWidth} px)`);
+        break;
+      }
+    }
+    const edge = table.getBoundingClientRect().right;
+    if (edge > right + 1) {
+      problems.push(`table under "${name(table)}" reaches ${Math.round(edge - right)} px past the page`);
+    }
+  }
+  const page = document.documentElement;
+  if (page.scrollWidth > page.clientWidth + 1) {
+    problems.push(`the page itself scrolls sideways (${page.scrollWidth} px in ${page.clientWidth} px)`);
+  }
+  const out = document.createElement("pre");
+  out.id = "ranlib-page-check";
+  out.textContent = JSON.stringify({tables, parameters, problems});
+  document.body.appendChild(out);
+}, 500));
+</script>
+"""
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return name
+    sys.exit("page_check: no chromium on PATH")
+
+
+def browser(profile: str) -> list[str]:
+    return [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000", f"--window-size={WIDTH},1600"]
+
+
+def measure(page: Path) -> dict:
+    """The script's findings on ``page`` (a built HTML file)."""
+    copy = page.with_name(f".page-check-{page.name}")
+    text = page.read_text(encoding="utf8")
+    copy.write_text(text.replace("</body>", MEASURE + "</body>", 1), encoding="utf8")
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run([*browser(profile), "--dump-dom", copy.as_uri()],
+                                 capture_output=True, text=True, timeout=120).stdout
+    finally:
+        copy.unlink()
+    found = re.search(r'<pre id="ranlib-page-check">(.*?)</pre>', dom, re.S)
+    if not found:
+        return {"tables": 0, "parameters": 0, "problems": ["the page's measurements never came back"]}
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+def screenshot(page: Path, out: Path, height: int = 2400) -> None:
+    with tempfile.TemporaryDirectory() as profile:
+        args = [a if not a.startswith("--window-size") else f"--window-size={WIDTH},{height}"
+                for a in browser(profile)]
+        subprocess.run([*args, f"--screenshot={out}", page.as_uri()], capture_output=True, timeout=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pages", nargs="+", type=Path)
+    parser.add_argument("--screenshots", type=Path, default=None)
+    parser.add_argument("--min-tables", type=int, default=0,
+                        help="fail unless the pages together show at least this many tables")
+    args = parser.parse_args(argv)
+    failed, tables = False, 0
+    for page in args.pages:
+        result = measure(page.resolve())
+        tables += result["tables"]
+        print(f"page_check: {page}: {result['tables']} table(s), {result['parameters']} parameters "
+              f"cell(s), {len(result['problems'])} problem(s)")
+        for problem in result["problems"]:
+            print(f"  {problem}")
+        failed |= bool(result["problems"])
+        if args.screenshots:
+            args.screenshots.mkdir(parents=True, exist_ok=True)
+            stem = "_".join(page.resolve().with_suffix("").parts[-2:])
+            screenshot(page.resolve(), args.screenshots / f"{stem}.png")
+    if tables < args.min_tables:
+        print(f"page_check: {tables} table(s) shown, fewer than {args.min_tables}")
+        failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("LANG", "C.UTF-8")
+    sys.exit(main())
