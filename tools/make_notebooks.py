@@ -196,7 +196,7 @@ def imagewoof() -> nbformat.NotebookNode:
         "for the ordering they claim, and are never compared with ours as numbers. "
         "Inception-ResNet-v1/v2 are left out: they are not ranlib models. Our results come from "
         "`results/imagewoof/` (final model, never the best epoch); the verdict rules are in "
-        f"`ranlib.verdicts`' docstring.\n\n{PATHS_NOTE}")
+        "`ranlib.verdicts`' docstring.")
     guard = ('\nelif train and dataset != "imagewoof":\n'
              '    display(Markdown(f"**Not run here:** this chapter trains on Imagewoof '
              '(`dataset=\\"imagewoof\\"`), not `{dataset}`."))\n'
@@ -228,20 +228,26 @@ glue("imagewoof_estimate", Markdown(
     f"about {{cost[estimates[0]].iloc[-1] / 60:.1f}} device minutes at "
     f"{{imagewoof_report.ASSUMED_MFU:.0%}} of the peak, {{cost[estimates[1]].iloc[-1] / 60:.1f}} at "
     f"{{imagewoof_report.PESSIMISTIC_MFU:.0%}}"), display=False)
-cost''', metadata={"tags": ["hide-input"]}),
+report.show(cost)''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
                           "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
                           "classifier) and multiply-adds at the input size, epochs, the device "
                           "minutes it cost. The paper's ImageNet parameters and error stand beside "
                           "as context for the orderings only."),
         new_code_cell('table = imagewoof_report.results_table(records)\n'
-                      'glue("imagewoof_table", table, display=False)\ntable'),
+                      'glue("imagewoof_table", table, display=False)\n'
+                      'report.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
+                      '            details=["network", "input", "epochs", "seeds", "device min", "device",\n'
+                      '                     "paper ImageNet params (M)", "paper ImageNet top-1 (%)"],\n'
+                      '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures")',
+                      metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts\n\nOrderings against the seed spread; the parity claim by "
                           "an equivalence rule (the gap's interval within ±1 point of top-1 error); "
                           "no absolute claims, since the paper gives no Imagewoof numbers."),
         new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
-                      'claims[["claim", "ours", "verdict", "reason", "budget", "dataset", "seeds"]]'),
+                      'report.show(claims, ["claim", "ours", "verdict", "reason"], details=report.CLAIM_DETAILS,\n'
+                      '            summary="Deltas, budgets and seeds")', metadata=CODE_FOLDED),
         new_markdown_cell("What we have: {glue:md}`imagewoof_runs`. Verdicts: "
                           "{glue:md}`imagewoof_verdicts`.\n\n" + "\n".join(
                               f"- {c.text}: {{glue:md}}`imagewoof_claim{i}`"
@@ -255,8 +261,10 @@ line = context.iloc[0]
 glue("imagewoof_leaderboard", Markdown(
     f"{{line['leaderboard top-1 error (%)']:.2f}} % top-1 error after {{line['leaderboard epochs']}} epochs; "
     f"ours: {{line['our top-1 error (%), best – worst network']}}"), display=False)
-context'''),
-        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()"),
+report.show(context, ["our epochs", "our top-1 error (%), best – worst network", "leaderboard epochs",
+                      "leaderboard top-1 error (%)"], details=["best", "worst", "leaderboard"],
+            summary="Networks and source")''', metadata=CODE_FOLDED),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()", metadata=CODE_FOLDED),
     ]
     return new_notebook(cells=[intro_cell, parameters_cell("imagewoof"),
                                setup_cell("imagewoof", "imagewoof_report, planning, plots, report"),
@@ -370,7 +378,7 @@ else:
          display=False)
     fig = plots.plot_masks(images, masks, max_images=woof_num_images)
     glue("attention_masks_woof_figure", fig, display=False)
-    plt.show()'''),
+    plt.show()''', metadata=CODE_FOLDED),
         new_markdown_cell("Masks on photos from {glue:md}`attention_masks_woof_source`; each panel "
                           "is scaled to its own range (printed under it)."),
     ]
