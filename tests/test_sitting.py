@@ -25,9 +25,11 @@ def test_slices_put_the_claims_first():
     slices = sitting.study_slices([0, 1, 2], "cifar10-jpeg")
     assert [s.seeds for s in slices[:2]] == [(0,), (1,)]
     assert slices[0].experiments[:2] == ("arl_vs_nal", "label_noise")  # Table 3 with Figure 4, then Table 5
-    assert slices[2].action == "jpeg_gap_and_masks"
-    assert "cifar_sota" in slices[3].experiments
-    assert [s.experiments for s in sitting.study_slices([0], "imagewoof")] == [("imagewoof",)]
+    assert slices[2].action == "jpeg_gap" and slices[3].experiments == ("attention_masks",)
+    assert "cifar_sota" in slices[4].experiments
+    woof = sitting.study_slices([0, 1], "imagewoof")  # a call that carries the Imagewoof data
+    assert (woof[0].experiments, woof[0].seeds) == (("imagewoof",), (0, 1))  # both seeds fuse
+    assert woof[1].action == "imagewoof_masks"
 
 
 def test_groups_join_seeds_noise_and_arl_nal_but_nothing_else(tmp_path):
