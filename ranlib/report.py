@@ -448,6 +448,24 @@ def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame
     return out[columns]
 
 
+def sittings_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
+    """One line per campaign sitting (``python -m ranlib.campaign run`` or ``sitting``): when it
+    started, on which device, its runs by how they ended, and the device minutes it charged, which
+    add up to the time it held the device. Empty when no campaign ran."""
+    columns = ["sitting started (UTC)", "device", "finished", "interrupted", "failed", "device minutes"]
+    lines = read_ledger(resolve_path(results_root) / LEDGER_NAME)
+    if not lines:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(lines).astype({"device_s": float})
+    out = frame.groupby("campaign_started_at", sort=True).agg(
+        device=("device_name", lambda v: ", ".join(sorted(set(v)))),
+        **{status: ("status", lambda v, s=status: int((v == s).sum()))
+           for status in ("finished", "interrupted", "failed")},
+        device_minutes=("device_s", lambda v: round(v.sum() / 60, 2))).reset_index()
+    out = out.rename(columns={"campaign_started_at": "sitting started (UTC)", "device_minutes": "device minutes"})
+    return out[columns]
+
+
 def jpeg_gap_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     """What the JPEG copy costs trained models: one line per ``results/jpeg_gap/*.json`` written
     by ``python -m ranlib.jpeg_gap`` (top-1 error on the 846 exact official test images and on
@@ -650,7 +668,8 @@ def runs_summary(records: Sequence[dict]) -> str:
 
 def no_results_markdown(name: str) -> str:
     """What a page with no results says: plainly that, and the commands that produce them."""
-    return (f"**No results yet for `{name}`** in this results folder: the table below shows the "
-            "paper's numbers only and every verdict is *not run here*. The commands that produce "
-            "them are folded below; the page *Rerun anything* explains them.\n\n"
-            + _commands_block(name))
+    shows = ("the table below shows the paper's numbers only" if any(r.paper_error is not None
+             for r in experiment(name).rows) else "the tables below have none of ours")
+    return (f"**No results yet for `{name}`** in this results folder: {shows} and every verdict is "
+            "*not run here*. The commands that produce them are folded below; the page *Rerun "
+            "anything* explains them.\n\n" + _commands_block(name))
