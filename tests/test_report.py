@@ -521,3 +521,20 @@ def test_display_path_never_shows_the_machines_absolute_path(tmp_path):
     assert display_path(tmp_path / "results" / "x", root=tmp_path) == "results/x"
     assert display_path("results/x", root=tmp_path) == "results/x"
     assert display_path("/elsewhere/data/cifar", root=tmp_path) == "…/cifar"
+
+
+def test_sittings_table_gives_each_sittings_device_minutes(tmp_path):
+    assert report.sittings_table(tmp_path).empty
+    line = dict.fromkeys(LEDGER_FIELDS, "")
+    first, second = "2026-11-29T10:00:00+00:00", "2026-11-30T10:00:00+00:00"
+    append_ledger(tmp_path / LEDGER_NAME, [
+        {**line, "campaign_started_at": first, "run_name": "a", "status": "finished", "device_s": 300,
+         "device_name": "H200"},
+        {**line, "campaign_started_at": first, "run_name": "b", "status": "interrupted", "device_s": 120,
+         "device_name": "H200"},
+        {**line, "campaign_started_at": second, "run_name": "b", "status": "finished", "device_s": 60,
+         "device_name": "H200"}])
+    table = report.sittings_table(tmp_path)
+    assert table["sitting started (UTC)"].tolist() == [first, second]
+    assert table["device minutes"].tolist() == [7.0, 1.0]
+    assert table[["finished", "interrupted", "failed"]].values.tolist() == [[1, 1, 0], [1, 0, 0]]
