@@ -56,8 +56,8 @@ from .experiments import EXPERIMENTS, experiment
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import resolve_path
 from .planning import find_training, group_runs, plan_runs, same_training, training_size
-from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, imagewoof_masks_step, jpeg_gap_step,
-                      preflight, print_table, study_slices)
+from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, fit_batch, imagewoof_masks_step,
+                      jpeg_gap_step, preflight, print_table, study_slices)
 
 LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--experiments", nargs="+", default=list(CIFAR_EXPERIMENTS), metavar="NAME",
                        help=f"experiments to train (default: {' '.join(CIFAR_EXPERIMENTS)})")
         q.add_argument("--rows", nargs="+", metavar="KEY", help="only these rows: a planned run's name without -PROFILE-sSEED, e.g. attention92-noise70")
-        q.add_argument("--profile", default="quick", choices=("smoke", "quick", "paper"))
+        q.add_argument("--profile", default="quick", choices=("smoke", "quick", "full", "paper"))
         q.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
         q.add_argument("--dataset", default="cifar10-jpeg")
         q.add_argument("--data-root", default=".data/cifar10-jpeg")
@@ -565,16 +565,24 @@ def _cmd_sitting(args: argparse.Namespace) -> int:
             pack_now()
             continue
         t0 = time.monotonic()
-        plan = plan_campaign(part.experiments, profile=args.profile, seeds=part.seeds, dataset=args.dataset,
-                             data_root=args.data_root, results_dir=args.results_dir,
-                             checkpoint_dir=args.checkpoint_dir, device=args.device, overrides=overrides)
+        plan = plan_campaign(part.experiments, profile=part.profile or args.profile, seeds=part.seeds,
+                             dataset=args.dataset, data_root=args.data_root, results_dir=args.results_dir,
+                             checkpoint_dir=args.checkpoint_dir, device=args.device, rows=part.rows,
+                             overrides=overrides)
         if not plan.runs:
             log.add(part.name, "done before", f"{len(plan.skipped)} runs have results")
             continue
         groups = group_runs(plan.runs, max_group)
+        if part.profile == "full":  # each group at the smallest batch that finishes in what is left
+            fitted = [fit_batch(g, left_s() - GROUP_STARTUP_S, checks.speed, checkpoint_dir=args.checkpoint_dir)
+                      for g in groups]
+            groups = [g for g in fitted if g is not None]
+            if not groups:
+                log.add(part.name, "not started", "no batch finishes in the time left")
+                continue
         runner = Campaign(groups, budget_s=max(left_s(), 1.0), launch_margin_s=GROUP_STARTUP_S,
                           stop_grace_s=min(45.0, max(left_s() / 4, 5.0)), ledger=args.results_dir / LEDGER_NAME,
-                          device_name=device_name, estimate_s=lambda g: estimate_group_s(g, checks.macs_per_s),
+                          device_name=device_name, estimate_s=lambda g: estimate_group_s(g, checks.speed),
                           on_finish=pack_now)
         lines = runner.run()
         status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}

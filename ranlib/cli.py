@@ -24,7 +24,8 @@ TRAIN_HELP = {
     "dataset": "cifar10, cifar100, cifar10-jpeg, folder or imagenet-folder",
     "data_root": "dataset folder (or the cifar10-jpeg.npz file)",
     "download": "download official CIFAR through torchvision if missing (needs internet)",
-    "profile": "smoke (seconds, CPU), quick (minutes, GPU) or paper (the full schedule)",
+    "profile": "smoke (seconds, CPU), quick (minutes, GPU), full (the paper's epochs at a larger batch, "
+               "large-batch rule) or paper (the paper's schedule)",
     "seed": "seed for initialisation, data order, augmentation and label noise",
     "noise_level": "fraction of training labels corrupted by the paper's Q (Table 5), in [0, 1)",
     "batch_size": "global batch size; lr, iterations, milestones follow the large-batch rule unless given",

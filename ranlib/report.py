@@ -106,11 +106,12 @@ def runs_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
             row=row.key, label=row.label, run_name=record["run_name"],
             seed=prov.get("seed", record.get("config", {}).get("seed")),
             profile=record_profile(record), iterations=record.get("config", {}).get("iterations"),
+            batch_size=record.get("config", {}).get("batch_size"),
             dataset=record["dataset"]["label"], dataset_id=record["dataset"]["id"],
             top1_error=record["final"]["top1_error"], top5_error=record["final"]["top5_error"],
             device=prov.get("device_name"), device_type=prov.get("device_type"),
             device_minutes=device_minutes(record)))
-    columns = ["row", "label", "run_name", "seed", "profile", "iterations", "dataset",
+    columns = ["row", "label", "run_name", "seed", "profile", "iterations", "batch_size", "dataset",
                "dataset_id", "top1_error", "top5_error", "device", "device_type",
                "device_minutes"]
     return pd.DataFrame(lines, columns=columns)
@@ -125,9 +126,12 @@ def format_mean_std(mean: float, std: float, n: int, digits: int = 2) -> str:
     return f"{mean:.{digits}f} (n={n})"
 
 
-def _budget(profile: str, iterations: Any) -> str:
+def _budget(profile: str, iterations: Any, batch_size: Any = None) -> str:
+    """``"quick (625 it)"``; the ``full`` profile names its batch, which defines it."""
     if iterations is None or (isinstance(iterations, float) and math.isnan(iterations)):
         return profile
+    if profile == "full" and batch_size:
+        return f"full, batch {int(batch_size)} ({int(iterations):,} it)"
     return f"{profile} ({int(iterations):,} it)"
 
 
@@ -143,7 +147,7 @@ def _groups(runs: pd.DataFrame) -> pd.DataFrame:
         top5, _, _ = mean_std(g["top5_error"].dropna())
         devices = sorted({d for d in g["device"] if d})
         out.append(dict(row=row, profile=profile, dataset=dataset, mean=mean, std=std, n=n,
-                        top5_mean=top5, budget=_budget(profile, g["iterations"].iloc[0]),
+                        top5_mean=top5, budget=_budget(profile, g["iterations"].iloc[0], g["batch_size"].iloc[0]),
                         device_minutes=float(g["device_minutes"].sum()),
                         device=", ".join(devices), seeds=sorted(g["seed"].tolist())))
     return pd.DataFrame(out, columns=columns)

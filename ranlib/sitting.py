@@ -12,7 +12,10 @@ sitting therefore decides nothing on the way and loses little when it is cut off
    written to ``<results-dir>/performance``, when the bench supports them.
 3. **The study, claims first** (:func:`study_slices`): the quick profile's seed 0 of Table 3 with
    Figure 4, Table 5, Table 1 and Table 4, then seed 1 of the same, then the JPEG-cost evaluation
-   of a trained Attention-92 and a checkpoint for the masks figure, then Table 6's larger networks.
+   of a trained Attention-92 and a checkpoint for the masks figure, then Table 6's larger networks,
+   then full-length runs of the claim rows (the ``full`` profile: the paper's 205 epochs at the
+   smallest batch, under the large-batch rule, that finishes in the time left; judged on
+   orderings only, see ``ranlib.verdicts``).
    Runs with results (committed or from this sitting) are left out; the rest are put into fused
    groups (:func:`ranlib.campaign.group_runs`), each group's time is estimated from the measured
    throughput, and only groups expected to finish inside the budget are started. With
@@ -46,6 +49,10 @@ ARCHIVE_NAME = "sitting.tar.gz"
 PREFLIGHT_BUDGET_S = 20.0
 GROUP_STARTUP_S = 20.0  # a group's process: imports, data, model building, graph capture
 CLAIM_EXPERIMENTS = ("arl_vs_nal", "label_noise", "attention_types", "mask_structure")
+# The rows whose claims most need the paper's length, and the batches the full profile may take.
+FULL_LENGTH_EXPERIMENTS = ("arl_vs_nal", "label_noise")
+FULL_LENGTH_ROWS = ("attention92-arl", "attention92-nal", "attention92-noise70", "resnet164-noise70")
+FULL_BATCHES = (64, 128, 256, 512, 1024, 2048)
 JPEG_GAP_ROW = ("label_noise", "attention92-noise10")  # a trained Attention-92 for the JPEG cost
 MASKS_EXPERIMENT = "attention_masks"
 
@@ -57,6 +64,8 @@ class Slice:
     name: str
     experiments: tuple[str, ...] = ()
     seeds: tuple[int, ...] = ()
+    profile: str | None = None  # None: the sitting's --profile
+    rows: tuple[str, ...] | None = None  # None: every row of the experiments
     # "train"; "jpeg_gap": the JPEG cost of a trained Attention-92; "imagewoof_masks": a trained
     # Attention-56's masks on Imagewoof photos, kept as a small file (its checkpoint is too large to carry)
     action: str = "train"
@@ -72,19 +81,57 @@ def study_slices(seeds: Sequence[int], dataset: str) -> list[Slice]:
     slices.append(Slice("a checkpoint for the masks figure", (MASKS_EXPERIMENT,), tuple(seeds[:1])))
     slices += [Slice(f"Table 6's larger networks, seed {s}", ("cifar_sota",), (s,)) for s in seeds[:2]]
     slices += [Slice(f"claims, seed {s}", CLAIM_EXPERIMENTS, (s,)) for s in seeds[2:]]
+    slices.append(Slice("full-length claim rows (the paper's epochs, the smallest batch that finishes)",
+                        FULL_LENGTH_EXPERIMENTS, tuple(seeds[:2]), profile="full", rows=FULL_LENGTH_ROWS))
     return slices
+
+
+def fit_batch(group: Sequence[dict], seconds: float, speed: "StepModel | None", *,
+              checkpoint_dir: Path) -> list[dict] | None:
+    """The ``full``-profile group at the smallest batch in :data:`FULL_BATCHES` expected to finish in
+    ``seconds`` (at the batch of a checkpoint to resume, if any); None if none does."""
+    for batch in FULL_BATCHES:
+        candidate = [dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
+        if any((checkpoint_dir / c["experiment"] / c["run_name"] / "last.pt").is_file() for c in candidate):
+            return candidate
+    for batch in FULL_BATCHES:
+        candidate = [dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
+        if estimate_group_s(candidate, speed) <= seconds:
+            return candidate
+    return None
 
 
 # --------------------------------------------------------------------------------------------
 # Preflight
 
 
+@dataclass(frozen=True)
+class StepModel:
+    """A training step's time on this device: a fixed cost (kernel launches, the optimizer; what a
+    small batch is bound by) plus its multiply-adds at a rate. Fitted to two measured batch sizes."""
+
+    overhead_s: float
+    macs_per_s: float
+
+    def step_s(self, macs: float) -> float:
+        return self.overhead_s + macs / self.macs_per_s
+
+    @classmethod
+    def fit(cls, small: tuple[float, float], large: tuple[float, float]) -> "StepModel":
+        """From (multiply-adds, seconds) of one step at a small and a large batch."""
+        (m1, t1), (m2, t2) = small, large
+        if t2 <= t1 or m2 <= m1:  # no measurable difference: all of it is work
+            return cls(0.0, m2 / t2)
+        rate = (m2 - m1) / (t2 - t1)
+        return cls(max(t1 - m1 / rate, 0.0), rate)
+
+
 @dataclass
 class Preflight:
-    """What works on this device, and the measured training throughput."""
+    """What works on this device, and how fast a training step is."""
 
     checks: dict[str, dict] = field(default_factory=dict)  # path -> {"ok", "seconds", "detail"}
-    macs_per_s: float | None = None  # multiply-adds per second of training (forward + backward ~ 3 passes)
+    speed: StepModel | None = None
 
     def ok(self, name: str) -> bool:
         return self.checks.get(name, {}).get("ok", False)
@@ -215,23 +262,31 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
         ranlib.create_model(model).load_state_dict(back, strict=True)
         return "a member's checkpoint written, read back and loaded into a solo model"
 
-    def throughput():
+    def seconds_per_step(size: int) -> float:
         precision = "bf16" if report.ok("bf16") else "fp32"
-        fused, step, _ = group(precision, report.ok("cuda_graphs"))
-        for x, y in batches:  # warm-up (and capture)
+        _, step, _ = group(precision, report.ok("cuda_graphs"))
+        data = [(x[:size], y[:size]) for x, y in batches]
+        for x, y in data:  # warm-up (and capture)
             step(x, y)
         synchronize(device)
         start, steps = time.perf_counter(), 0
-        while steps < 5 or time.perf_counter() - start < 2.0:
-            step(*batches[steps % len(batches)])
+        while steps < 5 or time.perf_counter() - start < 1.5:
+            step(*data[steps % len(data)])
             steps += 1
             if steps % 5 == 0:
                 synchronize(device)
         synchronize(device)
-        seconds = time.perf_counter() - start
-        macs = ranlib.complexity(ranlib.create_model(model), 32)["macs"]
-        report.macs_per_s = 3 * macs * batch_size * members * steps / seconds
-        return f"{members * batch_size * steps / seconds:.0f} images/s, {2 * report.macs_per_s / 1e12:.1f} TFLOP/s"
+        return (time.perf_counter() - start) / steps
+
+    def throughput():
+        macs = 3 * ranlib.complexity(ranlib.create_model(model), 32)["macs"] * members  # per image, all members
+        small = max(batch_size // 4, 1)
+        report.speed = StepModel.fit((macs * small, seconds_per_step(small)),
+                                     (macs * batch_size, seconds_per_step(batch_size)))
+        rate = batch_size * members / report.speed.step_s(macs * batch_size)
+        return (f"{rate:.0f} images/s at batch {batch_size} x {members}; a step costs "
+                f"{1e3 * report.speed.overhead_s:.2f} ms + its multiply-adds at "
+                f"{2 * report.speed.macs_per_s / 1e12:.2f} TFLOP/s")
 
     for name, fn in (("fused_step", fused_step), ("bf16", bf16), ("cuda_graphs", cuda_graphs),
                      ("evaluation", evaluation), ("checkpoint", checkpoint), ("throughput", throughput)):
@@ -246,22 +301,23 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
 # The sitting
 
 
-def estimate_group_s(group: Sequence[dict], macs_per_s: float | None) -> float:
-    """Expected seconds for a fused group: start-up plus training and evaluation at ``macs_per_s``."""
+def estimate_group_s(group: Sequence[dict], speed: "StepModel | None") -> float:
+    """Expected seconds for a fused group: start-up, its training steps (one per iteration for all
+    members at once) and its evaluations, at the device's measured :class:`StepModel`."""
+    import math
+
     from .cli import model_counts
-    from .planning import training_size
     from .train import TrainConfig, resolve
 
-    if not macs_per_s:
+    if speed is None:
         return GROUP_STARTUP_S
-    work = 0.0
-    for config in group:
-        resolved = resolve(TrainConfig(**config))
-        macs = model_counts(config["model"], config.get("model_kwargs"), input_size=resolved.test_size)["macs"]
-        evaluations = -(-resolved.iterations // resolved.eval_every)
-        num_test = resolved.max_test_samples or 10_000
-        work += training_size(config)["train_macs"] + evaluations * num_test * macs
-    return GROUP_STARTUP_S + work / macs_per_s
+    resolved = [resolve(TrainConfig(**config)) for config in group]
+    macs = [model_counts(c.model, c.model_kwargs, input_size=c.train_size)["macs"] for c in resolved]
+    first = resolved[0]  # members share the schedule, batch and data
+    step_macs = sum(3 * m * first.batch_size for m in macs)  # a training step: about three forward passes
+    evaluations = math.ceil(first.iterations / first.eval_every)
+    eval_macs = evaluations * (first.max_test_samples or 10_000) * sum(macs)
+    return GROUP_STARTUP_S + first.iterations * speed.step_s(step_macs) + eval_macs / speed.macs_per_s
 
 
 @dataclass

@@ -538,3 +538,11 @@ def test_sittings_table_gives_each_sittings_device_minutes(tmp_path):
     assert table["sitting started (UTC)"].tolist() == [first, second]
     assert table["device minutes"].tolist() == [7.0, 1.0]
     assert table[["finished", "interrupted", "failed"]].values.tolist() == [[1, 1, 0], [1, 0, 0]]
+
+
+def test_the_full_profile_judges_orderings_but_not_absolute_errors():
+    verdict, reason = verdicts.judge_absolute(5.0, [5.1, 5.2], profile="full", task="cifar",
+                                              dataset="CIFAR-10 (JPEG q75 copy)")
+    assert verdict == verdicts.NOT_RUN_BUDGET and "batch of 64" in reason
+    assert verdicts.judge_ordering([5.0, 5.1], [6.0, 6.1], profile="full")[0] == verdicts.REPRODUCED
+    assert verdicts.PROFILE_RANK["quick"] < verdicts.PROFILE_RANK["full"] < verdicts.PROFILE_RANK["paper"]

@@ -81,3 +81,31 @@ def test_a_sitting_stops_on_time_packs_and_its_archive_renders(tmp_path):
                    "checkpoint_dir": str(tmp_path / "ckpt"), "dataset": "folder", "data_root": str(data)}, REPO)
     text = _text_outputs(nb)
     assert "No results yet" not in text and "smoke (6 it)" in text  # the rows the sitting trained
+
+
+def test_a_step_model_fitted_to_two_batches():
+    speed = sitting.StepModel.fit((1e9, 0.003), (4e9, 0.006))  # 2 ms fixed, then 1e12 multiply-adds/s
+    assert speed.overhead_s == pytest.approx(2e-3) and speed.macs_per_s == pytest.approx(1e12)
+    assert sitting.StepModel.fit((1e9, 0.003), (4e9, 0.002)).overhead_s == 0.0  # noise: all work
+
+
+def test_the_full_profile_takes_the_smallest_batch_that_finishes(tmp_path):
+    plan = campaign.plan_campaign(["arl_vs_nal"], profile="full", seeds=[0], dataset="cifar10-jpeg",
+                                  data_root=str(tmp_path), results_dir=tmp_path / "r", checkpoint_dir=tmp_path / "c",
+                                  rows=["attention92-arl", "attention92-nal"])
+    [group] = campaign.group_runs(plan.runs)
+    # 2 ms a step plus the work at 100 TFLOP/s: at batch 64 the fixed cost of 160k steps dominates
+    rate = sitting.StepModel(overhead_s=2e-3, macs_per_s=50e12)
+    times = {b: sitting.estimate_group_s([dict(c, batch_size=b) for c in group], rate) for b in sitting.FULL_BATCHES}
+    assert times[64] > times[128] > times[256] > sitting.GROUP_STARTUP_S
+    assert times[64] - times[256] == pytest.approx((160_000 - 40_000) * 2e-3, rel=1e-6)
+    fitted = sitting.fit_batch(group, times[256] + 1, rate, checkpoint_dir=tmp_path / "c")
+    assert {c["batch_size"] for c in fitted} == {256}
+    assert [c["run_name"] for c in fitted] == ["attention92-arl-full-s0-b256", "attention92-nal-full-s0-b256"]
+    assert sitting.fit_batch(group, 1.0, rate, checkpoint_dir=tmp_path / "c") is None
+    # a checkpoint of an interrupted run is resumed at its own batch, whatever the time left
+    (tmp_path / "c" / "arl_vs_nal" / "attention92-nal-full-s0-b1024").mkdir(parents=True)
+    (tmp_path / "c" / "arl_vs_nal" / "attention92-nal-full-s0-b1024" / "last.pt").write_bytes(b"")
+    resumed = sitting.fit_batch(group, times[64] * 2, rate, checkpoint_dir=tmp_path / "c")
+    assert {c["batch_size"] for c in resumed} == {1024}
+    assert sitting.study_slices([0, 1], "cifar10-jpeg")[-1].profile == "full"

@@ -45,7 +45,7 @@ NOTEBOOKS = (
 # they only read results, so they run after the experiments.
 PAGES = {"summary": ("results_dir",), "setup": ("results_dir",), "performance": ("results_dir",),
          "open_choices": (), "compute": ("results_dir",)}
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "full", "paper")
 LEDGER_FIELDS = (
     "finished_at", "notebook", "status", "duration_s", "profile", "dataset", "device",
     "device_name", "git_commit", "git_dirty", "error",

@@ -115,7 +115,9 @@ OPEN_CHOICES = [
         topic="Batch size on a GPU (large-batch rule)",
         paper_says="Batch 64, lr 0.1, 160k iterations, lr / 10 at 64k and 96k (CIFAR).",
         we_chose="At batch B: lr 0.1 * B / 64, iterations and milestones * 64 / B (same epochs), and a linear "
-                 "warm-up over 5 epochs when B > 64. The `paper` profile keeps batch 64.",
+                 "warm-up over 5 epochs when B > 64. The `paper` profile keeps batch 64; the `full` profile is "
+                 "the paper's 205 epochs at the smallest batch a GPU sitting can finish (512 by default), "
+                 "judged on orderings only.",
         why="Goyal et al. (2017)'s linear scaling rule with gradual warm-up; every results file records the rule "
             "and the resolved schedule.",
     ),
