@@ -345,7 +345,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"compile mode {c.compile_mode!r} given without --compile; add --compile or drop the mode")
     profile, recipe = profiles[c.profile], RECIPES[key]
 
-    explicit_batch = c.batch_size is not None
     c.batch_size = int(c.batch_size or profile.batch_size)
     if c.batch_size < 1 or c.accum_steps < 1 or c.batch_size % c.accum_steps:
         raise ConfigError(f"batch size {c.batch_size} must be a positive multiple of accum_steps {c.accum_steps}")
@@ -667,166 +666,219 @@ def run_group(configs: Sequence[TrainConfig]) -> list[dict]:
 
 
 def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> list[dict]:
-    wall_start = time.perf_counter()
-    resolved = [resolve(c) for c in configs]
-    device = select_device(resolved[0].device, d)
-    for c in resolved:
-        _settle_runtime(c, device, d)
-    check_group(resolved)
-    members = [_Member.open(c, d) for c in resolved]
-    start_iteration = _resume_point(members)
-    c, k = resolved[0], len(members)  # the settings the group shares, and its size
-    info = _model_info(c.model)
-    _configure_backends(c, device)
-    seed_everything(c.seed)
+    training = _GroupTraining(configs, d, started_at)  # check, open files, load data, build, resume
+    training.train()  # steps, with logs, evaluations and checkpoints; a signal checkpoints and stops
+    return training.finish()  # the final checkpoints, records and results files
 
-    split = load_split(resolved, device, info.input_size, d)
-    for m in members:
-        if m.saved is not None and m.saved.get("dataset", {}).get("fingerprint") != split.info["fingerprint"]:
-            raise CheckpointError(f"checkpoint {m.ckpt_path} was trained on data with fingerprint "
-                                  f"{m.saved.get('dataset', {}).get('fingerprint')}, not {split.info['fingerprint']}; "
-                                  "point --data-root at the original data")
-    solo = [_member_model(m, split.num_classes) for m in members]
-    complexity = _complexity(solo[0], c.train_size)
-    reference_state = solo[0].state_dict()
-    memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
-    model = fuse(solo).to(device, memory_format=memory_format)
-    del solo
-    if c.sync_bn and d.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                weight_decay=c.weight_decay, fused=c.cuda_graphs or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupStepLR(c.milestones, c.lr_decay,
-                                                                          c.warmup_iterations))
-    windows = [torch.zeros(k, 3, dtype=torch.float64, device=device) for _ in range(2)]  # eval, log
-    if start_iteration:
-        saved = [m.saved for m in members]
-        optimizer.load_state_dict(fused_optimizer_state([s["optimizer"] for s in saved]))
-        for group in optimizer.param_groups:  # the saved flags belong to the device that wrote them
-            group["fused"], group["foreach"] = c.cuda_graphs or None, None
-        scheduler.load_state_dict(saved[0]["scheduler"])
-        for m, stream in zip(members, split.train):
-            stream.load_state_dict(m.saved["data"])
+
+class _GroupTraining:
+    """The training of a group of K >= 1 members, as named steps (see :func:`run_group`)."""
+
+    def __init__(self, configs: Sequence[TrainConfig], d: Dist, started_at: str):
+        self.wall_start, self.d, self.started_at = time.perf_counter(), d, started_at
+        resolved = [resolve(c) for c in configs]
+        self.device = select_device(resolved[0].device, d)
+        for c in resolved:
+            _settle_runtime(c, self.device, d)
+        check_group(resolved)
+        self.members = [_Member.open(c, d) for c in resolved]
+        self.iteration = _resume_point(self.members)
+        self.c, self.k = resolved[0], len(self.members)  # the settings the group shares, and its size
+        self.info = _model_info(self.c.model)
+        _configure_backends(self.c, self.device)
+        seed_everything(self.c.seed)
+        self.split = self._load_data(resolved)
+        self._build()
+        if self.iteration:
+            self._resume()
+        self.step = TrainStep(self.step_model, self.raw_model, self.optimizer, windows=self.windows,
+                              precision=self.c.precision, accum_steps=self.c.accum_steps, ddp=d.enabled,
+                              cuda_graphs=self.c.cuda_graphs)
+        self.group_names = [m.config.run_name for m in self.members]
+        for m in self.members:
+            m.metrics = _MetricsLog(m.run_dir / "metrics.jsonl", keep_until=self.iteration if m.saved else None,
+                                    enabled=d.main)
+            m.metrics.write({"event": "resume" if m.saved else "start", "iteration": self.iteration,
+                             "config": m.config.to_dict(), "group": self.group_names})
+        self.clock = {"train_time_s": 0.0, "images": 0}  # this sitting's share, added to each member's spent
+
+    def _load_data(self, resolved: Sequence[TrainConfig]):
+        split = load_split(resolved, self.device, self.info.input_size, self.d)
+        for m in self.members:
+            saved = (m.saved or {}).get("dataset", {}).get("fingerprint", split.info["fingerprint"])
+            if saved != split.info["fingerprint"]:
+                raise CheckpointError(f"checkpoint {m.ckpt_path} was trained on data with fingerprint {saved}, not "
+                                      f"{split.info['fingerprint']}; point --data-root at the original data")
+        return split
+
+    def _build(self) -> None:
+        """Each member's model as its solo run builds it, fused into one; optimizer and schedule."""
+        c, d = self.c, self.d
+        solo = [_member_model(m, self.split.num_classes) for m in self.members]
+        self.complexity = _complexity(solo[0], c.train_size)
+        self.reference_state = solo[0].state_dict()  # the keys and dtypes a member's state dict has
+        memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+        model = fuse(solo).to(self.device, memory_format=memory_format)
+        if c.sync_bn and d.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                         weight_decay=c.weight_decay, fused=c.cuda_graphs or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupStepLR(c.milestones, c.lr_decay, c.warmup_iterations))
+        self.windows = [torch.zeros(self.k, 3, dtype=torch.float64, device=self.device) for _ in range(2)]
+        self.raw_model = model  # what checkpoints and analysis see (no DDP/compile wrappers)
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None, forward_sync_buffers=False)  # BN stats: averaged per step
+        self.model = model
+        self.step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
+
+    def _resume(self) -> None:
+        """The optimizer, schedule, data positions, random state and metric windows of the checkpoints."""
+        saved = [m.saved for m in self.members]
+        self.optimizer.load_state_dict(fused_optimizer_state([s["optimizer"] for s in saved]))
+        for group in self.optimizer.param_groups:  # the saved flags belong to the device that wrote them
+            group["fused"], group["foreach"] = self.c.cuda_graphs or None, None
+        self.scheduler.load_state_dict(saved[0]["scheduler"])
+        for s, stream in zip(saved, self.split.train):
+            stream.load_state_dict(s["data"])
         ckpt.set_rng_state(saved[0]["rng"])
-        for i, window in enumerate(windows):
+        for i, window in enumerate(self.windows):
             window.copy_(torch.tensor([s["windows"][i] for s in saved], dtype=torch.float64))
 
-    raw_model = model  # what checkpoints and analysis see (no DDP/compile wrappers)
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        forward_sync_buffers=False)  # BN stats: averaged after each step
-    step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
-    step = TrainStep(step_model, raw_model, optimizer, windows=windows, precision=c.precision,
-                     accum_steps=c.accum_steps, ddp=d.enabled, cuda_graphs=c.cuda_graphs)
-    group_names = [m.config.run_name for m in members]
-    for m in members:
-        m.metrics = _MetricsLog(m.run_dir / "metrics.jsonl", keep_until=start_iteration if m.saved else None,
-                                enabled=d.main)
-        m.metrics.write({"event": "resume" if m.saved else "start", "iteration": start_iteration,
-                         "config": m.config.to_dict(), "group": group_names})
+    def train(self) -> None:
+        c = self.c
+        show_bar = self.d.main and (c.progress if c.progress is not None else sys.stderr.isatty())
+        self.bar = _progress(show_bar, self.iteration, c.iterations,
+                             c.run_name if self.k == 1 else f"{self.k} fused runs")
+        streams = [iter(stream) for stream in self.split.train]
+        self.model.train()
+        with _StopFlag() as stop:
+            self.tick = time.perf_counter()
+            while self.iteration < c.iterations:
+                lr = self._step(streams)
+                boundary = self.iteration % c.log_every == 0 or self.iteration == c.iterations
+                if boundary:
+                    self._log(lr)
+                if self.iteration % c.eval_every == 0 or self.iteration == c.iterations:
+                    self._evaluate(lr)
+                self._stop_if_signalled(stop.signum, boundary)
+                if self.iteration % c.checkpoint_every == 0 and self.iteration < c.iterations:
+                    self._checkpoint()
+        self.bar.close()
 
-    clock = {"train_time_s": 0.0, "images": 0}  # this sitting's share, added to each member's spent
+    def _step(self, streams: list) -> float:
+        """One optimizer step of every member on its own next batch; returns the step's lr."""
+        xs, ys = zip(*(next(stream) for stream in streams))
+        x, y = fuse_inputs(xs), torch.stack(ys, dim=1)
+        if not self.split.sharded:  # every process drew the same global batch: keep this process's slice
+            x, y = x.tensor_split(self.d.world_size)[self.d.rank], y.tensor_split(self.d.world_size)[self.d.rank]
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.step(x, y)
+        self.scheduler.step()
+        if not self.c.sync_bn:
+            average_bn_running_stats(self.raw_model, self.d)
+        self.iteration += 1
+        self.clock["images"] += self.c.batch_size
+        self.bar.update(1)
+        return lr
 
-    def spent_now(m: _Member) -> dict:
-        wall = time.perf_counter() - wall_start
-        return {"train_time_s": m.spent["train_time_s"] + clock["train_time_s"],
-                "wall_time_s": m.spent["wall_time_s"] + wall, "images": m.spent["images"] + clock["images"],
-                "device_s": m.spent["device_s"] + wall * d.world_size / k}
+    def _epoch(self) -> float:
+        return self.iteration * self.c.batch_size / self.split.info["num_train"]
 
-    def save(iteration: int) -> None:
-        if not d.main:
+    def _log(self, lr: float) -> None:
+        """A metrics line per member (training loss and error since the last line) and the bar."""
+        log_window = self.windows[1]
+        sums = all_reduce(log_window.clone(), self.d).tolist()
+        log_window.zero_()
+        now = time.perf_counter()
+        self.clock["train_time_s"] += now - self.tick
+        self.tick = now
+        rate = self.clock["images"] / max(self.clock["train_time_s"], 1e-9)
+        self.bar.set_postfix(loss=f"{sums[0][0] / max(sums[0][2], 1):.3f}", img_s=f"{rate * self.k:.0f}",
+                             lr=f"{lr:.3g}")
+        for m, (loss_sum, correct, count) in zip(self.members, sums):
+            m.metrics.write({"event": "train", "iteration": self.iteration, "epoch": self._epoch(), "lr": lr,
+                             "train_loss": loss_sum / max(count, 1),
+                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
+
+    def _evaluate(self, lr: float) -> None:
+        """A learning-curve point per member: training figures since the last point, the test set now."""
+        window = self.windows[0]
+        sums = all_reduce(window.clone(), self.d).tolist()  # waits for the device
+        window.zero_()
+        self.clock["train_time_s"] += time.perf_counter() - self.tick
+        model = self.raw_model if self.d.enabled else self.step_model
+        tests = evaluate_members(model, self.split.test, self.device, self.c.precision, self.d, members=self.k)
+        for m, (loss_sum, correct, count), test in zip(self.members, sums, tests):
+            point = {"iteration": self.iteration, "epoch": self._epoch(), "lr": lr,
+                     "train_loss": loss_sum / max(count, 1), "train_top1_error": 100.0 * (1 - correct / max(count, 1)),
+                     "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
+                     "test_loss": test["loss"], "test_count": test["count"]}
+            m.curve.append(point)
+            m.metrics.write({"event": "eval", **point})
+        self.tick = time.perf_counter()
+
+    def _stop_if_signalled(self, signum: int, boundary: bool) -> None:
+        """After SIGTERM/SIGINT (in any process): checkpoint every member and raise TrainingInterrupted."""
+        stop_now = _agree_to_stop(signum, self.d) if (not self.d.enabled or boundary) else 0
+        if not stop_now or self.iteration >= self.c.iterations:
             return
-        fused_state, optimizer_state = raw_model.state_dict(), optimizer.state_dict()
-        shared = {"iteration": iteration, "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(),
+        self.clock["train_time_s"] += time.perf_counter() - self.tick
+        self.save()
+        self.bar.close()
+        for m in self.members:
+            m.metrics.write({"event": "interrupted", "iteration": self.iteration, "signal": stop_now})
+        first = self.members[0].ckpt_path
+        where = first if self.k == 1 else f"{first} and {self.k - 1} more"
+        raise TrainingInterrupted(
+            f"stopped by signal {stop_now} at iteration {self.iteration}/{self.c.iterations}; checkpoint saved to "
+            f"{where}; continue with the same command plus --resume", stop_now)
+
+    def _checkpoint(self) -> None:
+        synchronize(self.device)  # queued steps count as training, not as checkpoint time
+        t0 = time.perf_counter()
+        self.save()
+        self.tick += time.perf_counter() - t0  # checkpoint time is not training time
+
+    def _spent(self, m: _Member) -> dict:
+        """The member's cost so far: earlier sittings' plus this one's (device time split over the group)."""
+        wall = time.perf_counter() - self.wall_start
+        return {"train_time_s": m.spent["train_time_s"] + self.clock["train_time_s"],
+                "wall_time_s": m.spent["wall_time_s"] + wall, "images": m.spent["images"] + self.clock["images"],
+                "device_s": m.spent["device_s"] + wall * self.d.world_size / self.k}
+
+    def save(self) -> None:
+        """Every member's checkpoint, as its solo run would write it (the main process only)."""
+        if not self.d.main:
+            return
+        fused_state, optimizer_state = self.raw_model.state_dict(), self.optimizer.state_dict()
+        split, k = self.split, self.k
+        shared = {"iteration": self.iteration, "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                   "dataset": split.info, "num_classes": split.num_classes, "data_mean": split.mean,
-                  "group": group_names}
-        for i, (m, stream) in enumerate(zip(members, split.train)):
+                  "group": self.group_names}
+        for i, (m, stream) in enumerate(zip(self.members, split.train)):
             ckpt.save_checkpoint(m.ckpt_path, {
                 **shared, "config": m.config.to_dict(),
-                "model": member_state_dict(fused_state, i, k, reference=reference_state, steps=iteration),
+                "model": member_state_dict(fused_state, i, k, reference=self.reference_state, steps=self.iteration),
                 "optimizer": member_optimizer_state(optimizer_state, i, k), "data": stream.state_dict(),
-                "curve": m.curve, "noise": split.noise[i], "windows": [w[i].tolist() for w in windows],
-                "spent": spent_now(m)})
+                "curve": m.curve, "noise": split.noise[i], "windows": [w[i].tolist() for w in self.windows],
+                "spent": self._spent(m)})
 
-    num_train = split.info["num_train"]
-    show_bar = d.main and (c.progress if c.progress is not None else sys.stderr.isatty())
-    bar = _progress(show_bar, start_iteration, c.iterations, c.run_name if k == 1 else f"{k} fused runs")
-    streams = [iter(stream) for stream in split.train]
-    model.train()
-    iteration = start_iteration
-    window, log_window = windows
-    with _StopFlag() as stop:
-        tick = time.perf_counter()
-        while iteration < c.iterations:
-            xs, ys = zip(*(next(stream) for stream in streams))
-            x, y = fuse_inputs(xs), torch.stack(ys, dim=1)
-            if not split.sharded:  # every process drew the same global batch: keep this process's slice
-                x, y = x.tensor_split(d.world_size)[d.rank], y.tensor_split(d.world_size)[d.rank]
-            lr = optimizer.param_groups[0]["lr"]
-            step(x, y)
-            scheduler.step()
-            if not c.sync_bn:
-                average_bn_running_stats(raw_model, d)
-            iteration += 1
-            clock["images"] += c.batch_size
-            bar.update(1)
-
-            boundary = iteration % c.log_every == 0 or iteration == c.iterations
-            if boundary:
-                sums = all_reduce(log_window.clone(), d).tolist()
-                log_window.zero_()
-                now = time.perf_counter()
-                clock["train_time_s"] += now - tick
-                tick = now
-                rate = clock["images"] / max(clock["train_time_s"], 1e-9)
-                bar.set_postfix(loss=f"{sums[0][0] / max(sums[0][2], 1):.3f}", img_s=f"{rate * k:.0f}", lr=f"{lr:.3g}")
-                for m, (loss_sum, correct, count) in zip(members, sums):
-                    m.metrics.write({"event": "train", "iteration": iteration,
-                                     "epoch": iteration * c.batch_size / num_train, "lr": lr,
-                                     "train_loss": loss_sum / max(count, 1),
-                                     "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
-            if iteration % c.eval_every == 0 or iteration == c.iterations:
-                sums = all_reduce(window.clone(), d).tolist()  # waits for the device
-                window.zero_()
-                clock["train_time_s"] += time.perf_counter() - tick
-                tests = evaluate_members(raw_model if d.enabled else step_model, split.test, device, c.precision, d,
-                                         members=k)
-                for m, (loss_sum, correct, count), test in zip(members, sums, tests):
-                    point = {"iteration": iteration, "epoch": iteration * c.batch_size / num_train, "lr": lr,
-                             "train_loss": loss_sum / max(count, 1),
-                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)),
-                             "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
-                             "test_loss": test["loss"], "test_count": test["count"]}
-                    m.curve.append(point)
-                    m.metrics.write({"event": "eval", **point})
-                tick = time.perf_counter()
-            stop_now = _agree_to_stop(stop.signum, d) if (not d.enabled or boundary) else 0
-            if stop_now and iteration < c.iterations:
-                clock["train_time_s"] += time.perf_counter() - tick
-                save(iteration)
-                bar.close()
-                for m in members:
-                    m.metrics.write({"event": "interrupted", "iteration": iteration, "signal": stop_now})
-                where = members[0].ckpt_path if k == 1 else f"{members[0].ckpt_path} and {k - 1} more"
-                raise TrainingInterrupted(
-                    f"stopped by signal {stop_now} at iteration {iteration}/{c.iterations}; checkpoint saved to "
-                    f"{where}; continue with the same command plus --resume", stop_now)
-            if iteration % c.checkpoint_every == 0 and iteration < c.iterations:
-                synchronize(device)  # queued steps count as training, not as checkpoint time
-                t0 = time.perf_counter()
-                save(iteration)
-                tick += time.perf_counter() - t0  # checkpoint time is not training time
-    bar.close()
-    save(iteration)  # the final models, for `ranlib eval`
-    records = [_final_record(m, i, split, raw_model.state_dict(), reference_state, iteration, device, d, complexity,
-                             info, spent_now(m), started_at, group_names, step.graph is not None)
-               for i, m in enumerate(members)]
-    if d.main:
-        for m, record in zip(members, records):
-            write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
-            m.metrics.write({"event": "final", "iteration": iteration, **record["final"]})
-    return records
+    def finish(self) -> list[dict]:
+        """The final checkpoints (for ``ranlib eval``), each member's record and results file."""
+        self.save()
+        fused_state = self.raw_model.state_dict()
+        records = [_final_record(m, i, self.split, fused_state, self.reference_state, self.iteration, self.device,
+                                 self.d, self.complexity, self._spent(m), self.started_at, self.group_names,
+                                 self.step.graph is not None)
+                   for i, m in enumerate(self.members)]
+        if self.d.main:
+            for m, record in zip(self.members, records):
+                write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+                m.metrics.write({"event": "final", "iteration": self.iteration, **record["final"]})
+        return records
 
 
 def _member_model(m: _Member, num_classes: int) -> nn.Module:
@@ -841,7 +893,7 @@ def _member_model(m: _Member, num_classes: int) -> nn.Module:
 
 
 def _final_record(m: _Member, index: int, split, fused_state: dict, reference_state: dict, iteration: int,
-                  device: torch.device, d: Dist, complexity: dict, info, spent: dict, started_at: str,
+                  device: torch.device, d: Dist, complexity: dict, spent: dict, started_at: str,
                   group_names: list[str], graphed: bool) -> dict:
     """The member's results record: the final iterate's errors, curve, stage responses, provenance, cost."""
     from .analysis import stage_responses
