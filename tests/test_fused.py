@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -219,14 +220,16 @@ def test_a_group_refuses_members_that_differ_in_more_than_seed_noise_and_arl(tmp
 
 # --- SIGTERM and resume ----------------------------------------------------------------------------------
 
-def _group_cmd(tmp, data_root, *extra: str) -> list[str]:
+GROUP = ("--seeds", "0", "1", "--noise-levels", "0", "0.5")
+
+
+def _group_cmd(tmp, data_root, *extra: str, members: tuple[str, ...] = GROUP) -> list[str]:
     import sys
     return [sys.executable, "-m", "ranlib", "train", "--model", "cifar_attention56", "--dataset", "folder",
             "--data-root", str(data_root), "--profile", "smoke", "--batch-size", "4", "--iterations", "8",
             "--eval-every", "4", "--checkpoint-every", "100", "--log-every", "1", "--max-train-samples", "24",
             "--max-test-samples", "8", "--device", "cpu", "--no-progress", "--experiment", "group",
-            "--seeds", "0", "1", "--noise-levels", "0", "0.5",
-            "--results-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "checkpoints"), *extra]
+            *members, "--results-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "checkpoints"), *extra]
 
 
 @pytest.mark.slow
@@ -250,6 +253,14 @@ def test_a_fused_group_stopped_by_sigterm_resumes_bit_identical(tmp_path, data_r
     stopped_at = {torch.load(tmp_path / "stopped" / "checkpoints" / "group" / n / "last.pt",
                              weights_only=False)["iteration"] for n in names}
     assert len(stopped_at) == 1 and 1 <= stopped_at.pop() < 8
+    # a member's checkpoint is a solo run's: it resumes alone too (here from a copy)
+    alone = tmp_path / "alone"
+    shutil.copytree(tmp_path / "stopped" / "checkpoints" / "group" / names[1],
+                    alone / "checkpoints" / "group" / names[1])
+    solo = subprocess.run(_group_cmd(alone, data_root, "--resume", members=("--seed", "0", "--noise-level", "0.5")),
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert solo.returncode == 0, solo.stderr
+    assert json.loads((alone / "results" / "group" / f"{names[1]}.json").read_text())["provenance"]["resumed"]
     resumed = subprocess.run(cmd + ["--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert len(resumed.stdout.strip().splitlines()) == 4  # one line per member
@@ -274,3 +285,17 @@ def test_members_at_different_iterations_do_not_resume_together(tmp_path, data_r
         members = [tiny_config(tmp_path, data_root, seed=s, iterations=2, resume=True, overwrite=True) for s in (0, 1)]
         with pytest.raises(CheckpointError, match="different iterations"):
             train.run_group(members)
+
+
+def test_a_fused_model_with_mask_checkpointing_is_the_same_model(float64):
+    members = _members("cifar_attention56", [{}, {"residual_attention": False}])
+    plain, checkpointed = fuse(members), fuse(members)
+    checkpointed.set_grad_checkpointing(True)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, 32, 32, generator=generator)
+    y = torch.randint(0, 10, (4, 2), generator=generator)
+    for model in (plain, checkpointed):
+        TrainStep(model, model, _sgd(model.parameters()), windows=[], precision="fp32")(x, y)
+    after = checkpointed.state_dict()
+    for key, value in plain.state_dict().items():  # weights and BN statistics (moved once, not twice)
+        _assert_same(after[key], value, key)
