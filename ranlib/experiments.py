@@ -95,6 +95,10 @@ class Experiment:
     def row(self, key: str) -> Row:
         return next(r for r in self.rows if r.key == key)
 
+    def row_for(self, record: dict) -> Row | None:
+        """The row a results record is a run of (None: a run of no row of this experiment)."""
+        return next((r for r in self.rows if r.matches(record)), None)
+
 
 def _attention56(key: str, label: str, paper_error: float, **kwargs) -> Row:
     return Row(key, label, "cifar_attention56", kwargs, paper_error=paper_error)

@@ -24,7 +24,7 @@ def curves_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
     exp = experiment(name)
     lines = []
     for record in records:
-        row = next((r for r in exp.rows if r.matches(record)), None)
+        row = exp.row_for(record)
         if row is None:
             continue
         for point in record["curve"]:
@@ -64,7 +64,7 @@ def plot_error_vs_noise(records: Sequence[dict], ax=None):
     lines = [dict(model=MODEL_LABELS[r.model], noise=100 * r.noise_level, error=r.paper_error,
                   source="paper") for r in exp.rows]
     for record in records:
-        row = next((r for r in exp.rows if r.matches(record)), None)
+        row = exp.row_for(record)
         if row is not None:
             lines.append(dict(model=MODEL_LABELS[row.model], noise=100 * row.noise_level,
                               error=record["final"]["top1_error"],
@@ -85,7 +85,7 @@ def responses_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
              for label, curve in paper.FIGURE4_STAGE_RESPONSE.items()
              for i, v in enumerate(curve)]
     for record in records:
-        row = next((r for r in exp.rows if r.matches(record)), None)
+        row = exp.row_for(record)
         curve = normalised_responses(record)
         if row is None or curve is None:
             continue
@@ -177,13 +177,11 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
     """
     import dataclasses
 
-    import torch
-
-    from . import analysis, data
-    from .checkpoint import load_checkpoint, load_model_state
+    from . import data
+    from .checkpoint import load_checkpoint
     from .runtime import Dist, select_device
     from .splits import load_cifar_split
-    from .train import TrainConfig, build_model, resolve
+    from .train import TrainConfig, resolve
 
     path = resolve_path(path)
     saved = load_checkpoint(path)
@@ -195,35 +193,36 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
     if config.dataset == "imagewoof":
         return _imagewoof_masks(path, saved, config, dev, num_images)
     split = load_cifar_split([config], dev, 32, train=False)
-    model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
-    load_model_state(model, saved["model"], path)
-    model = model.to(dev).eval()
     x = split.fixed_batch[:num_images]
-    with torch.no_grad():
-        masks = {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
+    masks = _trained_masks(path, saved, config, split.num_classes, x)
     images = data.load_arrays(config.dataset, config.data_root).test_images[:len(x)]
     return images, masks
+
+
+def _trained_masks(path, saved: dict, config, num_classes: int, x) -> dict:
+    """Every attention module's soft mask on ``x`` of the checkpoint's trained model."""
+    import torch
+
+    from . import analysis
+    from .train import trained_model
+
+    model = trained_model(saved, config, num_classes, path).to(x.device).eval()
+    with torch.no_grad():
+        return {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
 
 
 def _imagewoof_masks(path, saved: dict, config, dev, num_images: int) -> tuple[np.ndarray, dict]:
     import torch
 
-    from . import analysis
-    from .checkpoint import load_model_state
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .imagewoof import load_imagewoof_split
-    from .train import build_model
 
     # A class-balanced subset: the file is sorted by breed, so its first images are all one dog.
     split = load_imagewoof_split(config.data_root, device=dev, input_size=config.train_size,
                                  test_size=config.test_size, batch_size=num_images, seeds=[],
                                  channels_last=False, max_test_samples=num_images, train=False)
-    model = build_model(config.model, config.model_kwargs, split.num_classes, config.seed)
-    load_model_state(model, saved["model"], path)
-    model = model.to(dev).eval()
     x = split.fixed_batch[:num_images]
-    with torch.no_grad():
-        masks = {k: v.float().cpu() for k, v in analysis.capture_masks(model, x).items()}
+    masks = _trained_masks(path, saved, config, split.num_classes, x)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     pixels = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)

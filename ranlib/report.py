@@ -98,7 +98,7 @@ def runs_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
     exp = experiment(name)
     lines = []
     for record in records:
-        row = next((r for r in exp.rows if r.matches(record)), None)
+        row = exp.row_for(record)
         if row is None:
             continue
         prov = record.get("provenance", {})

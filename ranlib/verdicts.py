@@ -91,13 +91,20 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(values.mean()), std, len(values)
 
 
-def judge_ordering(better: Sequence[float], worse: Sequence[float], *, profile: str,
-                   sigmas: float = ORDERING_SIGMAS) -> tuple[str, str]:
-    """Verdict and reason for "``better`` has a lower value than ``worse``" (per-seed values)."""
-    if not len(better) or not len(worse):
+def _not_judged(first: Sequence[float], second: Sequence[float], profile: str) -> tuple[str, str] | None:
+    """The verdict of a comparison that cannot be judged: a side without results, or smoke runs."""
+    if not len(first) or not len(second):
         return NOT_RUN, "no results for one side"
     if profile == "smoke":
         return NOT_RUN_SMOKE, "smoke runs check the code path only"
+    return None
+
+
+def judge_ordering(better: Sequence[float], worse: Sequence[float], *, profile: str,
+                   sigmas: float = ORDERING_SIGMAS) -> tuple[str, str]:
+    """Verdict and reason for "``better`` has a lower value than ``worse``" (per-seed values)."""
+    if (unjudged := _not_judged(better, worse, profile)) is not None:
+        return unjudged
     mb, sb, nb = mean_std(better)
     mw, sw, nw = mean_std(worse)
     gap = mw - mb
@@ -114,10 +121,8 @@ def judge_ordering(better: Sequence[float], worse: Sequence[float], *, profile: 
 def judge_parity(first: Sequence[float], second: Sequence[float], *, profile: str,
                  margin: float = PARITY_MARGIN, sigmas: float = ORDERING_SIGMAS) -> tuple[str, str]:
     """Verdict and reason for "``first`` and ``second`` have the same value" (per-seed values)."""
-    if not len(first) or not len(second):
-        return NOT_RUN, "no results for one side"
-    if profile == "smoke":
-        return NOT_RUN_SMOKE, "smoke runs check the code path only"
+    if (unjudged := _not_judged(first, second, profile)) is not None:
+        return unjudged
     ma, sa, na = mean_std(first)
     mb, sb, nb = mean_std(second)
     gap = abs(ma - mb)
