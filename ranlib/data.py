@@ -400,9 +400,15 @@ def _sha256_file(path: Path) -> str:
 def _cache_file(cache_dir, root_dir: Path, stem: str, source: str) -> Path:
     if cache_dir is None:
         local = root_dir / ".ranlib-cache"
-        writable = os.access(local, os.W_OK) if local.is_dir() else os.access(root_dir, os.W_OK)
-        cache_dir = local if writable else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ranlib"
+        cache_dir = local if _writable(local if local.is_dir() else root_dir) else \
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ranlib"
     return Path(cache_dir).expanduser() / f"{stem}-{source[:16]}.npz"
+
+
+def _writable(folder: Path) -> bool:
+    """Writable by us and meant to be: root may write into a folder laid out read-only (a shared
+    data set), which must stay as it was."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 def _read_cache(path: Path, source: str) -> dict | None:

@@ -95,6 +95,18 @@ def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_pat
     assert same.fingerprint == ds.fingerprint
 
 
+def test_a_data_folder_laid_out_read_only_gets_no_cache_even_for_root(fake_copy, tmp_path, monkeypatch):
+    folder, _, _ = fake_copy
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    folder.chmod(0o555)  # as ../shared/data is laid out (root could still write into it)
+    try:
+        load_arrays("cifar10-jpeg", folder)
+    finally:
+        folder.chmod(0o755)
+    assert not (folder / ".ranlib-cache").exists()
+    assert len(list((tmp_path / "home-cache" / "ranlib").glob("cifar10-jpeg-*.npz"))) == 1
+
+
 def test_second_load_hits_the_cache_and_a_changed_source_misses_it(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
     cache = tmp_path / "cache"
