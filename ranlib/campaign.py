@@ -557,8 +557,8 @@ def _cmd_sitting(args: argparse.Namespace) -> int:
         pack_now()
 
     for part in study_slices(args.seeds, args.dataset):
-        if left_s() < GROUP_STARTUP_S + 30:
-            log.add(part.name, "not started", "budget spent")
+        if checks.blocker() or left_s() < GROUP_STARTUP_S + 30:
+            log.add(part.name, "not started", checks.blocker() or "budget spent")
             continue
         if part.action != "train":
             {"jpeg_gap": jpeg_gap_step, "imagewoof_masks": imagewoof_masks_step}[part.action](args, log)

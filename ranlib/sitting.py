@@ -46,7 +46,6 @@ from typing import Callable, Sequence
 from .errors import RanlibError
 
 ARCHIVE_NAME = "sitting.tar.gz"
-PREFLIGHT_BUDGET_S = 20.0
 GROUP_STARTUP_S = 20.0  # a group's process: imports, data, model building, graph capture
 CLAIM_EXPERIMENTS = ("arl_vs_nal", "label_noise", "attention_types", "mask_structure")
 # The rows whose claims most need the paper's length, and the batches the full profile may take.
@@ -90,15 +89,11 @@ def fit_batch(group: Sequence[dict], seconds: float, speed: "StepModel | None", 
               checkpoint_dir: Path) -> list[dict] | None:
     """The ``full``-profile group at the smallest batch in :data:`FULL_BATCHES` expected to finish in
     ``seconds`` (at the batch of a checkpoint to resume, if any); None if none does."""
-    for batch in FULL_BATCHES:
-        candidate = [dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
-        if any((checkpoint_dir / c["experiment"] / c["run_name"] / "last.pt").is_file() for c in candidate):
-            return candidate
-    for batch in FULL_BATCHES:
-        candidate = [dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
-        if estimate_group_s(candidate, speed) <= seconds:
-            return candidate
-    return None
+    candidates = [[dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
+                  for batch in FULL_BATCHES]
+    resumable = [g for g in candidates
+                 if any((checkpoint_dir / c["experiment"] / c["run_name"] / "last.pt").is_file() for c in g)]
+    return next(iter(resumable), None) or next((g for g in candidates if estimate_group_s(g, speed) <= seconds), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +142,11 @@ class Preflight:
 
     def max_group(self, wanted: int) -> int:
         return wanted if self.ok("fused_step") else 1
+
+    def blocker(self) -> str | None:
+        """Why no training can give results here (evaluating or writing checkpoints failed), if so."""
+        failed = [name for name in ("evaluation", "checkpoint") if not self.ok(name)]
+        return f"{' and '.join(failed)} failed in the preflight" if failed else None
 
 
 class NotApplicable(Exception):
