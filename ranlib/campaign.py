@@ -339,7 +339,12 @@ def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
     from .results import validate
 
     counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0}
-    with tarfile.open(archive, "r:gz") as tar:
+    try:
+        tar = tarfile.open(archive, "r:gz")
+    except (tarfile.TarError, OSError) as exc:
+        raise RanlibError(f"{archive} is not a campaign archive ({exc}); give the .tar.gz that `campaign pack` "
+                          "or a sitting wrote") from None
+    with tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         for m in members:
             parts = Path(m.name).parts
@@ -449,22 +454,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan_from(args: argparse.Namespace) -> Plan:
+def _plan_from(args: argparse.Namespace, experiments: Sequence[str] | None = None, *, profile: str | None = None,
+               seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None,
+               overrides: dict | None = None) -> Plan:
+    """The plan the options ask for (or a part of it), every run's configuration checked: one error
+    line, before anything starts, if ``--set`` or the data set does not fit a run."""
     from .cli import _key_values
 
-    return plan_campaign(args.experiments, profile=args.profile, seeds=args.seeds, dataset=args.dataset,
-                         data_root=args.data_root, results_dir=args.results_dir,
-                         checkpoint_dir=args.checkpoint_dir, device=args.device, rows=args.rows,
-                         overrides=_key_values(args.set))
+    plan = plan_campaign(experiments or args.experiments, profile=profile or args.profile, seeds=seeds or args.seeds,
+                         dataset=args.dataset, data_root=args.data_root, results_dir=args.results_dir,
+                         checkpoint_dir=args.checkpoint_dir, device=args.device, rows=rows or args.rows,
+                         overrides={**_key_values(args.set), **(overrides or {})})
+    for config in plan.runs:
+        checked_config(config, f"the planned run {config['run_name']}" + (f" (--set {' '.join(args.set)})"
+                                                                          if args.set else ""))
+    return plan
+
+
+def checked_config(fields: dict, what: str):
+    """``TrainConfig(**fields)`` resolved, or one :class:`RanlibError` line naming ``what`` and why."""
+    import dataclasses
+
+    from .train import TrainConfig, resolve
+
+    if not isinstance(fields, dict):
+        raise RanlibError(f"{what} is not an object of TrainConfig fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise RanlibError(f"{what}: {', '.join(unknown)} {'is not a training option' if len(unknown) == 1 else 'are not training options'}; see `python -m ranlib train --help`")
+    try:
+        return resolve(TrainConfig(**fields))
+    except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. iterations=abc
+        raise RanlibError(f"{what}: {exc}") from None
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     plan = _plan_from(args)
-    total = 0
+    sizes = [training_size(config) for config in plan.runs]
+    total = sum(size["train_macs"] for size in sizes)
     print(f"{'experiment/run':<52} {'model':<20} {'iters':>7} {'batch':>5} {'train PMAC':>10}")
-    for config in plan.runs:
-        size = training_size(config)
-        total += size["train_macs"]
+    for config, size in zip(plan.runs, sizes):
         print(f"{config['experiment'] + '/' + config['run_name']:<52} {config['model']:<20} "
               f"{size['iterations']:>7} {size['batch_size']:>5} {size['train_macs'] / 1e15:>10.1f}")
     print(f"{len(plan.runs)} runs to train, {total / 1e15:.1f} PMAC in all; {len(plan.skipped)} left out")
@@ -476,20 +506,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _decode_once(dataset: str, data_root: str, download: bool = False) -> None:
+    """Decode the data set here (into its decode cache), not in every training at once: a missing
+    or broken data set is one error line before anything is launched, not one failed run each."""
     from .data import ARRAY_DATASETS, load_arrays
+
+    if dataset in ARRAY_DATASETS:
+        load_arrays(dataset, resolve_path(data_root), download=download)
+    elif dataset == "imagewoof":
+        from .imagewoof import load_imagewoof
+        load_imagewoof(resolve_path(data_root))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from .runtime import Dist, select_device
 
     _check_max_group(args.max_group)
     plan = _plan_from(args)
     device = select_device(args.device, Dist())
-    # Decode once here (the decode cache), not in every training at once; a missing dataset
-    # is one error line now rather than one failed run per planned training.
-    if plan.runs and args.dataset in ARRAY_DATASETS:
-        load_arrays(args.dataset, resolve_path(args.data_root), download=bool(plan.runs[0].get("download")))
-    elif plan.runs and args.dataset == "imagewoof":
-        from .imagewoof import load_imagewoof
-        load_imagewoof(resolve_path(args.data_root))
+    if plan.runs:
+        _decode_once(args.dataset, args.data_root, download=bool(plan.runs[0].get("download")))
     campaign = Campaign(group_runs(plan.runs, args.max_group), concurrent=args.concurrent,
                         budget_s=args.budget_minutes * 60,
                         launch_margin_s=args.launch_margin_minutes * 60,
@@ -508,15 +544,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sitting(args: argparse.Namespace) -> int:
     """One GPU sitting (:mod:`ranlib.sitting` says what it does and in which order)."""
-    from .cli import _key_values
     from .runtime import Dist, select_device
     from .train import PROFILES
 
     if not args.minutes > 0:
         raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")
+    if not args.bench_seconds >= 0:
+        raise RanlibError(f"--bench-seconds must be 0 (no benchmark) or more, not {args.bench_seconds:g}")
     _check_max_group(args.max_group)
     deadline = time.monotonic() + args.minutes * 60
     out = args.out
+    if out.exists() and not out.is_dir():
+        raise RanlibError(f"--out {out} is a file; give the folder the archive should go to")
+    if (out / ARCHIVE_NAME).exists():
+        raise RanlibError(f"{out / ARCHIVE_NAME} holds an earlier sitting; unpack it first (make unpack "
+                          f"ARCHIVE={out / ARCHIVE_NAME}) and move it away, or give another --out")
+    _decode_once(args.dataset, args.data_root)
+    slices = study_slices(args.seeds, args.dataset)
+    for part in slices:  # every planned run checked before the device is spent
+        if part.action == "train":
+            _plan_from(args, part.experiments, profile=part.profile, seeds=part.seeds, rows=part.rows)
     out.mkdir(parents=True, exist_ok=True)
     log = SittingLog(provenance.utc_now(), args.minutes * 60)
     device = select_device(args.device, Dist())
@@ -543,7 +590,6 @@ def _cmd_sitting(args: argparse.Namespace) -> int:
                        members=min(4, args.max_group) if device.type == "cuda" else min(2, args.max_group))
     log.add("preflight", "ok" if all(c["ok"] for c in checks.checks.values()) else "partly",
             ", ".join(f"{k} {'ok' if v['ok'] else 'off'}" for k, v in checks.checks.items()), time.monotonic() - t0)
-    overrides = {**checks.overrides(), **_key_values(args.set)}
     max_group = checks.max_group(args.max_group)
 
     if args.bench_seconds > 0 and device.type == "cuda" and left_s() > args.bench_seconds + 120:
@@ -556,19 +602,18 @@ def _cmd_sitting(args: argparse.Namespace) -> int:
         log.add("benchmark", "ok" if bench.returncode == 0 else "failed", detail, time.monotonic() - t0)
         pack_now()
 
-    for part in study_slices(args.seeds, args.dataset):
+    for part in slices:
         if checks.blocker() or left_s() < GROUP_STARTUP_S + 30:
-            log.add(part.name, "not started", checks.blocker() or "budget spent")
+            log.add(part.name, "not started", checks.blocker() or
+                    f"{max(left_s(), 0):.0f} s left, too little to start a group ({GROUP_STARTUP_S + 30:.0f} s)")
             continue
         if part.action != "train":
             {"jpeg_gap": jpeg_gap_step, "imagewoof_masks": imagewoof_masks_step}[part.action](args, log)
             pack_now()
             continue
         t0 = time.monotonic()
-        plan = plan_campaign(part.experiments, profile=part.profile or args.profile, seeds=part.seeds,
-                             dataset=args.dataset, data_root=args.data_root, results_dir=args.results_dir,
-                             checkpoint_dir=args.checkpoint_dir, device=args.device, rows=part.rows,
-                             overrides=overrides)
+        plan = _plan_from(args, part.experiments, profile=part.profile, seeds=part.seeds, rows=part.rows,
+                          overrides=checks.overrides())
         if not plan.runs:
             log.add(part.name, "done before", f"{len(plan.skipped)} runs have results")
             continue
@@ -613,6 +658,11 @@ def _cmd_train_group(args: argparse.Namespace) -> int:
         configs = json.loads(args.group_file.read_text())
     except (OSError, ValueError) as exc:
         raise RanlibError(f"cannot read the group file {args.group_file} ({exc}); it is written by `campaign run`") from None
+    if not isinstance(configs, list) or not configs:
+        raise RanlibError(f"{args.group_file} is not a list of runs (TrainConfig fields); it is written by "
+                          "`campaign run`")
+    for i, config in enumerate(configs):
+        checked_config(config, f"{args.group_file}: run {i}")
     records = run_group([TrainConfig(**{**c, "resume": True, "progress": False}) for c in configs])
     for record in records:
         print(f"{record['run_name']}: final top-1 error {record['final']['top1_error']:.2f} %", flush=True)

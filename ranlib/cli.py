@@ -21,7 +21,7 @@ TRAIN_HELP = {
     "run_name": "run name (default: model-variant-dataset[-noise]-profile-sSEED)",
     "model": "registered model name (see `python -m ranlib models`)",
     "model_kwargs": "model switches as key=value, e.g. attention=channel residual_attention=false mask=local",
-    "dataset": "cifar10, cifar100, cifar10-jpeg, folder or imagenet-folder",
+    "dataset": "cifar10, cifar100, cifar10-jpeg, folder, imagenet-folder or imagewoof",
     "data_root": "dataset folder (or the cifar10-jpeg.npz file)",
     "download": "download official CIFAR through torchvision if missing (needs internet)",
     "profile": "smoke (seconds, CPU), quick (minutes, GPU), full (the paper's epochs at a larger batch, "

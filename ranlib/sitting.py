@@ -337,6 +337,9 @@ def jpeg_gap_step(args, log: SittingLog) -> None:
     """The JPEG-cost evaluation (``ranlib.jpeg_gap``) of the first seed's trained Attention-92."""
     from .jpeg_gap import jpeg_gap
 
+    if args.dataset != "cifar10-jpeg":
+        log.add("JPEG cost", "not applicable", "it is measured on the cifar10-jpeg copy and its exact test subset")
+        return
     t0 = time.monotonic()
     experiment_name, row = JPEG_GAP_ROW
     checkpoint = args.checkpoint_dir / experiment_name / f"{row}-{args.profile}-s{args.seeds[0]}" / "last.pt"
@@ -379,17 +382,19 @@ def print_table(log: SittingLog, args, left: float) -> None:
     from .results import load_results
 
     print("\nsitting: what ran")
-    print(f"{'step':<62} {'status':<48} {'s':>6}")
     for step in log.steps:
-        print(f"{step['step'][:62]:<62} {step['status'][:48]:<48} {step['seconds']:>6.0f}")
+        print(f"  {step['step']}: {step['status']} ({step['seconds']:.0f} s)")
         if step["detail"] and step["status"] not in ("ok", "done before"):
-            print(f"    {step['detail'][:150]}")
-    rates = []
+            print(f"      {step['detail'][:200]}")
+    finished = []
     for folder in sorted(args.results_dir / name for name in EXPERIMENTS if (args.results_dir / name).is_dir()):
         for record in load_results(folder):
             if record.get("provenance", {}).get("started_at", "") >= log.started_at:
-                rates.append((record["run_name"], record["cost"].get("group_images_per_s") or
-                              record["cost"]["images_per_s"], record["final"]["top1_error"]))
-    for name, rate, error in rates:
-        print(f"  {name:<60} {rate:>9.0f} img/s (group)  top-1 error {error:.2f} %")
-    print(f"sitting: {len(rates)} runs finished in this sitting; {max(left, 0) / 60:.1f} minutes of the budget left")
+                finished.append(record)
+    for record in finished:
+        size = record["provenance"].get("group", {}).get("size", 1)
+        rate = record["cost"].get("group_images_per_s") or record["cost"]["images_per_s"]
+        trained = f"one of {size} fused, {rate:.0f} img/s for the group" if size > 1 else f"alone, {rate:.0f} img/s"
+        print(f"  {record['run_name']}: top-1 error {record['final']['top1_error']:.2f} % ({trained})")
+    print(f"sitting: {len(finished)} run{'' if len(finished) == 1 else 's'} finished in this sitting; "
+          f"{max(left, 0) / 60:.1f} minutes of the budget left")

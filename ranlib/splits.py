@@ -182,8 +182,8 @@ def load_imagenet_split(members: Sequence, device: torch.device, d: Dist, *, tra
     from . import data
 
     if len(members) > 1:
-        raise ConfigError("fused groups need a dataset that lives on the device (the 32x32 ones); train "
-                          "ImageNet-style folders one run at a time")
+        raise ConfigError("fused groups need a dataset that lives on the device (the 32x32 ones, imagewoof); "
+                          "train ImageNet-style folders one run at a time")
     c = members[0]
     if c.noise_level > 0:
         raise ConfigError("label noise is implemented for the 32x32 datasets only (Table 5 is CIFAR-10)")

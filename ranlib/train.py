@@ -61,7 +61,7 @@ from . import paper, provenance
 from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
 from .models.fused import (fuse, fuse_inputs, fused_optimizer_state, member_optimizer_state, member_state_dict,
                            shared_inputs)
-from .results import SCHEMA_VERSION, check_name, ensure_writable, results_path, write_results
+from .results import SCHEMA_VERSION, check_name, results_path, write_results
 from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, init_distributed, peak_memory_bytes,
                       resolve_precision, seed_everything, select_device, synchronize)
 from .splits import IMAGENET_DATASETS, load_split
@@ -330,6 +330,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.profile not in profiles:
         raise UnknownNameError(f"unknown profile {c.profile!r} for {key}; valid: {', '.join(profiles)}")
     c.noise_level = check_noise_level(c.noise_level)
+    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, not {c.seed!r}")
     if c.data_root is None:
         if c.download and c.dataset in ("cifar10", "cifar100"):
             c.data_root = DEFAULT_DOWNLOAD_ROOT
@@ -552,7 +554,7 @@ def check_group(members: Sequence[TrainConfig]) -> None:
         if differ:
             raise ConfigError(
                 f"run {member.run_name} cannot share a fused group with {first.run_name}: {', '.join(differ[:4])} "
-                "differ; a group shares model, attention and mask type, batch size, schedule, precision and data "
+                f"{'differs' if len(differ) == 1 else 'differ'}; a group shares model, attention and mask type, batch size, schedule, precision and data "
                 "set, and only seeds, noise levels and ARL/NAL may differ")
 
 
@@ -578,7 +580,9 @@ class _Member:
         """Check the run's files: results not yet written, and a checkpoint only when resuming."""
         member = cls(c, results_path(c.results_dir, c.experiment, c.run_name),
                      Path(c.checkpoint_dir) / c.experiment / c.run_name)
-        ensure_writable(member.out_path, c.overwrite)
+        if member.out_path.exists() and not c.overwrite:
+            raise ResultsExistError(f"run {c.run_name} is finished: its results are at {member.out_path}; pass "
+                                    "--overwrite to train it again")
         if c.resume and member.ckpt_path.exists():
             member.saved = ckpt.load_checkpoint(member.ckpt_path, map_location="cpu")
             _check_resumable(member.saved, c, member.ckpt_path)

@@ -186,6 +186,41 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("case", ["set-unknown", "set-wrong-type", "not-an-archive", "group-file-field",
+                                  "group-file-object", "sitting-out-is-a-file", "sitting-archive-exists",
+                                  "sitting-no-data", "sitting-bench-seconds", "run-max-group"])
+def test_bad_input_is_one_line_and_starts_nothing(case, tmp_path, data_root, capsys):
+    """Found by a newcomer's trial: each of these ended in a traceback, lost an archive or spent a sitting."""
+    folder = ["--dataset", "folder", "--data-root", str(data_root), "--device", "cpu", "--profile", "smoke",
+              "--results-dir", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    sitting = ["sitting", "--minutes", "1", "--out", str(tmp_path / "out"), *folder]
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "group.json").write_text(json.dumps(
+        [{"model": "cifar_attention56", "bogus": 1}] if case == "group-file-field" else {"model": "x"}))
+    argv, expected = {
+        "set-unknown": (["plan", *folder, "--set", "bogus=1"], "bogus is not a training option"),
+        "set-wrong-type": (["plan", *folder, "--set", "iterations=abc"], "iterations=abc"),
+        "not-an-archive": (["unpack", str(tmp_path / "a-file")], "is not a campaign archive"),
+        "group-file-field": (["train-group", str(tmp_path / "group.json")], "bogus is not a training option"),
+        "group-file-object": (["train-group", str(tmp_path / "group.json")], "is not a list of runs"),
+        "sitting-out-is-a-file": ([*sitting[:3], "--out", str(tmp_path / "a-file"), *folder], "is a file"),
+        "sitting-archive-exists": (sitting, "holds an earlier sitting"),
+        "sitting-no-data": ([*sitting[:5], *folder[:2], "--data-root", str(tmp_path / "nowhere"), *folder[4:]],
+                            "does not exist"),
+        "sitting-bench-seconds": ([*sitting, "--bench-seconds", "-5"], "--bench-seconds"),
+        "run-max-group": (["run", *folder, "--max-group", "0"], "--max-group"),
+    }[case]
+    if case == "sitting-archive-exists":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "sitting.tar.gz").write_bytes(b"an earlier sitting")
+    assert campaign.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ranlib: error:") and "\n" not in err and expected in err, err
+    assert not (tmp_path / "ckpt").exists()  # nothing was trained
+    if case == "sitting-archive-exists":
+        assert (tmp_path / "out" / "sitting.tar.gz").read_bytes() == b"an earlier sitting"
+
+
 def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, data_root):
     """tools/sitting.sh start / wait, then campaign.unpack: results, ledger, a checkpoint; a
     results file that differs from the archive's is never replaced."""

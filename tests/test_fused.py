@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import ranlib
 from ranlib import train
-from ranlib.errors import CheckpointError, ConfigError
+from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
 from ranlib.models.fused import (FusionError, fuse, fuse_inputs, fused_optimizer_state, member_optimizer_state,
                                  member_state_dict, member_view, shared_inputs)
 from ranlib.results import load_results
@@ -216,6 +216,14 @@ def test_a_group_refuses_members_that_differ_in_more_than_seed_noise_and_arl(tmp
             train.run_group([base, tiny_config(tmp_path, data_root, seed=1, **other)])
     with pytest.raises(ConfigError, match="same run"):
         train.run_group([base, base])
+
+
+def test_a_finished_group_says_so_and_how_to_train_it_again(group_and_solo, data_root):
+    tmp, group, _ = group_and_solo
+    configs = [tiny_config(tmp / "fused", data_root, seed=0, iterations=1, eval_every=1),
+               tiny_config(tmp / "fused", data_root, seed=1, noise_level=0.3, iterations=1, eval_every=1)]
+    with pytest.raises(ResultsExistError, match="is finished.*--overwrite to train it again"):
+        train.run_group(configs)
 
 
 # --- SIGTERM and resume ----------------------------------------------------------------------------------

@@ -136,6 +136,7 @@ def test_warmup_then_step_decay():
     (dict(batch_size=6, accum_steps=4), ConfigError),
     (dict(model_kwargs={"colour": "red"}), ConfigError),
     (dict(data_root=None), DataNotFoundError),
+    (dict(seed=-1), ConfigError),  # numpy's seed sequence would refuse it mid-run, after folders were made
 ])
 def test_bad_configs_are_refused(overrides, error):
     with pytest.raises(error):
