@@ -11,6 +11,7 @@ judged by from :mod:`ranlib.verdicts`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -57,7 +58,9 @@ def table_html(frame: pd.DataFrame, *, digits: int = PAPER_DECIMALS,
         if column in columns:
             styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else spec.format(v),
                                    subset=[column])
-    return styler.set_table_attributes('class="dataframe ranlib-table"').to_html()
+    # Styler draws a random table id: one from the content keeps a re-rendered page the same.
+    uuid = hashlib.sha256(frame.to_json(default_handler=str).encode()).hexdigest()[:8]
+    return styler.set_uuid(uuid).set_table_attributes('class="dataframe ranlib-table"').to_html()
 
 
 def _missing(value: Any) -> bool:

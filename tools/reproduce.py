@@ -131,18 +131,24 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
             return Outcome(name, "failed", time.perf_counter() - start, _one_line(exc))
         executed = nbformat.read(scratch, as_version=4)
         fold = "remove-cell" if hide_parameters else "hide-cell"
-        for cell in executed.cells:
+        for i, cell in enumerate(executed.cells):
             tags = cell.metadata.get("tags", [])
+            cell["id"] = f"cell-{i}"  # papermill and nbformat draw random ones
             if "injected-parameters" in tags and fold not in tags:
                 cell.metadata["tags"] = [*tags, fold]
+            # When each cell ran: churn in every commit of a re-rendered book, and not a result.
+            cell.metadata.pop("execution", None)
+            cell.metadata.pop("papermill", None)
         # The book publishes the executed notebook: no absolute path of this machine in it.
         from ranlib.paths import display_path
 
         run = executed.metadata.get("papermill", {})
         run.update({"input_path": display_path(source if source.is_relative_to(REPO) else source.name, REPO),
                     "output_path": display_path(output, REPO)})
-        # papermill's own measure of the run, stored in the executed notebook's metadata.
+        # papermill's own measure of the run (the ledger keeps it); the clock times are dropped.
         duration = run.get("duration")
+        for key in ("start_time", "end_time", "duration"):
+            run.pop(key, None)
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed, output)
     return Outcome(name, "ok", float(duration if duration is not None else time.perf_counter() - start))
