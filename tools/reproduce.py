@@ -145,10 +145,12 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
         run = executed.metadata.get("papermill", {})
         run.update({"input_path": display_path(source if source.is_relative_to(REPO) else source.name, REPO),
                     "output_path": display_path(output, REPO)})
-        # papermill's own measure of the run (the ledger keeps it); the clock times are dropped.
+        # papermill's own measure of the run. A render from committed results (no training) drops
+        # the clock times, so that rebuilding the book changes nothing that was not re-measured.
         duration = run.get("duration")
-        for key in ("start_time", "end_time", "duration"):
-            run.pop(key, None)
+        if not (parameters or {}).get("train"):
+            for key in ("start_time", "end_time", "duration"):
+                run.pop(key, None)
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed, output)
     return Outcome(name, "ok", float(duration if duration is not None else time.perf_counter() - start))
