@@ -581,8 +581,8 @@ class _Member:
         member = cls(c, results_path(c.results_dir, c.experiment, c.run_name),
                      Path(c.checkpoint_dir) / c.experiment / c.run_name)
         if member.out_path.exists() and not c.overwrite:
-            raise ResultsExistError(f"run {c.run_name} is finished: its results are at {member.out_path}; pass "
-                                    "--overwrite to train it again")
+            raise ResultsExistError(f"results file {member.out_path} already exists: run {c.run_name} is finished; "
+                                    "pass --overwrite to train it again")
         if c.resume and member.ckpt_path.exists():
             member.saved = ckpt.load_checkpoint(member.ckpt_path, map_location="cpu")
             _check_resumable(member.saved, c, member.ckpt_path)

@@ -143,8 +143,8 @@ def fuse(members: Sequence[nn.Module]) -> nn.Module:
     only in their weights and in ARL vs NAL. The result is a copy: the members are not changed.
     Input ``(B, K * 3, H, W)`` (:func:`fuse_inputs`), output ``(B, K, num_classes)``.
 
-    Raises :class:`FusionError` for members of different architectures, attention types, or a
-    layer fusion does not cover (the Inception unit's concatenation, torchvision's baselines).
+    Raises :class:`FusionError` for members of different architectures or attention types, or a
+    layer fusion does not cover (the Inception unit's concatenation along the channels).
     """
     if not members:
         raise FusionError("fuse needs at least one member")
@@ -190,8 +190,8 @@ _PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Id
 
 def _check_per_channel(name: str, module: nn.Module) -> None:
     if not isinstance(module, _PER_CHANNEL):
-        raise FusionError(f"layer {name} ({type(module).__name__}) has no fused form; fusion covers the CIFAR "
-                          "attention networks and pre-activation ResNets")
+        raise FusionError(f"layer {name} ({type(module).__name__}) has no fused form; fusion covers networks of "
+                          "convolutions, batch norms, per-channel layers and a linear classifier")
 
 
 def fused_state_dict(states: Sequence[dict]) -> dict:
