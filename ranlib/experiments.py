@@ -9,7 +9,7 @@ say what is trained (model, switches, label noise) and the paper's numbers for i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from . import paper
 
@@ -98,6 +98,13 @@ class Experiment:
     def row_for(self, record: dict) -> Row | None:
         """The row a results record is a run of (None: a run of no row of this experiment)."""
         return next((r for r in self.rows if r.matches(record)), None)
+
+    def runs_of(self, records: Iterable[dict]) -> Iterator[tuple[Row, dict]]:
+        """(row, record) for each record that is a run of one of this experiment's rows."""
+        for record in records:
+            row = self.row_for(record)
+            if row is not None:
+                yield row, record
 
 
 def _attention56(key: str, label: str, paper_error: float, **kwargs) -> Row:

@@ -23,10 +23,7 @@ def curves_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
     """Learning curves of every run of a known row, long format for seaborn."""
     exp = experiment(name)
     lines = []
-    for record in records:
-        row = exp.row_for(record)
-        if row is None:
-            continue
+    for row, record in exp.runs_of(records):
         for point in record["curve"]:
             for what in ("train_top1_error", "test_top1_error"):
                 if point.get(what) is not None:
@@ -63,12 +60,9 @@ def plot_error_vs_noise(records: Sequence[dict], ax=None):
     exp = experiment("label_noise")
     lines = [dict(model=MODEL_LABELS[r.model], noise=100 * r.noise_level, error=r.paper_error,
                   source="paper") for r in exp.rows]
-    for record in records:
-        row = exp.row_for(record)
-        if row is not None:
-            lines.append(dict(model=MODEL_LABELS[row.model], noise=100 * row.noise_level,
-                              error=record["final"]["top1_error"],
-                              source=f"ours ({record_profile(record)})"))
+    for row, record in exp.runs_of(records):
+        lines.append(dict(model=MODEL_LABELS[row.model], noise=100 * row.noise_level,
+                          error=record["final"]["top1_error"], source=f"ours ({record_profile(record)})"))
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     sns.lineplot(pd.DataFrame(lines), x="noise", y="error", hue="model", style="source",
@@ -84,10 +78,9 @@ def responses_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
     lines = [dict(network=label, stage=i + 1, response=v, source="paper", run="paper")
              for label, curve in paper.FIGURE4_STAGE_RESPONSE.items()
              for i, v in enumerate(curve)]
-    for record in records:
-        row = exp.row_for(record)
+    for row, record in exp.runs_of(records):
         curve = normalised_responses(record)
-        if row is None or curve is None:
+        if curve is None:
             continue
         lines += [dict(network=row.label, stage=i + 1, response=v,
                        source=f"ours ({record_profile(record)})", run=record["run_name"])

@@ -100,10 +100,7 @@ def runs_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
     """One line per run of a known row: row key, seed, profile, dataset, errors, compute."""
     exp = experiment(name)
     lines = []
-    for record in records:
-        row = exp.row_for(record)
-        if row is None:
-            continue
+    for row, record in exp.runs_of(records):
         prov = record.get("provenance", {})
         lines.append(dict(
             row=row.key, label=row.label, run_name=record["run_name"],
