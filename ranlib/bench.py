@@ -84,6 +84,7 @@ import torch.nn.functional as F
 
 from . import provenance
 from .errors import RanlibError, ResultsExistError, print_error
+from .models.fused import grouped_1x1_as_bmm, grouped_as_dense
 from .train import COMPILE_MODES
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity), matched on the
@@ -582,34 +583,6 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
 
 
 # --- per-layer alternatives to the grouped convolutions ----------------------------------------------
-
-def grouped_1x1_as_bmm(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int = 1) -> torch.Tensor:
-    """``F.conv2d(x, weight, stride=stride, groups=groups)`` for a 1x1 kernel without padding, as
-    one batched matrix product over the groups: ``(K, B*H*W, Cin) @ (K, Cin, Cout)``. Returns a
-    channels_last tensor."""
-    if stride != 1:
-        x = x[:, :, ::stride, ::stride]
-    b, c, h, w = x.shape
-    cout = weight.shape[0] // groups
-    rows = x.permute(0, 2, 3, 1).reshape(b * h * w, groups, c // groups).transpose(0, 1)  # (K, N, Cin)
-    out = torch.bmm(rows, weight.reshape(groups, cout, c // groups).transpose(1, 2))  # (K, N, Cout)
-    return out.transpose(0, 1).reshape(b, h, w, groups * cout).permute(0, 3, 1, 2)
-
-
-def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped convolution's weight ``(K * Cout, Cin, kh, kw)`` as the dense one ``(K * Cout,
-    K * Cin, kh, kw)`` with the groups' blocks on the diagonal and zeros elsewhere (differentiable)."""
-    total, cin, kh, kw = weight.shape
-    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
-    blocks = weight.reshape(groups, total // groups, cin, kh, kw)
-    return torch.einsum("kocij,kl->kolcij", blocks, eye).reshape(total, groups * cin, kh, kw)
-
-
-def grouped_as_dense(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int = 1,
-                     padding: int = 0) -> torch.Tensor:
-    """A grouped convolution as one dense convolution with :func:`block_diagonal_weight`."""
-    return F.conv2d(x, block_diagonal_weight(weight, groups), None, stride, padding)
-
 
 def conv_layers(model_name: str) -> list[dict]:
     """The distinct convolutions of one (solo) model with their input sizes and how often each occurs."""

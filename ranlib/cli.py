@@ -53,6 +53,8 @@ TRAIN_HELP = {
                           "more mask forward per step, the same model",
     "cuda_graphs": "capture the whole training step as one CUDA graph (default: on CUDA without --compile, "
                    "torchrun or accum-steps; falls back to eager with a warning if capture fails)",
+    "conv_autotune": "fused groups: time each convolution as a grouped one, a batched matrix product (1x1) "
+                     "or a dense block-diagonal one, and use the fastest (default: on CUDA)",
     "sync_bn": "under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA only)",
     "deterministic": "deterministic algorithms (default: on for CPU, off for CUDA)",
     "resume": "continue from the run's last checkpoint",

@@ -114,6 +114,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_time_s(work, *, warmup: int = 2, repeats: int = 5) -> float:
+    """Seconds one call of ``work()`` takes on the current CUDA stream (CUDA events, median of ``repeats``)."""
+    for _ in range(warmup):
+        work()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak allocated GPU memory, or the process's peak resident memory on CPU."""
     if device.type == "cuda":

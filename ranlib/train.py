@@ -49,6 +49,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,11 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import paper, provenance
 from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
-from .models.fused import (fuse, fuse_inputs, fused_optimizer_state, member_optimizer_state, member_state_dict,
-                           shared_inputs)
+from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
+                           member_optimizer_state, member_state_dict, shared_inputs)
 from .results import SCHEMA_VERSION, check_name, results_path, write_results
-from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, init_distributed, peak_memory_bytes,
-                      resolve_precision, seed_everything, select_device, synchronize)
+from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
+                      peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
 from .splits import IMAGENET_DATASETS, load_split
 from .step import TrainStep, member_losses
 
@@ -250,6 +251,7 @@ class TrainConfig:
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     grad_checkpointing: bool = False  # recompute attention mask branches in backward (less memory)
     cuda_graphs: bool | None = None  # capture the training step as one CUDA graph (default: on CUDA when possible)
+    conv_autotune: bool | None = None  # fused groups: each layer's fastest convolution, measured (default: CUDA)
     sync_bn: bool = False
     deterministic: bool | None = None
     resume: bool = False
@@ -274,7 +276,7 @@ class TrainConfig:
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
-                     "grad_checkpointing", "compile_mode", "cuda_graphs"}
+                     "grad_checkpointing", "compile_mode", "cuda_graphs", "conv_autotune"}
 
 
 def _model_info(name: str):
@@ -624,6 +626,10 @@ def _settle_runtime(c: TrainConfig, device: torch.device, d: Dist) -> None:
                           f"({d.world_size} x {c.accum_steps})")
     if c.sync_bn and device.type != "cuda":
         raise ConfigError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); leave it off on CPU")
+    if c.conv_autotune is None:
+        c.conv_autotune = device.type == "cuda"
+    elif c.conv_autotune and device.type != "cuda":
+        raise ConfigError("--conv-autotune times convolutions with CUDA events; it needs a CUDA device")
     graphs_possible = device.type == "cuda" and not c.compile and not d.enabled and c.accum_steps == 1
     if c.cuda_graphs is None:
         c.cuda_graphs = graphs_possible
@@ -723,6 +729,7 @@ class _GroupTraining:
         self.reference_state = solo[0].state_dict()  # the keys and dtypes a member's state dict has
         memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
         model = fuse(solo).to(self.device, memory_format=memory_format)
+        self.conv_impls = self._choose_conv_impls(model) if c.conv_autotune else None
         if c.sync_bn and d.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
@@ -737,6 +744,24 @@ class _GroupTraining:
                                             else None, forward_sync_buffers=False)  # BN stats: averaged per step
         self.model = model
         self.step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
+
+    def _choose_conv_impls(self, model: nn.Module) -> dict | None:
+        """Each fused convolution's fastest implementation, timed at its shape (a grouped convolution, a
+        batched matrix product for 1x1, or a dense block-diagonal one): the same model either way."""
+        c = self.c
+        x = torch.randn(c.batch_size // self.d.world_size, 3 * self.k, c.train_size, c.train_size,
+                        device=self.device).contiguous(memory_format=torch.channels_last if c.channels_last
+                                                       else torch.contiguous_format)
+        try:
+            with autocast(self.device, c.precision):
+                return choose_conv_impls(model, x, cuda_time_s)
+        except RuntimeError as err:  # e.g. out of memory: the grouped convolutions stay
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(f"ranlib: timing the convolutions failed ({first}); they stay grouped", stacklevel=2)
+            for layer in model.modules():
+                if isinstance(layer, FusedConv2d):
+                    layer.impl = "grouped"
+            return None
 
     def _resume(self) -> None:
         """The optimizer, schedule, data positions, random state and metric windows of the checkpoints."""
@@ -876,7 +901,8 @@ class _GroupTraining:
         fused_state = self.raw_model.state_dict()
         records = [_final_record(m, i, self.split, fused_state, self.reference_state, self.iteration, self.device,
                                  self.d, self.complexity, self._spent(m), self.started_at, self.group_names,
-                                 self.step.graph is not None)
+                                 {"cuda_graphs": self.step.graph is not None,
+                                  "conv_impls": self.conv_impls["layers"] if self.conv_impls else None})
                    for i, m in enumerate(self.members)]
         if self.d.main:
             for m, record in zip(self.members, records):
@@ -898,7 +924,7 @@ def _member_model(m: _Member, num_classes: int) -> nn.Module:
 
 def _final_record(m: _Member, index: int, split, fused_state: dict, reference_state: dict, iteration: int,
                   device: torch.device, d: Dist, complexity: dict, spent: dict, started_at: str,
-                  group_names: list[str], graphed: bool) -> dict:
+                  group_names: list[str], kernels: dict) -> dict:
     """The member's results record: the final iterate's errors, curve, stage responses, provenance, cost."""
     from .analysis import stage_responses
 
@@ -925,7 +951,7 @@ def _final_record(m: _Member, index: int, split, fused_state: dict, reference_st
         "curve": m.curve,
         "analysis": {"stage_response": responses, "stage_response_images": int(len(split.fixed_batch))},
         "provenance": {**provenance.collect(device, precision=c.precision, seed=c.seed, started_at=started_at),
-                       "world_size": d.world_size, "resumed": m.saved is not None, "cuda_graphs": graphed,
+                       "world_size": d.world_size, "resumed": m.saved is not None, **kernels,
                        "group": {"size": k, "members": group_names, "device_share": 1.0 / k}},
         "cost": {"wall_time_s": spent["wall_time_s"], "train_time_s": spent["train_time_s"],
                  "images_per_s": spent["images"] / max(spent["train_time_s"], 1e-9),

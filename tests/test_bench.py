@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ranlib import bench, train
+from ranlib.models import fused
 from ranlib.errors import CheckpointError, ConfigError, RanlibError
 from test_cli import error_line
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
@@ -409,7 +410,7 @@ def test_a_grouped_1x1_convolution_as_a_batched_matrix_product_is_the_same(strid
     weight = torch.randn(k * cout, cin, 1, 1, dtype=torch.float64, generator=generator)
     for memory_format in (torch.contiguous_format, torch.channels_last):
         xm = x.contiguous(memory_format=memory_format)
-        torch.testing.assert_close(bench.grouped_1x1_as_bmm(xm, weight, k, stride),
+        torch.testing.assert_close(fused.grouped_1x1_as_bmm(xm, weight, k, stride),
                                    F.conv2d(xm, weight, stride=stride, groups=k), rtol=1e-12, atol=1e-12)
 
 
@@ -419,13 +420,13 @@ def test_a_grouped_3x3_convolution_as_a_dense_one_with_block_diagonal_weight_is_
     k, cin, cout = 3, 2, 4
     x = torch.randn(2, k * cin, 7, 7, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(k * cout, cin, 3, 3, dtype=torch.float64, generator=generator, requires_grad=True)
-    dense = bench.block_diagonal_weight(weight, k)
+    dense = fused.block_diagonal_weight(weight, k)
     assert dense.shape == (k * cout, k * cin, 3, 3)
     for i in range(k):  # the members' blocks on the diagonal, zeros elsewhere
         for j in range(k):
             block = dense[i * cout:(i + 1) * cout, j * cin:(j + 1) * cin]
             assert torch.equal(block, weight[i * cout:(i + 1) * cout] if i == j else torch.zeros_like(block))
-    ours = bench.grouped_as_dense(x, weight, k, stride, 1)
+    ours = fused.grouped_as_dense(x, weight, k, stride, 1)
     reference = F.conv2d(x, weight, stride=stride, padding=1, groups=k)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     grad = torch.randn_like(reference)  # and the gradients the timed passes compute
@@ -437,7 +438,7 @@ def test_the_1x1_alternative_gives_the_same_gradients():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 6, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(9, 2, 1, 1, dtype=torch.float64, generator=generator, requires_grad=True)
-    ours, reference = bench.grouped_1x1_as_bmm(x, weight, 3), F.conv2d(x, weight, groups=3)
+    ours, reference = fused.grouped_1x1_as_bmm(x, weight, 3), F.conv2d(x, weight, groups=3)
     grad = torch.randn_like(reference)
     for a, b in zip(torch.autograd.grad(ours, (x, weight), grad), torch.autograd.grad(reference, (x, weight), grad)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import ranlib
 from ranlib import train
 from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
-from ranlib.models.fused import (FusionError, fuse, fuse_inputs, fused_optimizer_state, member_optimizer_state,
-                                 member_state_dict, member_view, shared_inputs)
+from ranlib.models.fused import (FusedConv2d, FusionError, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
+                                 member_optimizer_state, member_state_dict, member_view, shared_inputs)
 from ranlib.results import load_results
 from ranlib.step import TrainStep
 from test_train import REPO, make_folder_dataset, single_thread, subprocess_env, tiny_config
@@ -216,6 +216,11 @@ def test_a_group_refuses_members_that_differ_in_more_than_seed_noise_and_arl(tmp
             train.run_group([base, tiny_config(tmp_path, data_root, seed=1, **other)])
     with pytest.raises(ConfigError, match="same run"):
         train.run_group([base, base])
+    for cuda_only in ("conv_autotune", "cuda_graphs"):  # timed with CUDA events / CUDA graphs
+        with pytest.raises(ConfigError, match="CUDA"):
+            train.run(tiny_config(tmp_path, data_root, **{cuda_only: True}))
+    with pytest.raises(FusionError, match="not a single"):
+        fuse([torch.nn.Conv2d(3, 3, 1)] * 2)
 
 
 def test_a_finished_group_says_so_and_how_to_train_it_again(group_and_solo, data_root):
@@ -307,3 +312,40 @@ def test_a_fused_model_with_mask_checkpointing_is_the_same_model(float64):
     after = checkpointed.state_dict()
     for key, value in plain.state_dict().items():  # weights and BN statistics (moved once, not twice)
         _assert_same(after[key], value, key)
+
+
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (1, 2), (3, 1), (3, 2)])
+def test_every_implementation_of_a_fused_convolution_is_the_same_layer(kernel, stride, float64):
+    members = [torch.nn.Sequential(torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=kernel // 2, bias=False))
+               for _ in range(3)]
+    layer = fuse(members)[0]
+    assert isinstance(layer, FusedConv2d) and layer.alternatives() == ("grouped", "bmm" if kernel == 1 else "dense")
+    x = torch.randn(2, 18, 9, 9, requires_grad=True)
+    outputs = {}
+    for impl in layer.alternatives():
+        layer.impl = impl
+        out = layer(x)
+        outputs[impl] = (out, *torch.autograd.grad(out.square().sum(), (x, layer.weight)))
+    for mine, reference in zip(outputs[layer.alternatives()[1]], outputs["grouped"]):
+        _assert_same(mine, reference, "an alternative implementation")
+
+
+def test_the_measured_fastest_implementation_is_chosen_per_shape(float64):
+    members = _members("cifar_attention56", [{}, {}])
+    fused = fuse(members)
+    x = torch.randn(2, 6, 32, 32)
+    before = fused.eval()(x)
+    timed = []
+
+    def time_fn(work):  # a fake clock: the dense and bmm kernels "win" everywhere
+        work()
+        timed.append(1)
+        return 1.0 if len(timed) % 2 else 0.5
+
+    report = choose_conv_impls(fused, x, time_fn)
+    layers = [m for m in fused.modules() if isinstance(m, FusedConv2d)]
+    assert report["layers"]["grouped"] == 0 and report["layers"]["bmm"] > 0 and report["layers"]["dense"] > 0
+    assert sum(report["layers"].values()) == len(layers)  # every fused convolution has an alternative
+    assert len(timed) == 2 * len(report["times_s"]) < 2 * len(layers)  # one measurement per shape
+    _assert_same(fused(x), before, "the model after the choice")
+    assert set(fused.state_dict()) == set(fuse(members).state_dict())

@@ -28,9 +28,10 @@ and :func:`member_state_dict` writes the number of training steps in its place.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionFusion, AttentionModule, MaskActivation
@@ -97,16 +98,129 @@ class FusedAttentionFusion(nn.Module):
         return (mask + self.residual.to(mask.dtype)) * trunk
 
 
+# --- grouped convolutions and their alternatives -----------------------------------------------
+
+def grouped_1x1_as_bmm(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, stride=stride, groups=groups)`` for a 1x1 kernel without padding, as
+    one batched matrix product over the groups: ``(K, B*H*W, Cin) @ (K, Cin, Cout)``. Returns a
+    channels_last tensor."""
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride]
+    b, c, h, w = x.shape
+    cout = weight.shape[0] // groups
+    rows = x.permute(0, 2, 3, 1).reshape(b * h * w, groups, c // groups).transpose(0, 1)  # (K, N, Cin)
+    out = torch.bmm(rows, weight.reshape(groups, cout, c // groups).transpose(1, 2))  # (K, N, Cout)
+    return out.transpose(0, 1).reshape(b, h, w, groups * cout).permute(0, 3, 1, 2)
+
+
+def block_diagonal_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped convolution's weight ``(K * Cout, Cin, kh, kw)`` as the dense one ``(K * Cout,
+    K * Cin, kh, kw)`` with the groups' blocks on the diagonal and zeros elsewhere (differentiable)."""
+    total, cin, kh, kw = weight.shape
+    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
+    blocks = weight.reshape(groups, total // groups, cin, kh, kw)
+    return torch.einsum("kocij,kl->kolcij", blocks, eye).reshape(total, groups * cin, kh, kw)
+
+
+def grouped_as_dense(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int = 1,
+                     padding: int = 0) -> torch.Tensor:
+    """A grouped convolution as one dense convolution with :func:`block_diagonal_weight`."""
+    return F.conv2d(x, block_diagonal_weight(weight, groups), None, stride, padding)
+
+
+CONV_IMPLS = ("grouped", "bmm", "dense")
+
+
+class FusedConv2d(nn.Conv2d):
+    """K members' convolutions as one grouped convolution (``groups = K * g``), or, where the members'
+    own convolutions are not grouped, the same computation by another kernel: ``bmm`` (a 1x1 kernel
+    as one batched matrix product over the members) or ``dense`` (one dense convolution with a
+    block-diagonal weight: K times the multiply-adds, but one large kernel). The weight is the grouped
+    one in every case, so the state dict does not depend on the choice (:func:`choose_conv_impls`).
+    """
+
+    def __init__(self, *args, members: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.members = members
+        self.impl = "grouped"
+
+    def alternatives(self) -> tuple[str, ...]:
+        """The implementations that compute this layer (the first is the grouped convolution)."""
+        square = len(set(self.stride)) == 1 and len(set(self.padding)) == 1 and self.dilation == (1, 1)
+        if self.members == 1 or self.groups != self.members or not square or self.padding_mode != "zeros":
+            return ("grouped",)
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            return ("grouped", "bmm")
+        return ("grouped", "dense")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "grouped":
+            return super().forward(x)
+        out = self.compute(x, self.weight, self.impl)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, impl: str) -> torch.Tensor:
+        """This layer's convolution (no bias) of ``x`` with ``weight`` by the implementation ``impl``."""
+        if impl == "bmm":
+            return grouped_1x1_as_bmm(x, weight, self.groups, self.stride[0])
+        if impl == "dense":
+            return grouped_as_dense(x, weight, self.groups, self.stride[0], self.padding[0])
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, members={self.members}, impl={self.impl}"
+
+
+def choose_conv_impls(model: nn.Module, x: torch.Tensor, time_fn: Callable[[Callable[[], None]], float]) -> dict:
+    """Set every :class:`FusedConv2d` of ``model`` to its fastest implementation, measured.
+
+    One forward pass on ``x`` records each layer's input shape; ``time_fn(work)`` returns the time
+    of ``work`` (forward and backward of one layer at that shape), e.g. with CUDA events. Layers of
+    one shape share a measurement. Returns how many layers took each implementation, and the times.
+    """
+    inputs: dict[FusedConv2d, tuple] = {}
+
+    def record(layer, args) -> None:  # returns None: the layer's input stays as it is
+        inputs.setdefault(layer, (args[0].shape, args[0].dtype, args[0].stride()))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, FusedConv2d) and len(m.alternatives()) > 1]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    chosen: dict[tuple, str] = {}
+    times: dict[str, dict] = {}
+    for layer, (shape, dtype, stride) in inputs.items():
+        key = (tuple(shape), dtype, tuple(stride), tuple(layer.weight.shape), layer.stride, layer.padding)
+        if key not in chosen:
+            sample = torch.empty_strided(shape, stride, dtype=dtype, device=x.device).normal_().requires_grad_()
+            weight = layer.weight.detach().to(dtype).requires_grad_()
+            measured = {}
+            for impl in layer.alternatives():
+                def work(layer=layer, impl=impl):
+                    torch.autograd.grad(layer.compute(sample, weight, impl).sum(), (sample, weight))
+
+                measured[impl] = time_fn(work)
+            chosen[key] = min(measured, key=measured.get)
+            times[f"{tuple(shape)} {tuple(layer.weight.shape)}"] = measured
+        layer.impl = chosen[key]
+    counts = {impl: sum(1 for m in inputs if m.impl == impl) for impl in CONV_IMPLS}
+    return {"layers": counts, "times_s": times}
+
+
 def _factory(module: nn.Module) -> dict:
     tensor = next(module.parameters(), None)
     tensor = tensor if tensor is not None else next(module.buffers())
     return {"device": tensor.device, "dtype": tensor.dtype}
 
 
-def _wide_conv(conv: nn.Conv2d, k: int) -> nn.Conv2d:
-    return nn.Conv2d(conv.in_channels * k, conv.out_channels * k, conv.kernel_size, stride=conv.stride,
-                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups * k,
-                     bias=conv.bias is not None, padding_mode=conv.padding_mode, **_factory(conv))
+def _wide_conv(conv: nn.Conv2d, k: int) -> FusedConv2d:
+    return FusedConv2d(conv.in_channels * k, conv.out_channels * k, conv.kernel_size, stride=conv.stride,
+                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups * k,
+                       bias=conv.bias is not None, padding_mode=conv.padding_mode, members=k, **_factory(conv))
 
 
 def _wide_batchnorm(bn: nn.BatchNorm2d, k: int) -> nn.BatchNorm2d:
@@ -148,6 +262,8 @@ def fuse(members: Sequence[nn.Module]) -> nn.Module:
     """
     if not members:
         raise FusionError("fuse needs at least one member")
+    if not list(members[0].children()):
+        raise FusionError(f"fuse takes models made of layers, not a single {type(members[0]).__name__}")
     _check_same_architecture(members)
     k = len(members)
     fused = copy.deepcopy(members[0])
