@@ -516,8 +516,8 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
     import warnings
 
     import ranlib
-    from .models.fused import fuse
-    from .runtime import peak_memory_bytes
+    from .models.fused import choose_conv_impls, fuse
+    from .runtime import autocast, cuda_time_s, peak_memory_bytes
     from .step import GRAPH_WARMUP_STEPS, TrainStep
     from .train import build_model
 
@@ -538,12 +538,16 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
         torch.cuda.reset_peak_memory_stats(device)
     model = fuse(solo).to(device, memory_format=memory_format).train()
     del solo
+    batch = _fused_batches(model_name, members, batch_size, device, memory_format, seed)
+    conv_impls = None
+    if device.type == "cuda" and members > 1:  # as run_group does: each convolution's fastest kernel
+        with autocast(device, precision):
+            conv_impls = choose_conv_impls(model, batch()[0], cuda_time_s)["layers"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
                                 fused=graphs or None)  # as ranlib.train._train_group builds it
     build_seconds = time.perf_counter() - started
     windows = [torch.zeros(members, 3, dtype=torch.float64, device=device) for _ in range(2)]
     step = TrainStep(model, model, optimizer, windows=windows, precision=precision, cuda_graphs=graphs)
-    batch = _fused_batches(model_name, members, batch_size, device, memory_format, seed)
     warmup = max(warmup, GRAPH_WARMUP_STEPS + 2 if graphs else 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -568,7 +572,8 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
     aggregate = members * batch_size / mean
     return {
         "model": model_name, "members": members, "batch_size": batch_size, "graphs": graphs,
-        "graph_captured": step.graph is not None, "precision": precision, "channels_last": channels_last,
+        "graph_captured": step.graph is not None, "conv_impls": conv_impls, "precision": precision,
+        "channels_last": channels_last,
         "warmup": warmup, "steps": steps, "step_time_ms_mean": 1e3 * mean,
         "step_time_ms_median": 1e3 * statistics.median(seconds), "step_time_ms_min": 1e3 * min(seconds),
         "images_per_s": aggregate, "images_per_s_per_member": batch_size / mean,
