@@ -4,8 +4,9 @@ A lent GPU comes for minutes, one command at a time, and only the files in ``DIR
 sitting therefore decides nothing on the way and loses little when it is cut off:
 
 1. **Preflight** (about 20 s): every path the sitting will use is tried once on the device — a
-   fused training step, bf16 autocast, the step captured as a CUDA graph (compared with the eager
-   step it replaces), evaluation, writing and reading a checkpoint — and the training throughput
+   fused training step, bf16 autocast, the convolutions chosen by measurement (compared with the
+   grouped ones), the step captured as a CUDA graph (compared with the eager step it replaces),
+   evaluation, writing and reading a checkpoint — and the training throughput
    of a fused group is measured. A failing path is switched off for the rest of the sitting, with
    the reason logged; the sitting goes on without it.
 2. **Benchmark** (``--bench-seconds``, about 60 s): ``ranlib.bench``'s fused-population figures,
@@ -138,6 +139,8 @@ class Preflight:
             out["cuda_graphs"] = False
         if "bf16" in self.checks and not self.ok("bf16"):
             out["precision"] = "fp32"
+        if "conv_autotune" in self.checks and not self.ok("conv_autotune"):
+            out["conv_autotune"] = False
         return out
 
     def max_group(self, wanted: int) -> int:
@@ -174,8 +177,8 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
 
     import ranlib
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .models.fused import fuse, member_state_dict
-    from .runtime import Dist, select_device, synchronize
+    from .models.fused import choose_conv_impls, fuse, member_state_dict
+    from .runtime import Dist, autocast, cuda_time_s, select_device, synchronize
     from .step import GRAPH_WARMUP_STEPS, TrainStep
     from .train import evaluate_members
 
@@ -186,10 +189,13 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
         torch.backends.cudnn.benchmark = True
     built = {}
 
-    def group(precision: str, graphs: bool):
+    def group(precision: str, graphs: bool, autotune: bool = False):
         torch.manual_seed(0)
         solo = [ranlib.create_model(model) for _ in range(members)]
         fused = fuse(solo).to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+        if autotune:
+            with autocast(device, precision):
+                built["conv_impls"] = choose_conv_impls(fused, batches[0][0], cuda_time_s)["layers"]
         optimizer = torch.optim.SGD(fused.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
                                     fused=graphs or None)
         windows = [torch.zeros(members, 3, dtype=torch.float64, device=device)]
@@ -220,20 +226,38 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
         synchronize(device)
         return "2 fused steps under bf16 autocast"
 
+    def drift(test, reference) -> float:
+        """The largest parameter difference of two trainings of one group, relative to the parameter."""
+        return max((a - b).abs().max().item() / (b.abs().max().item() or 1.0)
+                   for a, b in zip(test.parameters(), reference.parameters()))
+
+    def conv_autotune():
+        if not cuda:
+            raise NotApplicable("the convolutions are timed with CUDA events")
+        precision = "bf16" if report.ok("bf16") else "fp32"
+        (grouped, grouped_step, _), (tuned, tuned_step, _) = group(precision, False), group(precision, False, True)
+        for x, y in batches[:3]:
+            grouped_step(x, y)
+            tuned_step(x, y)
+        synchronize(device)
+        worst = drift(tuned, grouped)
+        if not worst < 1e-2:
+            raise RanlibError(f"the chosen convolutions drift from the grouped ones by {worst:.3g} (relative)")
+        return f"layers {built['conv_impls']}; 3 steps match the grouped convolutions within {worst:.2g} (relative)"
+
     def cuda_graphs():
         if not cuda:
             raise NotApplicable("CUDA graphs need CUDA")
         precision = "bf16" if report.ok("bf16") else "fp32"
         eager, eager_step, _ = group(precision, False)
-        graphed, graph_step, _ = group(precision, True)
+        graphed, graph_step, _ = group(precision, True, report.ok("conv_autotune"))
         for x, y in batches:
             eager_step(x, y)
             graph_step(x, y)
         synchronize(device)
         if graph_step.graph is None:
             raise RanlibError("capture fell back to eager")
-        worst = max((a - b).abs().max().item() / (b.abs().max().item() or 1.0)
-                    for a, b in zip(graphed.parameters(), eager.parameters()))
+        worst = drift(graphed, eager)
         if not worst < 1e-2:
             raise RanlibError(f"graph replay drifts from the eager step by {worst:.3g} (relative)")
         return f"captured after {GRAPH_WARMUP_STEPS} eager steps; {len(batches) - GRAPH_WARMUP_STEPS} replays " \
@@ -264,7 +288,7 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
 
     def seconds_per_step(size: int) -> float:
         precision = "bf16" if report.ok("bf16") else "fp32"
-        _, step, _ = group(precision, report.ok("cuda_graphs"))
+        _, step, _ = group(precision, report.ok("cuda_graphs"), report.ok("conv_autotune"))
         data = [(x[:size], y[:size]) for x, y in batches]
         for x, y in data:  # warm-up (and capture)
             step(x, y)
@@ -288,7 +312,8 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
                 f"{1e3 * report.speed.overhead_s:.2f} ms + its multiply-adds at "
                 f"{2 * report.speed.macs_per_s / 1e12:.2f} TFLOP/s")
 
-    for name, fn in (("fused_step", fused_step), ("bf16", bf16), ("cuda_graphs", cuda_graphs),
+    for name, fn in (("fused_step", fused_step), ("bf16", bf16), ("conv_autotune", conv_autotune),
+                     ("cuda_graphs", cuda_graphs),
                      ("evaluation", evaluation), ("checkpoint", checkpoint), ("throughput", throughput)):
         if name in ("evaluation", "checkpoint") and "fp32" not in built:
             report.checks[name] = {"ok": False, "seconds": 0.0, "detail": "needs the fused step"}
