@@ -4,6 +4,7 @@
 #   make reproduce PROFILE=smoke|quick|paper [NOTEBOOKS="a b"] [DEVICE=cuda] [DATASET=..] [DATA_ROOT=..]
 #   make venv        only the environment (.venv)
 #   make device-data the CIFAR-10 JPEG copy and its 846 exact test images in .data/ (ignored, < 64 MiB)
+#   make device-data-woof  Imagewoof in .data/imagewoof, for a device call of its own (60 MB)
 #   make unpack ARCHIVE=path/sitting.tar.gz   a GPU sitting's results into results/, then the book
 
 PYTHON ?= python3
@@ -21,7 +22,7 @@ PYTEST_ARGS ?=
 # Two pytest workers; tests marked xdist_group("book") share one worker so the book builds once.
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv test book reproduce device-data unpack clean-book
+.PHONY: venv test book reproduce device-data device-data-woof unpack clean-book
 
 venv: $(STAMP)
 
@@ -57,6 +58,12 @@ device-data: $(STAMP)
 	cp $(SHARED_DATA)/cifar10-jpeg.npz .data/cifar10-jpeg/
 	$(PY) -c "import numpy as np; s = np.load('$(SHARED_DATA)/cifar10-exact-subset.npz'); \
 	np.savez('.data/cifar10-jpeg/cifar10-exact-test.npz', **{k: s[k] for k in ('x_test', 'y_test', 'test_index')})"
+
+# Imagewoof (60 MB) fills a device call by itself: carry it without the CIFAR copy (rm -r .data/cifar10-jpeg).
+SHARED_WOOF ?= ../shared/data/imagewoof
+device-data-woof:
+	mkdir -p .data/imagewoof
+	cp $(SHARED_WOOF)/imagewoof-112.npz .data/imagewoof/
 
 # What a GPU sitting (python -m ranlib.campaign sitting) packed: results files are added, never
 # replaced; then the book is rebuilt, and the tree is ready to commit.
