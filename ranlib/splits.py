@@ -23,6 +23,7 @@ from .runtime import Dist
 
 STAGE_RESPONSE_BATCH = 64  # fixed test images (the first ones) for Figure 4's stage responses
 IMAGENET_DATASETS = ("imagenet-folder",)
+IMAGENET_STYLE_DATASETS = (*IMAGENET_DATASETS, "imagewoof")  # what the ImageNet networks train on
 
 
 @dataclass
@@ -244,8 +245,9 @@ def load_imagewoof(members: Sequence, device: torch.device, *, train: bool = Tru
 
 def load_split(members: Sequence, device: torch.device, input_size: int, d: Dist, **kwargs) -> Split:
     """The :class:`Split` of a group of members (one or more) sharing a dataset."""
+    if members[0].dataset not in IMAGENET_STYLE_DATASETS:
+        return load_cifar_split(members, device, input_size, **kwargs)
+    kwargs.pop("mean", None)  # ImageNet-style data: a fixed per-channel normalisation, not the training mean
     if members[0].dataset == "imagewoof":
-        return load_imagewoof(members, device, **{k: v for k, v in kwargs.items() if k != "mean"})
-    if members[0].dataset in IMAGENET_DATASETS:
-        return load_imagenet_split(members, device, d, **{k: v for k, v in kwargs.items() if k != "mean"})
-    return load_cifar_split(members, device, input_size, **kwargs)
+        return load_imagewoof(members, device, **kwargs)
+    return load_imagenet_split(members, device, d, **kwargs)

@@ -65,11 +65,10 @@ from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fu
 from .results import SCHEMA_VERSION, check_name, results_path, write_results
 from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
                       peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
-from .splits import IMAGENET_DATASETS, load_split
+from .splits import IMAGENET_STYLE_DATASETS, load_split
 from .step import TrainStep, member_losses
 
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar10-jpeg", "folder")
-IMAGENET_STYLE_DATASETS = (*IMAGENET_DATASETS, "imagewoof")  # what the ImageNet networks train on
 IMAGEWOOF_SIZE = 112  # the shared copy's shorter side: ImageNet networks train and test at it there
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
