@@ -50,12 +50,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from . import provenance
+from . import background, pinned, provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
 from .experiments import EXPERIMENTS, experiment
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
-from .paths import resolve_path
-from .planning import find_training, group_runs, plan_runs, same_training, training_size
+from .paths import cache_dir, resolve_path
+from .planning import cpu_order, find_training, group_runs, plan_runs, same_training, training_size
 from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, fit_batch, imagewoof_masks_step,
                       jpeg_gap_step, preflight, print_table, study_slices)
 
@@ -63,6 +63,12 @@ LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
 CIFAR_EXPERIMENTS = tuple(name for name, exp in EXPERIMENTS.items() if exp.task == "cifar")
 POLL_S = 0.5
+# Where a campaign's checkpoints go unless told: outside any checkout, so that a later campaign on
+# this machine resumes them whatever the checkout does (the user's cache dir; ranlib.paths).
+def default_checkpoints() -> Path:
+    return cache_dir() / "checkpoints"
+
+
 # Results folders written outside training runs that a sitting on a GPU machine also brings back.
 EXTRA_RESULTS = ("performance", "jpeg_gap")
 
@@ -140,6 +146,7 @@ class _Active:
     device_s: float = 0.0
     max_concurrent: int = 1
     log: io.TextIOBase | None = None
+    commit: str = ""  # the code it runs
 
 
 @dataclass
@@ -147,9 +154,13 @@ class Campaign:
     """Trains ``groups`` (lists of plan configs, see :func:`group_runs`; one run is a group of one)
     at most ``concurrent`` groups at a time within ``budget_s`` seconds.
 
-    ``estimate_s(group)``, if given, is a group's expected training time: a group is launched only
-    when it fits in what is left of the budget (less the stop grace), else the next that fits.
-    ``on_finish(lines)`` is called with the ledger lines of every group that ends.
+    ``estimate_s(group)``, if given, is a group's expected training time (None: unknown): a group is
+    launched only when it fits in what is left of the budget (less the stop grace), else the next
+    that fits, unless ``resumable``: its checkpoint outlives the campaign, so a later one resumes
+    what the budget's end stops. ``code_for(group)``, if given, is the (folder, commit) of the code
+    the group trains with (:mod:`ranlib.pinned`; default: this process's). ``on_start(group, pid,
+    commit)`` and ``on_finish(lines)`` are called as a group starts and with the ledger lines of
+    every group that ends.
     """
 
     groups: Sequence[list[dict]]
@@ -163,6 +174,9 @@ class Campaign:
     estimate_s: Callable[[list[dict]], float] | None = None
     on_finish: Callable[[list[dict]], None] | None = None
     group_dir: Path | None = None  # where group files go (default: <checkpoint_dir>/groups)
+    resumable: bool = False
+    code_for: Callable[[list[dict]], tuple[Path, str]] | None = None
+    on_start: Callable[[list[dict], int, str], None] | None = None
 
     def __post_init__(self):
         if self.concurrent < 1:
@@ -232,7 +246,8 @@ class Campaign:
     def _next_fitting(self, pending: list, left_s: float, take: bool = True) -> list[dict] | None:
         """The first pending group expected to finish in ``left_s`` (any, without an estimate)."""
         for i, group in enumerate(pending):
-            if self.estimate_s is None or self.estimate_s(group) <= left_s:
+            estimate = None if self.estimate_s is None or self.resumable else self.estimate_s(group)
+            if estimate is None or estimate <= left_s:
                 return pending.pop(i) if take else group
         return None
 
@@ -252,11 +267,18 @@ class Campaign:
         log.write(f"# {provenance.utc_now()} campaign {self.campaign_started_at}: {shlex.join(command)}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # a Ctrl-C reaches the campaign, which stops them in order
+        folder, commit = self.code_for(group) if self.code_for else (None, self.git_commit)
+        if folder is not None:
+            env = pinned.code_env(folder, env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder,
+                                   start_new_session=True,  # a Ctrl-C reaches the campaign, which stops them in order
+                                   preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
         more = f" and {len(group) - 1} more as one fused group" if len(group) > 1 else ""
-        self._say(f"start {config['experiment']}/{config['run_name']}{more}")
-        return _Active(group, process, provenance.utc_now(), time.monotonic(), log=log)
+        self._say(f"start {config['experiment']}/{config['run_name']}{more}"
+                  + (f" (commit {commit[:10]})" if folder is not None else ""))
+        if self.on_start is not None:
+            self.on_start(group, process.pid, commit)
+        return _Active(group, process, provenance.utc_now(), time.monotonic(), log=log, commit=commit)
 
     def _finish(self, a: _Active, *, stopped: bool) -> None:
         a.log.close()
@@ -264,7 +286,8 @@ class Campaign:
         if code == 0:
             status, message = "finished", ""
         elif stopped and code in (128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL):
-            status, message = "interrupted", "stopped at the end of the budget; the next campaign resumes it"
+            status, message = "interrupted", "stopped (the budget's end or `campaign stop`) with a checkpoint; " \
+                                             "the next campaign resumes it"
         else:
             status, message = "failed", _last_error(Path(a.log.name))
         lines = []
@@ -275,7 +298,7 @@ class Campaign:
                           "finished_at": provenance.utc_now(), "wall_s": round(time.monotonic() - a.started, 1),
                           "device_s": round(a.device_s / len(a.group), 1), "max_concurrent": a.max_concurrent,
                           "device": config.get("device", ""), "device_name": self.device_name,
-                          "git_commit": self.git_commit, "exit_code": code, "message": message})
+                          "git_commit": a.commit, "exit_code": code, "message": message})
         self.lines += lines
         if self.ledger is not None:
             append_ledger(self.ledger, lines)
@@ -289,6 +312,15 @@ class Campaign:
     def _say(self, text: str) -> None:
         if self.echo:
             print(f"campaign: {text}", flush=True)
+
+
+def _stop_with_parent() -> None:
+    """In a training's process before it starts (Linux): SIGTERM it when the campaign dies, even by
+    SIGKILL, so that it checkpoints and stops instead of training on unwatched."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _last_error(log: Path) -> str:
@@ -410,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--data-root", default=".data/cifar10-jpeg")
         q.add_argument("--device", default="auto")
         q.add_argument("--results-dir", type=Path, default=Path("results"))
-        q.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+        q.add_argument("--checkpoint-dir", type=Path, default=default_checkpoints(),
+                       help="where the runs' checkpoints go (default: the user's cache, outside any checkout)")
         q.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                        help="TrainConfig fields for every run, e.g. iterations=4 (tests, trials)")
 
@@ -421,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     selection(run)
     run.add_argument("--concurrent", type=int, default=1, help="trainings (single runs or fused groups) at once "
                                                                    "on the device")
-    run.add_argument("--max-group", type=int, default=8, help="runs per fused group (1: every run alone)")
+    run.add_argument("--max-group", type=int, help="runs per fused group (1: every run alone; default 8 on "
+                                                    "CUDA, 1 on a CPU, where fusion does not pay)")
     run.add_argument("--budget-minutes", type=float, default=float("inf"),
                      help="stop (checkpointing) after this long; resume with the same command")
     run.add_argument("--launch-margin-minutes", type=float, default=1.0,
@@ -429,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-grace-minutes", type=float, default=1.0,
                      help="time a stopped training gets to write its checkpoint")
     run.add_argument("--ledger", type=Path, help=f"default: <results-dir>/{LEDGER_NAME}")
+    run.add_argument("--detach", action="store_true",
+                     help="run in the background from a worktree of the checkout's commit, niced, and return at "
+                          "once (then `status`, `stop`; see ranlib.background)")
+    run.add_argument("--nice", type=int, help=f"lower the campaign's priority by this much (default with --detach: "
+                                              f"{background.DEFAULT_NICE})")
+    run.add_argument("--checkpoints-kept", action=argparse.BooleanOptionalAction, default=True,
+                     help="the checkpoint folder outlives this campaign, so a run longer than the budget left may "
+                          "start (a later campaign resumes it); --no-checkpoints-kept starts only runs expected "
+                          "to finish")
+    for hidden in ("--lock-fd", "--pinned-from", "--resume-command"):  # from `run --detach` to the campaign it starts
+        run.add_argument(hidden, type=int if hidden == "--lock-fd" else str, help=argparse.SUPPRESS)
+    for q in (run, sub.add_parser("status", help="what the background campaign runs (iteration, images/s, ETA), "
+                                                 "what finished or failed, the budget left"),
+              stopper := sub.add_parser("stop", help="stop the background campaign: the run in flight writes its "
+                                                     "checkpoint; waits until it has")):
+        q.add_argument("--state-dir", type=Path, default=background.state_dir_default(),
+                       help="the campaign's lock, state and log (default: the user's cache)")
+    stopper.add_argument("--wait-minutes", type=float, default=10.0, help="give up waiting after this long")
     packer = sub.add_parser("pack", help="archive results, ledger, metrics (and checkpoints) to carry back")
     packer.add_argument("--out", type=Path, required=True)
     packer.add_argument("--experiments", nargs="+", default=[*CIFAR_EXPERIMENTS, *EXTRA_RESULTS], metavar="NAME",
@@ -436,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     packer.add_argument("--checkpoints", nargs="*", default=[], metavar="EXPERIMENT/RUN",
                         help="also these runs' checkpoints (e.g. for ranlib.jpeg_gap)")
     packer.add_argument("--results-dir", type=Path, default=Path("results"))
-    packer.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    packer.add_argument("--checkpoint-dir", type=Path, default=default_checkpoints())
     member = sub.add_parser("train-group", help="train the runs in a JSON file (a list of TrainConfig fields) as "
                                                 "one fused group, resuming their checkpoints")
     member.add_argument("group_file", type=Path)
@@ -450,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     unpacker = sub.add_parser("unpack", help="put a packed archive's files into this checkout")
     unpacker.add_argument("archive", type=Path)
     unpacker.add_argument("--results-dir", type=Path, default=Path("results"))
-    unpacker.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    unpacker.add_argument("--checkpoint-dir", type=Path, default=default_checkpoints())
     return p
 
 
@@ -490,7 +542,12 @@ def checked_config(fields: dict, what: str):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from .runtime import Dist, select_device
+
     plan = _plan_from(args)
+    device = select_device(args.device, Dist())
+    if device.type == "cpu":
+        return _print_cpu_plan(plan, device)
     sizes = [training_size(config) for config in plan.runs]
     total = sum(size["train_macs"] for size in sizes)
     print(f"{'experiment/run':<52} {'model':<20} {'iters':>7} {'batch':>5} {'train PMAC':>10}")
@@ -501,9 +558,36 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.tflops:
         print(f"at {args.tflops:g} TFLOP/s achieved (2 FLOPs per multiply-add) that is "
               f"{2 * total / (args.tflops * 1e12) / 60:.0f} device minutes of training steps")
+    _print_skipped(plan)
+    return 0
+
+
+def _print_cpu_plan(plan: Plan, device) -> int:
+    """The runs in the CPU's order (:func:`ranlib.planning.cpu_order`), each with its CPU-hours."""
+    from .estimates import Estimator, read_progress, run_dir
+
+    estimator, total, part_now = Estimator(device), 0.0, None
+    print(f"{'#':>3} {'experiment/run':<52} {'model':<20} {'iters':>6} {'batch':>5} {'CPU-h':>6}  from")
+    for i, (part, config) in enumerate(cpu_order(plan.runs), 1):
+        if part != part_now:
+            print(f"--- {part}")
+            part_now = part
+        hours = estimator.seconds(config) / 3600
+        total += hours
+        size, done = training_size(config), read_progress(run_dir(config)).checkpoint_iteration
+        print(f"{i:>3} {config['experiment'] + '/' + config['run_name']:<52} {config['model']:<20} "
+              f"{size['iterations']:>6} {size['batch_size']:>5} {hours:>6.2f}  "
+              f"{f'checkpoint at {done}' if done else 'start'}")
+    print(f"{len(plan.runs)} runs to train one at a time, about {total:.1f} CPU-hours in all; {len(plan.skipped)} "
+          f"left out. CPU-hours at each run's images/s measured in its last sitting, else the rate of the runs "
+          f"measured in the checkpoint folder, else the rate recorded on the project's machine (ranlib.estimates)")
+    _print_skipped(plan)
+    return 0
+
+
+def _print_skipped(plan: Plan) -> None:
     for config, why in plan.skipped:
         print(f"  left out {config['experiment']}/{config['run_name']}: {why}")
-    return 0
 
 
 def _decode_once(dataset: str, data_root: str, download: bool = False) -> None:
@@ -519,27 +603,69 @@ def _decode_once(dataset: str, data_root: str, download: bool = False) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """A campaign in the foreground, or with ``--detach`` in the background from a pinned commit
+    (:mod:`ranlib.background`); either way under the campaign lock. On a CPU the runs go in the
+    CPU's order (:func:`ranlib.planning.cpu_order`), one at a time (fused groups do not pay there)."""
+    from .estimates import Estimator
     from .runtime import Dist, select_device
 
-    _check_max_group(args.max_group)
+    if args.max_group is not None:
+        _check_max_group(args.max_group)
     plan = _plan_from(args)
     device = select_device(args.device, Dist())
-    if plan.runs:
-        _decode_once(args.dataset, args.data_root, download=bool(plan.runs[0].get("download")))
-    campaign = Campaign(group_runs(plan.runs, args.max_group), concurrent=args.concurrent,
-                        budget_s=args.budget_minutes * 60,
-                        launch_margin_s=args.launch_margin_minutes * 60,
-                        stop_grace_s=args.stop_grace_minutes * 60,
-                        ledger=args.ledger or args.results_dir / LEDGER_NAME,
-                        device_name=provenance.device_name(device))
-    print(f"campaign: {len(plan.runs)} runs to train ({len(plan.skipped)} left out), {args.concurrent} at a time "
-          f"on {campaign.device_name}", flush=True)
-    lines = campaign.run()
-    status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
-    print(f"campaign: {status['finished']} finished, {status['interrupted']} interrupted (resume with the same "
-          f"command), {status['failed']} failed, {len(campaign.left)} not started; "
-          f"{sum(line['device_s'] for line in lines) / 60:.1f} device minutes charged", flush=True)
+    runs = [config for _, config in cpu_order(plan.runs)] if device.type == "cpu" else plan.runs
+    max_group = args.max_group or (1 if device.type == "cpu" else 8)
+    state_dir = resolve_path(args.state_dir)
+    if args.detach:
+        return background.detach(args, state_dir=state_dir, planned=len(runs), nice=args.nice)
+    lock = background.CampaignLock.acquire(state_dir, inherited_fd=args.lock_fd)
+    try:
+        if args.nice:
+            os.nice(args.nice)
+        commit = provenance.git_state()[0] or ""
+        code_for = pinned.pinned_code(Path(args.pinned_from), commit, say=print) if args.pinned_from else None
+        estimator, groups = Estimator(device), group_runs(runs, max_group)
+        tracker = background.Tracker(state_dir, groups, estimator=estimator, commit=commit,
+                                     worktree=str(pinned.worktree(Path(args.pinned_from), commit))
+                                     if args.pinned_from else None,
+                                     command=args.resume_command or f"python -m ranlib.campaign {shlex.join(args.argv)}",
+                                     budget_s=args.budget_minutes * 60)
+        try:
+            if plan.runs:
+                _decode_once(args.dataset, args.data_root, download=bool(plan.runs[0].get("download")))
+            campaign = Campaign(groups, concurrent=args.concurrent, budget_s=args.budget_minutes * 60,
+                                launch_margin_s=args.launch_margin_minutes * 60,
+                                stop_grace_s=args.stop_grace_minutes * 60,
+                                ledger=resolve_path(args.ledger or args.results_dir / LEDGER_NAME),
+                                device_name=provenance.device_name(device), estimate_s=estimator.group_s,
+                                resumable=args.checkpoints_kept, code_for=code_for, on_start=tracker.started,
+                                on_finish=tracker.finished)
+            print(f"campaign: {len(runs)} runs to train ({len(plan.skipped)} left out), {args.concurrent} at a "
+                  f"time on {campaign.device_name}" + (f" from commit {commit[:10]}" if args.pinned_from else ""),
+                  flush=True)
+            tracker.running(campaign.budget_s)
+            lines = campaign.run()
+        except BaseException as exc:
+            tracker.ended(f"ended by {type(exc).__name__}: {exc}")
+            raise
+        status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
+        summary = (f"{status['finished']} finished, {status['interrupted']} interrupted, {status['failed']} failed, "
+                   f"{len(campaign.left)} not started; {sum(line['device_s'] for line in lines) / 60:.1f} device "
+                   f"minutes charged")
+        tracker.ended(summary)
+    finally:
+        lock.release()
+    print(f"campaign: {summary} (resume with the same command)", flush=True)
     return 1 if status["failed"] else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print("\n".join(background.status_lines(resolve_path(args.state_dir))))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    return background.stop(resolve_path(args.state_dir), wait_s=args.wait_minutes * 60)
 
 
 def _cmd_sitting(args: argparse.Namespace) -> int:
@@ -687,7 +813,9 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"plan": _cmd_plan, "run": _cmd_run, "pack": _cmd_pack, "unpack": _cmd_unpack,
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for `status` to say how to resume
+    commands = {"plan": _cmd_plan, "run": _cmd_run, "status": _cmd_status, "stop": _cmd_stop,
+                "pack": _cmd_pack, "unpack": _cmd_unpack,
                 "train-group": _cmd_train_group, "sitting": _cmd_sitting}
     try:
         return commands[args.command](args)

@@ -210,3 +210,42 @@ def training_size(config: dict) -> dict:
     macs = model_counts(config["model"], config.get("model_kwargs"), input_size=resolved.train_size)["macs"]
     return {"iterations": resolved.iterations, "batch_size": resolved.batch_size, "images": images,
             "train_macs": 3 * macs * images}
+
+
+# The order a CPU trains the study in, by claims per CPU-hour (issue 18): (why, rows as
+# (experiment, row key)), each part seed by seed. A planned run takes the place of the first row it
+# is a training of, whichever experiment planned it (Attention-56 with the default switches is
+# Table 1's mixed row, Table 3's ARL row and Table 4's encoder-decoder row).
+CPU_ORDER = (
+    ("the Attention-56 rows: mixed/ARL (Tables 1, 3 and 4), NAL, channel, spatial, the local mask",
+     (("attention_types", "attention56-mixed"), ("arl_vs_nal", "attention56-nal"),
+      ("attention_types", "attention56-channel"), ("attention_types", "attention56-spatial"),
+      ("mask_structure", "attention56-local"))),
+    ("Table 5 at 70 % and 50 % noise, the clean Attention-92 and ResNet-164 (Table 6's ordering) and "
+     "Table 3's Attention-92 NAL",
+     (("label_noise", "attention92-noise70"), ("label_noise", "resnet164-noise70"),
+      ("label_noise", "attention92-noise50"), ("label_noise", "resnet164-noise50"),
+      ("arl_vs_nal", "attention92-arl"), ("arl_vs_nal", "resnet164"), ("arl_vs_nal", "attention92-nal"))),
+    ("Attention-164 ARL/NAL (Table 3's largest gap, Figure 4's stage responses)",
+     (("arl_vs_nal", "attention164-arl"), ("arl_vs_nal", "attention164-nal"))),
+)
+
+
+def cpu_order(runs: Sequence[dict]) -> list[tuple[str, dict]]:
+    """Planned runs in :data:`CPU_ORDER`, each with the name of its part: each part's rows for the
+    first seed, then for the next, part after part; the runs of no part ("the rest") follow in
+    their planned order."""
+    seeds = sorted({config["seed"] for config in runs})
+    rows = [(part, experiment(name).row(key)) for part, (_, keys) in enumerate(CPU_ORDER) for name, key in keys]
+
+    def rank(item: tuple[int, dict]) -> tuple:
+        index, config = item
+        record = {"model": {"name": config["model"], "kwargs": config.get("model_kwargs")},
+                  "dataset": {"name": config["dataset"]}, "config": config}
+        for position, (part, row) in enumerate(rows):
+            if row.matches(record):
+                return part, seeds.index(config["seed"]), position
+        return len(CPU_ORDER), index
+
+    ranked = sorted(((rank(item), item[1]) for item in enumerate(runs)), key=lambda pair: pair[0])
+    return [(CPU_ORDER[r[0]][0] if r[0] < len(CPU_ORDER) else "the rest", config) for r, config in ranked]
