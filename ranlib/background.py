@@ -233,14 +233,17 @@ def _run_status(run: dict, campaign_running: bool) -> str:
 def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) -> str:
     from .results import results_path
 
+    from .train import TrainConfig, resolve
+
     config = run["config"]
     folder = run_dir(config)
     progress = read_progress(folder)
+    total = progress.iterations or resolve(TrainConfig(**config)).iterations
     if run["status"] == "running" and campaign_running:
         if progress.iteration is None:
             return f"starting (from iteration {progress.checkpoint_iteration}), commit {(run['commit'] or '?')[:10]}"
         eta = estimator.seconds(config, iteration=progress.iteration) if estimator else None
-        return (f"iteration {progress.iteration}/{progress.iterations}, {progress.images_per_s:.0f} images/s, "
+        return (f"iteration {progress.iteration}/{total}, {progress.images_per_s:.0f} images/s, "
                 f"ETA {format_duration(eta)}")
     if run["status"] == "finished":
         path = results_path(config["results_dir"], config["experiment"], config["run_name"])
@@ -253,7 +256,7 @@ def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) 
         return run["message"] or "failed (see its campaign.log)"
     # pending, interrupted, or stopped with a killed campaign: what the next campaign does with it
     if progress.checkpoint_iteration:
-        at = f"resumes from its checkpoint at iteration {progress.checkpoint_iteration}/{progress.iterations}"
+        at = f"resumes from its checkpoint at iteration {progress.checkpoint_iteration}/{total}"
     elif run["status"] in ("interrupted", "running"):
         at = f"starts over: its checkpoint is not in {folder}"
     else:

@@ -37,7 +37,7 @@ def git(*args: str, cwd: Path) -> str:
     if out.returncode:
         reason = (out.stderr.strip().splitlines() or ["no message"])[-1]
         raise RanlibError(f"git {' '.join(args)} failed in {cwd}: {reason}")
-    return out.stdout.strip()
+    return out.stdout.rstrip()  # a status line may begin with a space
 
 
 def checkout_commit(checkout: Path) -> str:
@@ -51,7 +51,8 @@ def checkout_commit(checkout: Path) -> str:
     if changed:
         files = [line[3:] for line in changed]
         more = f" and {len(files) - 1} more" if len(files) > 1 else ""
-        raise RanlibError(f"{files[0]}{more} in {checkout} have uncommitted changes; the campaign would train "
+        raise RanlibError(f"{files[0]}{more} in {checkout} {'have' if more else 'has'} uncommitted changes; the "
+                          f"campaign would train "
                           f"commit {commit[:10]} without them: commit them (or git stash) first")
     return commit
 

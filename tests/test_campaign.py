@@ -19,6 +19,12 @@ TINY = {"batch_size": 4, "iterations": 2, "eval_every": 2, "checkpoint_every": 2
 LONG = {"iterations": 30, "eval_every": 30, "checkpoint_every": 30}  # long enough to be stopped
 
 
+@pytest.fixture(autouse=True)
+def cache_here(tmp_path, monkeypatch):
+    """The campaign's lock, state and default checkpoint folder go to the user's cache: here, tmp_path."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
