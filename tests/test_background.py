@@ -179,6 +179,37 @@ def test_the_lock_keeps_a_second_campaign_out_and_a_killed_ones_is_taken_over(tm
     assert background.holder(state_dir) is None
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="a training learns of its campaign's death through Linux's prctl")
+def test_a_killed_campaign_s_training_checkpoints_and_the_next_takes_its_lock_over(tmp_path, data_root, caches,
+                                                                                  capsys):
+    args = run_args(data_root, "--results-dir", str(tmp_path / "results"))
+    args[args.index("iterations=40")] = "iterations=4000"
+    killed = subprocess.Popen([sys.executable, "-m", "ranlib.campaign", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    run_dir = caches / "checkpoints" / RUN[0] / RUN[1]
+    wait_for(lambda: has_trained(run_dir / "metrics.jsonl"), 240, "the first training step")
+    [run] = background.read_state(caches / "campaign")["runs"]
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    wait_for(lambda: not alive(run["pid"]), 60, "the orphaned training to stop")
+    at = estimates.checkpoint_iteration(run_dir / "last.pt")
+    assert 0 < at < 4000  # written when it was told its campaign was gone (checkpoint_every is 40)
+    text = "\n".join(background.status_lines(caches / "campaign"))
+    assert "ended without closing (killed?)" in text
+    assert f"stopped     {RUN[0]}/{RUN[1]}: resumes from its checkpoint at iteration {at}/4000" in text, text
+    lock = background.CampaignLock.acquire(caches / "campaign")
+    lock.release()
+    assert f"taking over the lock of campaign pid {killed.pid}" in capsys.readouterr().out
+
+
 # --- the pinned commit ----------------------------------------------------------------------------
 
 def test_uncommitted_code_or_no_git_is_refused_in_one_line(tmp_path, data_root, monkeypatch, capsys):
