@@ -468,10 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "once (then `status`, `stop`; see ranlib.background)")
     run.add_argument("--nice", type=int, help=f"lower the campaign's priority by this much (default with --detach: "
                                               f"{background.DEFAULT_NICE})")
-    run.add_argument("--checkpoints-kept", action=argparse.BooleanOptionalAction, default=True,
+    run.add_argument("--checkpoints-kept", action=argparse.BooleanOptionalAction,
                      help="the checkpoint folder outlives this campaign, so a run longer than the budget left may "
                           "start (a later campaign resumes it); --no-checkpoints-kept starts only runs expected "
-                          "to finish")
+                          "to finish (default: kept when the folder is in the user's cache)")
     for hidden in ("--lock-fd", "--pinned-from", "--resume-command"):  # from `run --detach` to the campaign it starts
         run.add_argument(hidden, type=int if hidden == "--lock-fd" else str, help=argparse.SUPPRESS)
     for q in (run, sub.add_parser("status", help="what the background campaign runs (iteration, images/s, ETA), "
@@ -630,6 +630,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                      if args.pinned_from else None,
                                      command=args.resume_command or f"python -m ranlib.campaign {shlex.join(args.argv)}",
                                      budget_s=args.budget_minutes * 60)
+        # `campaign stop` while the data is decoded, before Campaign.run takes the signals over
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         try:
             if plan.runs:
                 _decode_once(args.dataset, args.data_root, download=bool(plan.runs[0].get("download")))
@@ -638,7 +640,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                 stop_grace_s=args.stop_grace_minutes * 60,
                                 ledger=resolve_path(args.ledger or args.results_dir / LEDGER_NAME),
                                 device_name=provenance.device_name(device), estimate_s=estimator.group_s,
-                                resumable=args.checkpoints_kept, code_for=code_for, on_start=tracker.started,
+                                resumable=_checkpoints_kept(args), code_for=code_for, on_start=tracker.started,
                                 on_finish=tracker.finished)
             print(f"campaign: {len(runs)} runs to train ({len(plan.skipped)} left out), {args.concurrent} at a "
                   f"time on {campaign.device_name}" + (f" from commit {commit[:10]}" if args.pinned_from else ""),
@@ -646,8 +648,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             tracker.running(campaign.budget_s)
             lines = campaign.run()
         except BaseException as exc:
-            tracker.ended(f"ended by {type(exc).__name__}: {exc}")
+            tracker.ended(f"stopped before training ({exc})" if isinstance(exc, SystemExit) else
+                          f"ended by {type(exc).__name__}: {exc}")
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         status = {s: sum(line["status"] == s for line in lines) for s in ("finished", "interrupted", "failed")}
         summary = (f"{status['finished']} finished, {status['interrupted']} interrupted, {status['failed']} failed, "
                    f"{len(campaign.left)} not started; {sum(line['device_s'] for line in lines) / 60:.1f} device "
@@ -657,6 +662,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lock.release()
     print(f"campaign: {summary} (resume with the same command)", flush=True)
     return 1 if status["failed"] else 0
+
+
+def _checkpoints_kept(args: argparse.Namespace) -> bool:
+    """Whether a run stopped by the budget's end will be resumed by a later campaign: as told, else
+    when its checkpoints are in the user's cache (a sitting's folder goes with its machine)."""
+    if args.checkpoints_kept is not None:
+        return args.checkpoints_kept
+    return resolve_path(args.checkpoint_dir).resolve().is_relative_to(cache_dir().resolve())
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -348,7 +348,12 @@ def test_plan_for_a_cpu_prints_the_order_and_cpu_hours(tmp_path, capsys):
     assert out[-1].startswith("2 runs to train one at a time, about")
 
 
-def test_a_run_longer_than_the_budget_starts_only_where_its_checkpoint_is_kept():
+def test_a_run_longer_than_the_budget_starts_only_where_its_checkpoint_is_kept(tmp_path):
+    parser = campaign.build_parser()
+    assert campaign._checkpoints_kept(parser.parse_args(["run"]))  # the default folder: the user's cache
+    assert not campaign._checkpoints_kept(parser.parse_args(["run", "--checkpoint-dir", str(tmp_path)]))
+    assert campaign._checkpoints_kept(parser.parse_args(["run", "--checkpoint-dir", str(tmp_path),
+                                                         "--checkpoints-kept"]))
     group = [{"experiment": "x", "run_name": "y"}]
     for resumable, expected in ((False, None), (True, group)):
         runner = campaign.Campaign([group], budget_s=600, estimate_s=lambda g: 3600.0, resumable=resumable, echo=False)
