@@ -5,6 +5,9 @@
         --dataset cifar10-jpeg --data-root .data/cifar10-jpeg --concurrent 4 --budget-minutes 25
     python -m ranlib.campaign pack --out campaign.tar.gz                  # results to bring back
     python -m ranlib.campaign unpack campaign.tar.gz                      # here: into results/
+    python -m ranlib.campaign run --detach --device cpu ...               # in the background, from a pinned commit
+    python -m ranlib.campaign status                                      # what it trains, ETA, what finished
+    python -m ranlib.campaign stop                                        # the run in flight checkpoints
 
 The study needs dozens of CIFAR trainings, and a GPU is lent in short sittings. A campaign:
 
@@ -20,8 +23,14 @@ The study needs dozens of CIFAR trainings, and a GPU is lent in short sittings. 
   ... --resume`` for a single run, ``python -m ranlib.campaign train-group FILE`` for a group)
   on the same device, and with ``estimate_s`` launches only groups expected to finish in time;
 * launches nothing once less than ``--launch-margin-minutes`` of the budget is left, and at the
-  end of ``--budget-minutes`` sends SIGTERM: each training writes a checkpoint, which the next
-  campaign resumes (nothing is trained twice because a sitting ended);
+  end of ``--budget-minutes`` sends SIGTERM: each training writes a checkpoint (by default in the
+  user's cache, :func:`default_checkpoints`), which the next campaign resumes (nothing is trained
+  twice because a sitting ended);
+* on a CPU trains one run at a time, in the CPU's order (:func:`ranlib.planning.cpu_order`), each
+  started only if its estimate (:mod:`ranlib.estimates`) fits the budget left or its checkpoint
+  is kept for a later campaign;
+* runs under a lock, in the foreground or with ``--detach`` in the background from a pinned
+  commit (:mod:`ranlib.background`, :mod:`ranlib.pinned`);
 * appends one line per run and sitting to a ledger (``results/campaign_ledger.csv``): start, end,
   status, wall time, and the **device seconds charged** to it, where every second of the
   campaign is split equally between the trainings running in it, so the ledger adds up to the
@@ -63,14 +72,14 @@ LOG_NAME = "campaign.log"  # each run's stdout and stderr, beside its checkpoint
 # The experiments trained on CIFAR, in the book's order (ImageNet needs data this project lacks).
 CIFAR_EXPERIMENTS = tuple(name for name, exp in EXPERIMENTS.items() if exp.task == "cifar")
 POLL_S = 0.5
-# Where a campaign's checkpoints go unless told: outside any checkout, so that a later campaign on
-# this machine resumes them whatever the checkout does (the user's cache dir; ranlib.paths).
-def default_checkpoints() -> Path:
-    return cache_dir() / "checkpoints"
-
-
 # Results folders written outside training runs that a sitting on a GPU machine also brings back.
 EXTRA_RESULTS = ("performance", "jpeg_gap")
+
+
+def default_checkpoints() -> Path:
+    """Where a campaign's checkpoints go unless told: outside any checkout, so that a later campaign
+    on this machine resumes them whatever the checkout does (the user's cache, :func:`ranlib.paths.cache_dir`)."""
+    return cache_dir() / "checkpoints"
 
 
 # ----------------------------------------------------------------------------------------------
