@@ -21,8 +21,10 @@ LONG = {"iterations": 30, "eval_every": 30, "checkpoint_every": 30}  # long enou
 
 @pytest.fixture(autouse=True)
 def cache_here(tmp_path, monkeypatch):
-    """The campaign's lock, state and default checkpoint folder go to the user's cache: here, tmp_path."""
+    """The campaign's lock, state and default checkpoint folder, and model counts, go to the user's
+    cache: here, tmp_path."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("RANLIB_CACHE_DIR", str(tmp_path / "xdg" / "counts"))
 
 
 @pytest.fixture(scope="module")
