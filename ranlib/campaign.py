@@ -53,6 +53,7 @@ from typing import Sequence
 from . import provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
 from .experiments import EXPERIMENTS, experiment
+from .files import atomic_write
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import resolve_path
 from .planning import find_training, group_runs, plan_runs, same_training, training_size
@@ -384,10 +385,8 @@ def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
                 counts["results"] += 1
             else:
                 counts["other"] += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with atomic_write(target) as f:
+                f.write(data)
     return counts
 
 

@@ -31,6 +31,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms import v2
 
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, DataNotFoundError, UnknownNameError
+from ranlib.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -430,14 +431,10 @@ def _write_cache(path: Path, source: str, arrays: dict) -> None:
     arrays["fingerprint"] = np.asarray(
         fingerprint(*(arrays[k] for k in ("train_images", "train_labels", "test_images", "test_labels")))
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, version=np.asarray(_CACHE_VERSION), source=np.asarray(source), **arrays)
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the decode cache {path} ({err}); the data will be decoded again next time",
                       stacklevel=3)
 

@@ -11,11 +11,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import ResultsExistError, ResultsSchemaError
+from .files import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -121,16 +121,9 @@ def write_results(record: dict, results_dir: str | os.PathLike, *, overwrite: bo
     validate(record)
     path = results_path(results_dir, record["experiment"], record["run_name"])
     ensure_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=False)
+        f.write("\n")
     return path
 
 

@@ -1,0 +1,48 @@
+"""Files written safely: replaced atomically, with the modes the user's umask gives.
+
+A results file, a checkpoint or a decode cache is written to a temporary file in the same folder,
+flushed to disk and moved over the old one with ``os.replace`` (atomic on POSIX), so a process
+killed mid-write leaves the previous file intact. ``tempfile.mkstemp`` creates its file with mode
+0600, which a rename keeps; :func:`atomic_write` gives the file the mode an ordinary ``open``
+would (0666 less the umask), so the group that reads a shared results folder can read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """``with atomic_write(path) as f: ...`` writes ``f`` to a temporary file beside ``path``, then
+    fsyncs it and moves it over ``path``; on any error the temporary file is removed and ``path``
+    stays as it was. The file's mode is 0666 less the umask, as ``open`` gives. Raises OSError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
