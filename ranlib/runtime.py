@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .options import DEVICE, Option
 
 @dataclass
 class Dist:
@@ -51,6 +52,8 @@ def init_distributed(device_request: str) -> Dist:
 
 
 def select_device(request: str, d: Dist) -> torch.device:
+    """The device ``request`` names (auto, cpu, cuda or cuda:N; anything else is a ConfigError line)."""
+    Option(str, **DEVICE).check(request, "device")
     if request == "auto":
         return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(request)

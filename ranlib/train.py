@@ -62,6 +62,7 @@ from . import paper, provenance
 from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
 from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                            member_optimizer_state, member_state_dict, shared_inputs)
+from .options import DEVICE, check_all, options_from_hints
 from .results import SCHEMA_VERSION, check_name, results_path, write_results
 from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
                       peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
@@ -272,6 +273,19 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# The range of each training option; its type is its TrainConfig annotation (ranlib.options). Every
+# source of a configuration (command line, --set, group files, notebooks) is checked against these.
+TRAIN_OPTIONS = options_from_hints(TrainConfig, {
+    "seed": dict(minimum=0), "batch_size": dict(minimum=1), "lr": dict(above=0), "momentum": dict(minimum=0, below=1),
+    "weight_decay": dict(minimum=0), "iterations": dict(minimum=1), "milestones": dict(minimum=0),
+    "lr_decay": dict(above=0), "warmup_iterations": dict(minimum=0), "accum_steps": dict(minimum=1),
+    "eval_every": dict(minimum=1), "checkpoint_every": dict(minimum=1), "log_every": dict(minimum=1),
+    "max_train_samples": dict(minimum=1), "max_test_samples": dict(minimum=1), "num_workers": dict(minimum=0),
+    "train_size": dict(minimum=1), "test_size": dict(minimum=1), "device": DEVICE,
+    **{name: dict(path=True) for name in ("data_root", "results_dir", "checkpoint_dir")},
+})
+
+
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
@@ -311,18 +325,21 @@ def _check_dataset(model: str, dataset: str):
 
 
 def _check_model_kwargs(model: str, kwargs: dict) -> None:
-    from .models import model_variants
+    """Every switch known to the model and of its declared type (``ranlib.models.model_switches``)."""
+    from .models import model_switches, model_variants
     allowed = model_variants(model)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ConfigError(f"model {model} does not take {', '.join(unknown)}; it takes: "
                           f"{', '.join(f'{k}={v!r}' for k, v in allowed.items()) or 'no options'}")
+    check_all(kwargs, model_switches(model), f"{model} switch ")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` filled from the recipe and profile, validated."""
     from .noise import check_noise_level
 
+    check_all(dataclasses.asdict(config), TRAIN_OPTIONS)
     c = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     info = _check_dataset(c.model, c.dataset)
     _check_model_kwargs(c.model, c.model_kwargs)
@@ -331,8 +348,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.profile not in profiles:
         raise UnknownNameError(f"unknown profile {c.profile!r} for {key}; valid: {', '.join(profiles)}")
     c.noise_level = check_noise_level(c.noise_level)
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, not {c.seed!r}")
     if c.data_root is None:
         if c.download and c.dataset in ("cifar10", "cifar100"):
             c.data_root = DEFAULT_DOWNLOAD_ROOT
@@ -991,6 +1006,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
                         device: str = "auto", batch_size: int = 256, precision: str = "auto",
                         max_test_samples: int | None = None, test_size: int | None = None) -> dict:
     """Top-1/top-5 error of a checkpoint's model on a dataset's test split."""
+    check_all(dict(device=device, batch_size=batch_size, max_test_samples=max_test_samples, test_size=test_size),
+              TRAIN_OPTIONS)
     saved, trained = load_trained(path)
     c = dataclasses.replace(trained, dataset=dataset or trained.dataset, data_root=data_root or trained.data_root,
                             max_test_samples=max_test_samples, max_train_samples=None, noise_level=0.0,

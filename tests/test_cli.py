@@ -227,3 +227,108 @@ def test_bf16_peaks_by_gpu_name():
     assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bf16_peak_tflops("NVIDIA H200") == 989.0
     assert bf16_peak_tflops("NVIDIA GeForce GTX 1080") is None
+
+
+# --- typed options (issue 21, kind 2) ---------------------------------------------------------------
+
+# Bad values of the string options; every other option's wrong value follows from its declared type.
+BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet9000"], "dataset": ["mnist"],
+               "data_root": ["{tmp}/nowhere"], "profile": ["forever"], "device": ["gpu"], "precision": ["fp8"],
+               "compile_mode": ["fast", "--compile"]}
+
+
+def _bad_train_options():
+    """(option, extra argv, exit status, what the error must name) for every `ranlib train` option."""
+    from ranlib.cli import TRAIN_HELP
+    from ranlib.train import TRAIN_OPTIONS
+
+    cases = []
+    for name in TRAIN_HELP:
+        option, flag = TRAIN_OPTIONS[name], "--" + name.replace("_", "-")
+        if option.kind is bool:
+            cases.append((name, [f"{flag}=maybe"], 2, flag))  # argparse: a flag takes no value
+        elif option.kind in (int, float, list):
+            cases.append((name, [flag, "abc"], 2, flag))
+            low = option.minimum - 1 if option.minimum is not None else option.above
+            if low is not None:
+                cases.append((name, [flag, f"{low:g}"], 1, name))
+        elif option.kind is dict:
+            cases += [(name, [flag, f"residual_attention={v}"], 1, "residual_attention") for v in ("no", "off", "n")]
+        elif name in BAD_STRINGS:
+            value, *more = BAD_STRINGS[name]
+            cases.append((name, [flag, value, *more], 1, value.split("/")[-1]))
+    cases += [("seeds", ["--seeds", "x"], 2, "--seeds"), ("seeds", ["--seeds", "-1"], 1, "seed"),
+              ("noise_levels", ["--noise-levels", "x"], 2, "--noise-levels"),
+              ("noise_levels", ["--noise-levels", "1.5"], 1, "outside [0, 1)")]
+    return cases
+
+
+TRAIN_CASES = _bad_train_options()
+
+
+@pytest.mark.parametrize("name, extra, status, named", TRAIN_CASES,
+                         ids=[f"{c[0]}:{' '.join(c[1])}" for c in TRAIN_CASES])
+def test_every_train_option_rejects_a_value_of_the_wrong_type(name, extra, status, named, data_root, tmp_path,
+                                                              capsys):
+    """A value of the wrong type or range is one line before anything trains: the cases of issue 21
+    were --batch-size 0 (became the profile's batch), --max-test-samples -1 (dropped the last test
+    image), --device gpu (a torch traceback), residual_attention=no (trained ARL)."""
+    argv = train_args(data_root, tmp_path, "--experiment", "typed", *[a.format(tmp=tmp_path) for a in extra])
+    if status == 2:  # argparse's own check: usage and one error line
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert named in capsys.readouterr().err.strip().splitlines()[-1]
+    else:
+        assert main(argv) == 1
+        assert named in error_line(capsys)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c" / "typed").exists()  # nothing ran
+
+
+def test_every_train_option_has_a_wrong_type_case():
+    from ranlib.cli import TRAIN_HELP
+
+    covered = {c[0] for c in TRAIN_CASES}
+    untestable = {"results_dir", "checkpoint_dir"}  # any string is a folder name: checked before training
+    assert covered | untestable == set(TRAIN_HELP) | {"seeds", "noise_levels"}
+
+
+@pytest.mark.parametrize("extra, named", [(["--batch-size", "0"], "batch_size"),
+                                          (["--max-test-samples", "-1"], "max_test_samples"),
+                                          (["--test-size", "0"], "test_size"), (["--device", "gpu"], "gpu")])
+def test_eval_options_are_checked_before_anything_loads(trained, extra, named, capsys):
+    checkpoint = trained / "checkpoints" / "cli" / "tiny" / "last.pt"
+    assert main(["eval", "--checkpoint", str(checkpoint), *extra]) == 1
+    assert named in error_line(capsys)
+
+
+def _typed_campaign_options():
+    from ranlib.campaign import build_parser
+
+    cases = []
+    for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.type in (int, float) and action.option_strings:
+                cases.append((command, action.option_strings[0]))
+    return cases
+
+
+@pytest.mark.parametrize("command, flag", _typed_campaign_options())
+def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
+    from ranlib import campaign
+
+    required = {"sitting": ["--minutes", "1", "--out", "x"], "pack": ["--out", "x"]}.get(command, [])
+    with pytest.raises(SystemExit) as exit_info:
+        campaign.main([command, *required, flag, "abc"])
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("setting, named", [("iterations=abc", "iterations"), ("resume=no", "resume"),
+                                            ("batch_size=0", "batch_size"), ("device=gpu", "gpu")])
+def test_campaign_set_is_typed(setting, named, tmp_path, capsys):
+    from ranlib import campaign
+
+    assert campaign.main(["plan", "--experiments", "label_noise", "--profile", "smoke", "--seeds", "0",
+                          "--results-dir", str(tmp_path), "--set", setting]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("ranlib: error:") and named in line and "\n" not in line

@@ -233,3 +233,53 @@ def test_notebook_reports_missing_data_instead_of_failing(tmp_path):
     text = _text_outputs(nb)
     assert "Not run here: no data." in text
     assert not (tmp_path / "r").exists()
+
+
+# --- typed parameters (issue 21, kind 2) ------------------------------------------------------------
+
+PAGES_WITH_PARAMETERS = sorted(p.stem for p in PAGE_DIR.glob("*.md") if "[parameters" in p.read_text())
+
+
+def _inspected(name: str, tmp_path: Path) -> set[str]:
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not source.is_file():  # a book page, as tools/reproduce.py runs it
+        from myst_nb.core.read import read_myst_markdown_notebook
+
+        page = PAGE_DIR / f"{name}.md"
+        source = tmp_path / f"{name}.ipynb"
+        nbformat.write(read_myst_markdown_notebook(page.read_text(encoding="utf8"), path=page), source)
+    return set(papermill.inspect_notebook(str(source)))
+
+
+@pytest.mark.parametrize("name", EXPECTED + PAGES_WITH_PARAMETERS)
+def test_every_notebook_parameter_has_a_declared_type(name, tmp_path):
+    from ranlib.options import notebook_parameters
+
+    assert set(notebook_parameters(name)) == _inspected(name, tmp_path)
+
+
+def _wrong_parameter_cases():
+    from ranlib.options import notebook_parameters
+
+    wrong = {bool: "false", int: "4", str: 5, list: "0 1", dict: "{}"}
+    return [(name, parameter, wrong[option.kind]) for name in EXPECTED + PAGES_WITH_PARAMETERS
+            for parameter, option in notebook_parameters(name).items()]
+
+
+@pytest.mark.parametrize("name, parameter, value", _wrong_parameter_cases())
+def test_every_notebook_parameter_rejects_a_value_of_the_wrong_type(name, parameter, value):
+    from ranlib.errors import ConfigError
+    from ranlib.options import check_notebook_parameters
+
+    with pytest.raises(ConfigError, match=f"notebook parameter {parameter} must be"):
+        check_notebook_parameters(name, {parameter: value})
+
+
+@pytest.mark.slow
+def test_papermill_train_false_as_a_string_is_refused_before_training(tiny_data, tmp_path):
+    """``papermill ... -p train false`` passes the string "false", which is true: it used to train."""
+    params = _parameters("label_noise", tiny_data, tmp_path / "results", tmp_path / "checkpoints", train=True)
+    params["train"] = "false"
+    with pytest.raises(papermill.PapermillExecutionError, match="notebook parameter train must be true or false"):
+        _execute("label_noise", tmp_path / "out.ipynb", params, REPO)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
