@@ -456,36 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan_from(args: argparse.Namespace, experiments: Sequence[str] | None = None, *, profile: str | None = None,
                seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None,
                overrides: dict | None = None) -> Plan:
-    """The plan the options ask for (or a part of it), every run's configuration checked: one error
-    line, before anything starts, if ``--set`` or the data set does not fit a run."""
+    """The plan the options ask for (or a part of it), every run's configuration checked by planning
+    (:func:`ranlib.planning.named`): one error line, before anything starts, if ``--set`` or the data
+    set does not fit a run."""
     from .cli import _key_values
 
-    plan = plan_campaign(experiments or args.experiments, profile=profile or args.profile, seeds=seeds or args.seeds,
-                         dataset=args.dataset, data_root=args.data_root, results_dir=args.results_dir,
-                         checkpoint_dir=args.checkpoint_dir, device=args.device, rows=rows or args.rows,
-                         overrides={**_key_values(args.set), **(overrides or {})})
-    for config in plan.runs:
-        checked_config(config, f"the planned run {config['run_name']}" + (f" (--set {' '.join(args.set)})"
-                                                                          if args.set else ""))
-    return plan
-
-
-def checked_config(fields: dict, what: str):
-    """``TrainConfig(**fields)`` resolved, or one :class:`RanlibError` line naming ``what`` and why."""
-    import dataclasses
-
-    from .train import TrainConfig, resolve
-
-    if not isinstance(fields, dict):
-        raise RanlibError(f"{what} is not an object of TrainConfig fields")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise RanlibError(f"{what}: {', '.join(unknown)} {'is not a training option' if len(unknown) == 1 else 'are not training options'}; see `python -m ranlib train --help`")
     try:
-        return resolve(TrainConfig(**fields))
-    except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. iterations=abc
-        raise RanlibError(f"{what}: {exc}") from None
+        return plan_campaign(experiments or args.experiments, profile=profile or args.profile,
+                             seeds=seeds or args.seeds, dataset=args.dataset, data_root=args.data_root,
+                             results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                             rows=rows or args.rows, overrides={**_key_values(args.set), **(overrides or {})})
+    except RanlibError as exc:
+        raise type(exc)(f"{exc} (--set {' '.join(args.set)})" if args.set else str(exc)) from None
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -651,7 +633,7 @@ def _check_max_group(max_group: int) -> None:
 
 
 def _cmd_train_group(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run_group
+    from .train import TrainConfig, resolve_fields, run_group
 
     try:
         configs = json.loads(args.group_file.read_text())
@@ -661,7 +643,7 @@ def _cmd_train_group(args: argparse.Namespace) -> int:
         raise RanlibError(f"{args.group_file} is not a list of runs (TrainConfig fields); it is written by "
                           "`campaign run`")
     for i, config in enumerate(configs):
-        checked_config(config, f"{args.group_file}: run {i}")
+        resolve_fields(config, f"{args.group_file}: run {i}")
     records = run_group([TrainConfig(**{**c, "resume": True, "progress": False}) for c in configs])
     for record in records:
         print(f"{record['run_name']}: final top-1 error {record['final']['top1_error']:.2f} %", flush=True)

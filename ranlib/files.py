@@ -1,4 +1,5 @@
-"""Files written safely: replaced atomically, with the modes the user's umask gives.
+"""Files written safely: replaced atomically with the modes the umask gives, and a folder locked while
+one process works in it (:class:`FolderLock`).
 
 A results file, a checkpoint or a decode cache is written to a temporary file in the same folder,
 flushed to disk and moved over the old one with ``os.replace`` (atomic on POSIX), so a process
@@ -46,3 +47,51 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class FolderLock:
+    """An exclusive lock on a folder while one process works in it: ``fcntl.flock`` on
+    ``<folder>/.lock``, which holds the holder's pid and host for the message a second process gets.
+
+    ``with FolderLock(folder, "run unit/x"):`` creates the folder if needed and raises
+    :class:`ranlib.errors.RunLockedError` at once if another process holds the lock, or
+    :class:`ranlib.errors.StorageError` if the folder cannot be written. The kernel drops the lock
+    when the holder exits, however it ends; the lock file stays (removing it would race a waiter).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.path, self.what, self._file = Path(folder) / self.NAME, what, None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        import socket
+
+        from .errors import RunLockedError, StorageError
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")
+        except OSError as exc:
+            raise StorageError(f"cannot write in {self.path.parent} ({exc.strerror or exc}); make it writable or "
+                               "choose another --checkpoint-dir") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLockedError(f"{self.what} is being trained by {holder} (lock {self.path}); wait for it to "
+                                 "finish or stop it, or give this run another --run-name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None

@@ -86,11 +86,12 @@ def results_path(results_dir: str | os.PathLike, experiment: str, run_name: str)
 
 
 def ensure_writable(path: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse (one clear line) to replace an existing run's file unless ``overwrite``."""
+    """Refuse (one clear line) to replace an existing file unless ``overwrite``; the line never
+    advises a flag that would destroy the file."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ResultsExistError(f"results file {path} already exists; pass --overwrite to replace it "
-                                "or choose another --run-name")
+        raise ResultsExistError(f"{path} already exists and is kept; choose another name (or move it away first "
+                                "to replace it)")
 
 
 def _json_default(value: Any):

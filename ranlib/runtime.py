@@ -65,6 +65,13 @@ def select_device(request: str, d: Dist) -> torch.device:
     return device
 
 
+def device_kind(request: str) -> str:
+    """The type ("cpu", "cuda") of the device ``request`` names, without claiming it."""
+    if request == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(request).type
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 autocast on CUDA, plain fp32 on CPU."""
     if precision == "auto":

@@ -43,9 +43,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -60,12 +62,14 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import paper, provenance
 from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
+from .files import FolderLock
 from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                            member_optimizer_state, member_state_dict, shared_inputs)
 from .options import DEVICE, check_all, options_from_hints
 from .results import SCHEMA_VERSION, check_name, results_path, write_results
-from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
-                      peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
+from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, device_kind,
+                      init_distributed, peak_memory_bytes, resolve_precision, seed_everything, select_device,
+                      synchronize)
 from .splits import IMAGENET_STYLE_DATASETS, load_split
 from .step import TrainStep, member_losses
 
@@ -273,6 +277,22 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def resolve_fields(fields: dict, what: str) -> TrainConfig:
+    """``resolve(TrainConfig(**fields))`` for fields read from a file or a plan, or one error line
+    (the error's own class) that names ``what`` (a group file's run, a planned run) and says why."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{what} is not an object of TrainConfig fields")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{what}: {', '.join(unknown)} {'is not a training option' if len(unknown) == 1 else 'are not training options'}; see `python -m ranlib train --help`")
+    try:
+        return resolve(TrainConfig(**fields))
+    except RanlibError as exc:
+        raise type(exc)(f"{what}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a value no check foresaw
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 # The range of each training option; its type is its TrainConfig annotation (ranlib.options). Every
 # source of a configuration (command line, --set, group files, notebooks) is checked against these.
 TRAIN_OPTIONS = options_from_hints(TrainConfig, {
@@ -301,14 +321,46 @@ def _model_info(name: str):
 
 
 def default_run_name(config: TrainConfig) -> str:
-    """model[-k=v...]-dataset[-noiseX]-profile-sSEED: readable and a valid file name."""
+    """model[-k=v...]-dataset[-noiseX]-profile-sSEED and its :func:`identity_suffix` (``config``
+    resolved): readable, a valid file name, and never shared by two different trainings."""
     parts = [config.model]
     parts += [f"{k}={v}" for k, v in sorted(config.model_kwargs.items())]
     parts.append(config.dataset)
     if config.noise_level:
         parts.append(f"noise{config.noise_level:g}")
     parts += [config.profile, f"s{config.seed}"]
-    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts) + identity_suffix(config)
+
+
+# Run identity. A run's name spells out its model, switches, data set, label noise, profile and seed;
+# these fields also change what it trains or reports (the final error), so when one differs from
+# what the profile gives at the run's batch the name gets a digest of them. Not in the name: where a
+# run is written and how often it logs, evaluates or checkpoints; how it computes (device, memory
+# format, compile, CUDA graphs, determinism: provenance, recorded in the results file); the data
+# root (the same data lies at different paths on different machines; the record keeps its
+# fingerprint). Precision counts only when given explicitly and unlike what "auto" gives on the
+# run's device (bf16 on CUDA): "auto" is each device's way of running the same training.
+IDENTITY_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "iterations", "milestones", "lr_decay",
+                   "warmup_iterations", "accum_steps", "sync_bn", "max_train_samples", "max_test_samples",
+                   "train_size", "test_size")
+IDENTITY_SUFFIX = re.compile(r"(-b\d+)?(-c[0-9a-f]{6})?$")  # what identity_suffix may add
+
+
+def identity_suffix(c: TrainConfig) -> str:
+    """What a resolved run's name adds after ``-sSEED``: ``-bB`` when its batch is not its profile's
+    nominal batch (``PROFILES``; the ``full`` profile always shows it), ``-cXXXXXX`` (6 hex digits of
+    a sha256 over the differing values) when a field of :data:`IDENTITY_FIELDS`, or an explicit
+    precision, differs from what the profile gives at that batch (see the note above)."""
+    nominal = PROFILES[schedule_key(c.model, c.dataset)][c.profile].batch_size
+    parts = [f"b{c.batch_size}"] if c.batch_size != nominal or c.profile == "full" else []
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in IDENTITY_FIELDS}
+    baseline = resolve(dataclasses.replace(c, **defaults, run_name="unnamed"))
+    differ = {k: getattr(c, k) for k in IDENTITY_FIELDS if getattr(c, k) != getattr(baseline, k)}
+    if c.precision != "auto" and c.precision != resolve_precision("auto", torch.device(device_kind(c.device))):
+        differ["precision"] = c.precision
+    if differ:
+        parts.append("c" + hashlib.sha256(json.dumps(differ, sort_keys=True).encode()).hexdigest()[:6])
+    return "".join(f"-{part}" for part in parts)
 
 
 def _check_dataset(model: str, dataset: str):
@@ -592,13 +644,17 @@ class _Member:
         return self.run_dir / ckpt.CHECKPOINT_NAME
 
     @classmethod
-    def open(cls, c: TrainConfig, d: Dist) -> "_Member":
-        """Check the run's files: results not yet written, and a checkpoint only when resuming."""
+    def open(cls, c: TrainConfig, d: Dist, locks: contextlib.ExitStack) -> "_Member":
+        """Lock the run's folder (main process; released by ``locks``), then check its files: results
+        not yet written, and a checkpoint only when resuming."""
         member = cls(c, results_path(c.results_dir, c.experiment, c.run_name),
                      Path(c.checkpoint_dir) / c.experiment / c.run_name)
+        if d.main:  # two processes never train one run at once (nor interleave its metrics.jsonl)
+            locks.enter_context(FolderLock(member.run_dir, f"run {c.experiment}/{c.run_name}"))
         if member.out_path.exists() and not c.overwrite:
-            raise ResultsExistError(f"results file {member.out_path} already exists: run {c.run_name} is finished; "
-                                    "pass --overwrite to train it again")
+            raise ResultsExistError(f"run {c.experiment}/{c.run_name} is finished: its results file {member.out_path} "
+                                    "already exists and is kept; give a new training another --run-name "
+                                    f"(its model is {member.ckpt_path}, for `ranlib eval --checkpoint`)")
         if c.resume and member.ckpt_path.exists():
             member.saved = ckpt.load_checkpoint(member.ckpt_path, map_location="cpu")
             _check_resumable(member.saved, c, member.ckpt_path)
@@ -690,22 +746,23 @@ def run_group(configs: Sequence[TrainConfig]) -> list[dict]:
 
 
 def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> list[dict]:
-    training = _GroupTraining(configs, d, started_at)  # check, open files, load data, build, resume
-    training.train()  # steps, with logs, evaluations and checkpoints; a signal checkpoints and stops
-    return training.finish()  # the final checkpoints, records and results files
+    with contextlib.ExitStack() as locks:  # the members' run folders, locked until the group ends
+        training = _GroupTraining(configs, d, started_at, locks)  # check, open files, load data, build, resume
+        training.train()  # steps, with logs, evaluations and checkpoints; a signal checkpoints and stops
+        return training.finish()  # the final checkpoints, records and results files
 
 
 class _GroupTraining:
     """The training of a group of K >= 1 members, as named steps (see :func:`run_group`)."""
 
-    def __init__(self, configs: Sequence[TrainConfig], d: Dist, started_at: str):
+    def __init__(self, configs: Sequence[TrainConfig], d: Dist, started_at: str, locks: contextlib.ExitStack):
         self.wall_start, self.d, self.started_at = time.perf_counter(), d, started_at
         resolved = [resolve(c) for c in configs]
         self.device = select_device(resolved[0].device, d)
         for c in resolved:
             _settle_runtime(c, self.device, d)
         check_group(resolved)
-        self.members = [_Member.open(c, d) for c in resolved]
+        self.members = [_Member.open(c, d, locks) for c in resolved]
         self.iteration = _resume_point(self.members)
         self.c, self.k = resolved[0], len(self.members)  # the settings the group shares, and its size
         self.info = _model_info(self.c.model)

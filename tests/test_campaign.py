@@ -24,6 +24,13 @@ def data_root(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
+def planned_name(data_root, row, **overrides) -> str:
+    """What a tiny plan names the run of ``row`` (its overrides give it a suffix of its own)."""
+    [config] = planning.plan_runs("mask_structure", profile="smoke", seeds=[0], dataset="folder",
+                                  data_root=str(data_root), rows=[row], overrides={**TINY, **overrides})
+    return config["run_name"]
+
+
 def tiny_plan(tmp_path, data_root, rows, **overrides):
     return campaign.plan_campaign(["mask_structure"], profile="smoke", seeds=[0], dataset="folder",
                                   data_root=str(data_root), results_dir=tmp_path / "results",
@@ -76,6 +83,30 @@ def test_plan_rows_and_bad_selections(tmp_path):
     with pytest.raises(RanlibError, match="row.*nope"):
         campaign.plan_campaign(["label_noise"], profile="quick", seeds=[0], dataset="x", data_root="d",
                                rows=["nope"])
+
+
+def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
+    """Issue 21 (kind 1): a batch other than the profile's now shows in the name (-b128), but a run
+    trained before under the plain name is matched by its configuration, not by its name."""
+    from ranlib.results import write_results
+    from test_results import make_record
+
+    def plan():
+        return campaign.plan_campaign(["attention_types"], profile="quick", seeds=[0], dataset="cifar10-jpeg",
+                                      data_root="d", results_dir=tmp_path, rows=["attention56-mixed"],
+                                      overrides={"batch_size": 128})
+
+    [config] = plan().runs
+    assert config["run_name"] == "attention56-mixed-quick-s0-b128"
+    old = {**config, "run_name": "attention56-mixed-quick-s0", "lr": 0.2, "iterations": 8000}  # as resolve filled it
+    write_results({**make_record("attention56-mixed-quick-s0"), "experiment": "attention_types", "config": old},
+                  tmp_path)
+    later = plan()
+    assert later.runs == [] and later.skipped[0][1] == "trained as attention_types/attention56-mixed-quick-s0"
+    other = {**old, "batch_size": 64}  # a different training under the same old name is not it
+    write_results({**make_record("attention56-mixed-quick-s0"), "experiment": "attention_types", "config": other},
+                  tmp_path, overwrite=True)
+    assert [c["run_name"] for c in plan().runs] == ["attention56-mixed-quick-s0-b128"]
 
 
 def test_training_size_counts_the_variant_and_the_scaled_schedule():
@@ -132,7 +163,7 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
     ledger = tmp_path / "results" / campaign.LEDGER_NAME
     [line] = StopOnceTraining(singles(plan.runs), ledger=ledger, stop_grace_s=120, echo=False).run()
     assert line["status"] == "interrupted", line
-    run_dir = tmp_path / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0"
+    run_dir = tmp_path / "checkpoints" / "mask_structure" / planned_name(data_root, "attention56-local", **LONG)
     assert (run_dir / "last.pt").is_file()
     assert not (tmp_path / "results" / "mask_structure").exists()
 
@@ -231,7 +262,7 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     (tmp_path / "results" / "performance" / "bench.json").write_text('{"benchmark": 1}')
     env = {**subprocess_env(), "PYTHON": sys.executable}
     script = str(REPO / "tools" / "sitting.sh")
-    run = "mask_structure/attention56-local-smoke-s0"
+    run = "mask_structure/" + planned_name(data_root, "attention56-local")
     options = ["--experiments", "mask_structure", "--rows", "attention56-local", "--profile", "smoke",
                "--seeds", "0", "--dataset", "folder", "--data-root", str(data_root), "--device", "cpu",
                "--set", *(f"{k}={v}" for k, v in TINY.items())]

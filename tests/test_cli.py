@@ -282,7 +282,8 @@ def test_every_train_option_rejects_a_value_of_the_wrong_type(name, extra, statu
     else:
         assert main(argv) == 1
         assert named in error_line(capsys)
-    assert not (tmp_path / "r").exists() and not (tmp_path / "c" / "typed").exists()  # nothing ran
+    assert not (tmp_path / "r").exists()  # nothing ran: no results, no checkpoint, no metrics
+    assert not [p for p in (tmp_path / "c").rglob("*") if p.name in ("last.pt", "metrics.jsonl")]
 
 
 def test_every_train_option_has_a_wrong_type_case():

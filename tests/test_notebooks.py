@@ -182,8 +182,8 @@ def test_notebook_structure(name):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_path):
     results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
-    nb = _execute(name, tmp_path / f"{name}.ipynb",
-                  _parameters(name, tiny_data, results, checkpoints, train=True), NOTEBOOK_DIR)
+    params = _parameters(name, tiny_data, results, checkpoints, train=True)
+    nb = _execute(name, tmp_path / f"{name}.ipynb", params, NOTEBOOK_DIR)
     _check_glue_references_resolve(nb)
     text = _text_outputs(nb)
     if name == "models":
@@ -193,7 +193,13 @@ def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_p
         assert written["provenance"]["git_commit"]
         return
     written = sorted(p.stem for p in (results / name).glob("*.json"))
-    assert written == sorted(f"{row}-smoke-s0" for row in SMOKE_ROWS[name])
+    from ranlib import planning
+
+    planned = planning.plan_runs(name, profile="smoke", seeds=[0], dataset=params["dataset"],
+                                 data_root=params["data_root"], rows=SMOKE_ROWS[name],
+                                 overrides=params["train_overrides"])
+    assert written == sorted(c["run_name"] for c in planned)
+    assert all(n.startswith(f"{row}-smoke-s0-b2-c") for n, row in zip(written, sorted(SMOKE_ROWS[name])))
     record = json.loads((results / name / f"{written[0]}.json").read_text())
     assert record["config"]["profile"] == "smoke"
     if name == "attention_masks":

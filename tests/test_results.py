@@ -48,8 +48,9 @@ def test_write_then_load(tmp_path):
 
 def test_never_overwrites_silently(tmp_path):
     results.write_results(make_record(top1=5.5), tmp_path)
-    with pytest.raises(ResultsExistError, match="--overwrite"):
+    with pytest.raises(ResultsExistError, match="already exists and is kept") as refused:
         results.write_results(make_record(top1=9.9), tmp_path)
+    assert "--overwrite" not in str(refused.value)  # never advise the flag that destroys a finished run
     assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 5.5
     results.write_results(make_record(top1=9.9), tmp_path, overwrite=True)
     assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 9.9
