@@ -95,3 +95,34 @@ class FolderLock:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
+
+
+def check_writable(folder: str | os.PathLike, remedy: str) -> None:
+    """Raise one :class:`ranlib.errors.StorageError` line ending in ``remedy`` unless files can be
+    written in ``folder``: a real write of a temporary file in it, or in the first folder above it
+    that exists (which creating it would write in; nothing is left behind), since permission bits
+    do not tell (root writes through them; a read-only mount refuses everyone)."""
+    from .errors import StorageError
+
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise StorageError(f"cannot write in {folder} ({exc.strerror or exc}); {remedy}") from None
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str, remedy: str) -> None:
+    """Raise one :class:`ranlib.errors.StorageError` line if ``folder``'s file system has fewer than
+    ``needed`` bytes free (``what`` says what needs them)."""
+    import shutil
+
+    from .errors import StorageError
+
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StorageError(f"{folder} has {free / 2**20:,.0f} MiB free but {what} needs about "
+                           f"{needed / 2**20:,.0f} MiB; {remedy}")

@@ -117,15 +117,24 @@ def _finite(value: Any) -> Any:
 
 def write_results(record: dict, results_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Validate and write ``record`` atomically to ``results/<experiment>/<run_name>.json``."""
-    record = json.loads(json.dumps(record, default=_json_default))
-    record = _finite(record)
-    validate(record)
+    record = _as_json(record)
     path = results_path(results_dir, record["experiment"], record["run_name"])
     ensure_writable(path, overwrite)
+    return write_record(record, path)
+
+
+def _as_json(record: dict) -> dict:
+    """``record`` as JSON will hold it (numpy/torch numbers as numbers, NaN as null), validated."""
+    return validate(_finite(json.loads(json.dumps(record, default=_json_default))))
+
+
+def write_record(record: dict, path: str | os.PathLike) -> Path:
+    """Validate ``record`` and write it atomically to ``path``."""
+    record = _as_json(record)
     with atomic_write(path, "w") as f:
         json.dump(record, f, indent=1, sort_keys=False)
         f.write("\n")
-    return path
+    return Path(path)
 
 
 def load_results(path_or_dir: str | os.PathLike) -> list[dict]:

@@ -61,12 +61,13 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import paper, provenance
-from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
-from .files import FolderLock
+from .errors import (CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, StorageError,
+                     UnknownNameError)
+from .files import FolderLock, check_free_space, check_writable
 from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                            member_optimizer_state, member_state_dict, shared_inputs)
 from .options import DEVICE, check_all, options_from_hints
-from .results import SCHEMA_VERSION, check_name, results_path, write_results
+from .results import SCHEMA_VERSION, check_name, results_path, write_record, write_results
 from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, device_kind,
                       init_distributed, peak_memory_bytes, resolve_precision, seed_everything, select_device,
                       synchronize)
@@ -763,6 +764,10 @@ class _GroupTraining:
             _settle_runtime(c, self.device, d)
         check_group(resolved)
         self.members = [_Member.open(c, d, locks) for c in resolved]
+        if d.main:  # a folder that cannot be written is found now, not after the training
+            for m in self.members:
+                check_writable(m.out_path.parent, "make it writable or choose another --results-dir")
+                check_writable(m.run_dir, "make it writable or choose another --checkpoint-dir")
         self.iteration = _resume_point(self.members)
         self.c, self.k = resolved[0], len(self.members)  # the settings the group shares, and its size
         self.info = _model_info(self.c.model)
@@ -770,6 +775,11 @@ class _GroupTraining:
         seed_everything(self.c.seed)
         self.split = self._load_data(resolved)
         self._build()
+        if d.main:  # an atomic checkpoint write holds the old file and the new one at once
+            sizes = sum(t.numel() * t.element_size() for t in self.reference_state.values() if torch.is_tensor(t))
+            check_free_space(self.members[0].run_dir, 2 * 2 * sizes * self.k,  # weights and momentum, twice
+                             f"writing {'the checkpoint' if self.k == 1 else f'{self.k} checkpoints'} atomically",
+                             "free some space or choose another --checkpoint-dir")
         if self.iteration:
             self._resume()
         self.step = TrainStep(self.step_model, self.raw_model, self.optimizer, windows=self.windows,
@@ -976,10 +986,31 @@ class _GroupTraining:
                                   "conv_impls": self.conv_impls["layers"] if self.conv_impls else None})
                    for i, m in enumerate(self.members)]
         if self.d.main:
+            failed = []
             for m, record in zip(self.members, records):
-                write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+                failed += _write_record(m, record)
                 m.metrics.write({"event": "final", "iteration": self.iteration, **record["final"]})
+            if failed:
+                raise StorageError(f"{failed[0]}" + (f" ({len(failed) - 1} more runs of the group alike)"
+                                                     if len(failed) > 1 else ""))
         return records
+
+
+def _write_record(m: _Member, record: dict) -> list[str]:
+    """The member's results file; if it cannot be written, its record beside its checkpoint and a line
+    on how to recover (nothing trained is lost: the final checkpoint is complete)."""
+    kept = m.run_dir / "results.json"
+    try:
+        write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+    except (ResultsExistError, OSError) as exc:
+        write_record(record, kept)
+        why = ("it appeared while this run trained (a run of this name with another --checkpoint-dir?) and is kept"
+               if isinstance(exc, ResultsExistError) else getattr(exc, "strerror", None) or str(exc))
+        return [f"run {m.config.experiment}/{m.config.run_name} is trained, but its results file {m.out_path} "
+                f"could not be written ({why}); its record is kept at {kept}: copy it there, or fix the folder "
+                "and run the same command with --resume, which trains nothing more and writes it"]
+    kept.unlink(missing_ok=True)  # a record kept by an earlier attempt
+    return []
 
 
 def _member_model(m: _Member, num_classes: int) -> nn.Module:

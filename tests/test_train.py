@@ -276,6 +276,76 @@ def test_the_lock_holds_across_processes(tmp_path):
         pass
 
 
+# --- checked before the work (issue 21, kind 3) --------------------------------------------------------
+
+def test_a_folder_that_cannot_be_written_is_found_before_training(tmp_path, data_root):
+    from ranlib.errors import StorageError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    for folder, flag in (("results_dir", "--results-dir"), ("checkpoint_dir", "--checkpoint-dir")):
+        with pytest.raises(StorageError, match=f"cannot write in .*a-file.*choose another {flag}"):
+            train.run(tiny_config(tmp_path, data_root, **{folder: str(tmp_path / "a-file" / "x")}))
+    assert not list(tmp_path.rglob("metrics.jsonl"))  # found before the first iteration
+
+
+def test_too_little_space_for_an_atomic_checkpoint_is_found_before_training(tmp_path, data_root, monkeypatch):
+    import shutil
+
+    from ranlib.errors import StorageError
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    with pytest.raises(StorageError, match="has 1 MiB free but writing the checkpoint atomically needs about"):
+        train.run(tiny_config(tmp_path, data_root))
+    assert not list(tmp_path.rglob("metrics.jsonl")) and not list(tmp_path.rglob("last.pt"))
+
+
+def test_a_results_folder_that_fails_at_the_end_keeps_the_run(tmp_path, data_root, monkeypatch, one_thread):
+    """A read-only --results-dir found after the whole training was a traceback, and nothing said
+    how to recover the run."""
+    from ranlib.errors import StorageError
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    config = tiny_config(tmp_path, data_root)
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "write_results", read_only)
+        with pytest.raises(StorageError, match="is trained, but its results file .* could not be written "
+                                               r"\(Permission denied\); its record is kept at .*--resume"):
+            train.run(config)
+    run_dir = tmp_path / "checkpoints" / "unit" / train.resolve(config).run_name
+    kept = json.loads((run_dir / "results.json").read_text())
+    record = train.run(dataclasses.replace(config, resume=True))  # the folder fixed: the same command, --resume
+    assert record["final"] == kept["final"] and record["curve"] == kept["curve"]
+    events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("train") == 4 and events[-2:] == ["resume", "final"]  # nothing trained again
+    assert not (run_dir / "results.json").exists() and load_results(tmp_path / "results")
+
+
+def test_a_results_file_that_appears_during_training_is_kept_and_so_is_the_run(tmp_path, data_root, monkeypatch,
+                                                                               one_thread):
+    """A run of the same name with another --checkpoint-dir is not locked out (another folder): the
+    second to finish used to lose its results; now both are kept."""
+    from ranlib.errors import StorageError
+
+    config = tiny_config(tmp_path, data_root)
+    theirs = tmp_path / "results" / "unit" / f"{train.resolve(config).run_name}.json"
+    trained = train._GroupTraining.train
+
+    def train_while_the_other_finishes(self):
+        trained(self)
+        theirs.parent.mkdir(parents=True, exist_ok=True)
+        theirs.write_text('{"the other run": 1}')
+
+    monkeypatch.setattr(train._GroupTraining, "train", train_while_the_other_finishes)
+    with pytest.raises(StorageError, match="appeared while this run trained"):
+        train.run(config)
+    assert theirs.read_text() == '{"the other run": 1}'
+    kept = tmp_path / "checkpoints" / "unit" / theirs.stem / "results.json"
+    assert load_results(kept)[0]["run_name"] == theirs.stem
+
+
 # --- kill -9 and resume ---------------------------------------------------------------------------------
 
 def _train_cmd(tmp: Path, data_root: Path, run_name: str, *extra: str) -> list[str]:
