@@ -17,6 +17,8 @@ import os
 import re
 import sys
 import warnings
+import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -188,30 +190,39 @@ _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_o
 
 
 def _decode_npz(path: Path) -> dict:
-    with _open_npz(path, _NPZ_KEYS, "cifar10-jpeg") as pack:
-        class_names = tuple(str(c) for c in pack["class_names"])
-        arrays = {"class_names": np.asarray(class_names)}
-        for split in ("train", "test"):
-            blobs, labels = _npz_blobs(pack, path, split, len(class_names))
-            arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(len(blobs))])
-            arrays[f"{split}_labels"] = labels
+    pack = read_npz(path, _NPZ_KEYS, "cifar10-jpeg")
+    class_names = tuple(str(c) for c in pack["class_names"])
+    arrays = {"class_names": np.asarray(class_names)}
+    for split in ("train", "test"):
+        blobs, labels = _npz_blobs(pack, path, split, len(class_names))
+        arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(len(blobs))])
+        arrays[f"{split}_labels"] = labels
     return arrays
 
 
-def _open_npz(path: Path, keys: Sequence[str], layout: str):
-    """The open ``np.load`` of ``path`` (no pickle) after checking that it holds ``keys``."""
+# What reading a truncated or bit-flipped .npz raises (zip directory, CRC, inflate, array header).
+NPZ_DAMAGE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: str | os.PathLike, keys: Sequence[str] = (), layout: str = "") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickle), read now, after checking that it holds ``keys``.
+
+    ``np.load`` reads an archive's arrays lazily, so damage surfaces wherever one is first used; here
+    a truncated or corrupt file is one :class:`DataFormatError` line naming it, as is a file without
+    ``keys`` (not in the ``layout`` its README describes).
+    """
     try:
-        pack = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"{path} is not a readable .npz file ({err}): re-copy it from its source") from err
-    missing = [k for k in keys if k not in pack.files]
+        with np.load(path, allow_pickle=False) as pack:
+            arrays = {k: pack[k] for k in pack.files}
+    except NPZ_DAMAGE as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataFormatError(f"{path} is damaged or not a readable .npz file ({type(err).__name__}: {reason}): "
+                              "copy it again from its source") from None
+    missing = [k for k in keys if k not in arrays]
     if missing:
-        pack.close()
-        raise DataFormatError(
-            f"{path} is not in the {layout} layout: missing keys {missing} (the README next to the "
-            "original describes the layout)"
-        )
-    return pack
+        raise DataFormatError(f"{path} is not in the {layout} layout: missing keys {missing} (the README next to "
+                              "the original describes the layout)")
+    return arrays
 
 
 def _npz_blobs(pack, path: Path, split: str, num_classes: int) -> tuple[list[bytes], np.ndarray]:
@@ -421,8 +432,8 @@ def _read_cache(path: Path, source: str) -> dict | None:
             if int(cached["version"]) != _CACHE_VERSION or str(cached["source"]) != source:
                 return None
             return {k: cached[k] for k in cached.files}
-    except (OSError, ValueError, KeyError) as err:
-        warnings.warn(f"ignoring unreadable cache {path} ({err}); decoding again", stacklevel=3)
+    except NPZ_DAMAGE as err:  # a damaged cache is decoded again and rewritten
+        warnings.warn(f"ignoring unreadable cache {path} ({type(err).__name__}: {err}); decoding again", stacklevel=3)
         return None
 
 
@@ -664,13 +675,44 @@ class PCALighting(v2.Transform):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
+def _load_image(path: str) -> Image.Image:
+    """One image file as RGB (ImageFolder's loader), or a DataFormatError line naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert decodes: a corrupt file fails here
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataFormatError(f"{path} is not a readable image ({err}): remove it or replace it with an intact "
+                              "copy") from None
+
+
+# How a complete file of each format ends (JPEG's end-of-image marker, PNG's IEND chunk), looked for
+# in its last bytes: a truncated image is found before training, without decoding every file.
+_ENDINGS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096  # trailing bytes a complete file may carry after its end marker
+
+
+def check_complete(paths: Sequence[str | os.PathLike]) -> None:
+    """Raise one DataFormatError line naming the first JPEG or PNG file that ends before its end
+    marker (a truncated copy); other formats are checked when they are decoded."""
+    for path in paths:
+        ending = _ENDINGS.get(os.path.splitext(str(path))[1].lower())
+        if ending is None:
+            continue
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL_BYTES))
+            if ending not in f.read():
+                raise DataFormatError(f"{path} is truncated (no end marker in its last {_TAIL_BYTES} bytes): "
+                                      "replace it with an intact copy or remove it")
+
+
 class _CheckedImageFolder(ImageFolder):
     """torchvision's ImageFolder over one split as ``_image_files`` lists it: the train split's classes,
     hidden folders and files skipped, every layout problem a one-line DataFormatError."""
 
     def __init__(self, split_dir: Path, class_names: Sequence[str], transform):
         self._class_names = list(class_names)  # find_classes runs inside ImageFolder.__init__
-        super().__init__(str(split_dir), transform=transform)
+        super().__init__(str(split_dir), transform=transform, loader=_load_image)
 
     def find_classes(self, directory):
         return self._class_names, {name: i for i, name in enumerate(self._class_names)}
@@ -690,7 +732,9 @@ class ImageNetLoaders:
 
     The layout is checked as for the ``folder`` dataset (hidden folders are not classes; labels index
     the train split's classes): DataNotFoundError if ``root`` does not exist, DataFormatError for any
-    other layout problem (no train/ or val/, no class folders, a flat val/ of images, ...).
+    other layout problem (no train/ or val/, no class folders, a flat val/ of images, ...) and for a
+    truncated JPEG or PNG (:func:`check_complete`); an image that fails to decode later is a
+    DataFormatError naming its file.
     """
 
     def __init__(
@@ -729,6 +773,7 @@ class ImageNetLoaders:
         self.train_set = _CheckedImageFolder(train_dir, class_names, self.train_transform)
         self.test_set = _CheckedImageFolder(test_dir, class_names, self.test_transform)
         self.class_names = tuple(self.train_set.classes)
+        check_complete([path for images in (self.train_set, self.test_set) for path, _ in images.samples])
         self.dataset_id = f"imagenet-folder:{self.root.resolve().name}"
         self.label = f"image folder {self.root.resolve().name}"
         self.fingerprint = self._file_list_fingerprint()

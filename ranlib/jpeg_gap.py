@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import provenance
-from .data import GpuBatches, load_arrays
+from .data import GpuBatches, load_arrays, read_npz
 from .errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from .results import ensure_writable
 from .runtime import Dist, resolve_precision, select_device
@@ -36,12 +36,8 @@ def load_exact_test_subset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np
     if not path.is_file():
         raise DataNotFoundError(f"{path} does not exist; it ships beside cifar10-jpeg.npz in "
                                 "../shared/data/cifar10-jpeg/")
-    with np.load(path) as npz:
-        missing = {"x_test", "y_test", "test_index"} - set(npz.files)
-        if missing:
-            raise DataFormatError(f"{path} lacks {', '.join(sorted(missing))}; expected the exact-subset layout "
-                                  "(x_test, y_test, test_index) of ../shared/data/cifar10-jpeg/README.md")
-        return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
+    npz = read_npz(path, ("x_test", "y_test", "test_index"), "exact-subset (../shared/data/cifar10-jpeg/README.md)")
+    return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
 
 
 def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str | Path | None = None,

@@ -61,8 +61,8 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import paper, provenance
-from .errors import (CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, StorageError,
-                     UnknownNameError)
+from .errors import (CheckpointError, ConfigError, DataFormatError, DataNotFoundError, RanlibError, ResultsExistError,
+                     StorageError, UnknownNameError)
 from .files import FolderLock, check_free_space, check_writable
 from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                            member_optimizer_state, member_state_dict, shared_inputs)
@@ -285,7 +285,8 @@ def resolve_fields(fields: dict, what: str) -> TrainConfig:
         raise ConfigError(f"{what} is not an object of TrainConfig fields")
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
-        raise ConfigError(f"{what}: {', '.join(unknown)} {'is not a training option' if len(unknown) == 1 else 'are not training options'}; see `python -m ranlib train --help`")
+        are = "is not a training option" if len(unknown) == 1 else "are not training options"
+        raise ConfigError(f"{what}: {', '.join(unknown)} {are}; see `python -m ranlib train --help`")
     try:
         return resolve(TrainConfig(**fields))
     except RanlibError as exc:
@@ -864,7 +865,7 @@ class _GroupTraining:
                              c.run_name if self.k == 1 else f"{self.k} fused runs")
         streams = [iter(stream) for stream in self.split.train]
         self.model.train()
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, self._checkpoint_if_data_fail():
             self.tick = time.perf_counter()
             while self.iteration < c.iterations:
                 lr = self._step(streams)
@@ -877,6 +878,21 @@ class _GroupTraining:
                 if self.iteration % c.checkpoint_every == 0 and self.iteration < c.iterations:
                     self._checkpoint()
         self.bar.close()
+
+    @contextlib.contextmanager
+    def _checkpoint_if_data_fail(self):
+        """An image that fails to decode mid-run (ImageNet-style folders decode as they train): a
+        checkpoint of the steps done, and one line naming the file."""
+        try:
+            yield
+        except DataFormatError as exc:
+            # From a DataLoader worker the message carries the worker's traceback: keep ranlib's line.
+            line = str(exc).strip().splitlines()[-1].split("DataFormatError: ", 1)[-1]
+            self.save()
+            self.bar.close()
+            raise DataFormatError(f"{line} (at iteration {self.iteration} of {self.c.iterations}; checkpoint saved to "
+                                  f"{self.members[0].ckpt_path}); with the file replaced the data differ from this "
+                                  "run's, so start it again with --overwrite") from None
 
     def _step(self, streams: list) -> float:
         """One optimizer step of every member on its own next batch; returns the step's lr."""

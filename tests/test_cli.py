@@ -151,6 +151,28 @@ def test_imagenet_folder_layout_faults_are_one_line(tmp_path, capsys, broken, ex
     assert expected in error_line(capsys)
 
 
+def test_an_image_that_fails_mid_run_is_one_line_and_leaves_a_checkpoint(tmp_path, capsys, one_thread):
+    """ImageNet-style folders decode as they train: a damaged image stopped the run with a traceback
+    that named no file and left no checkpoint (a truncated one is found before training, test_data)."""
+    from PIL import Image
+
+    root = tmp_path / "nette"
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (72, 72), (40 * i, 90, 200)).save(root / split / c / f"{i}.jpg")
+    bad = root / "train" / "n02" / "1.jpg"
+    bad.write_bytes(b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9")  # ends as a JPEG should, decodes as nothing
+    args = train_args(root, tmp_path, "--model", "attention56", "--dataset", "imagenet-folder", "--batch-size", "2",
+                      "--iterations", "6", "--train-size", "64", "--test-size", "64", "--num-workers", "1",
+                      "--experiment", "nette", "--run-name", "damaged")
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert "n02/1.jpg is not a readable image" in line and "checkpoint saved to" in line
+    assert ckpt.load_checkpoint(tmp_path / "c" / "nette" / "damaged" / "last.pt")["iteration"] < 6
+
+
 def test_results_that_would_be_overwritten(trained, data_root, capsys):
     args = ["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root), "--profile",
             "smoke", "--device", "cpu", "--experiment", "cli", "--run-name", "tiny", "--results-dir",

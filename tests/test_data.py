@@ -597,3 +597,77 @@ def test_pca_lighting_adds_one_colour_shift_per_image_with_imagenet_covariance()
     torch.testing.assert_close(shifts.T.cov(), expected, atol=3e-5, rtol=0.1)
     with pytest.raises(TypeError, match="float RGB"):
         lighting(torch.zeros(3, 2, 2, dtype=torch.uint8))
+
+
+# --- damaged files (issue 21, kind 4) ---------------------------------------------------------------------
+
+
+def _damaged(path: Path, how: str) -> Path:
+    blob = bytearray(path.read_bytes())
+    if how == "truncated":
+        del blob[len(blob) * 2 // 3:]
+    else:  # one bit flipped inside the stored arrays: the zip's CRC catches it when the array is read
+        blob[len(blob) // 3] ^= 0x10
+    path.write_bytes(bytes(blob))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_a_damaged_npz_is_one_line_naming_it(fake_copy, tmp_path, how, capsys):
+    """It was a BadZipFile or EOFError traceback (the JPEG copy; Imagewoof reads through the same code)."""
+    from ranlib import imagewoof
+    from ranlib.errors import print_error
+
+    folder, _, _ = fake_copy
+    _damaged(folder / "cifar10-jpeg.npz", how)
+    with pytest.raises(DataFormatError, match=r"cifar10-jpeg.npz is damaged or not a readable .npz file .*again") as err:
+        load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    print_error(err.value)
+    assert capsys.readouterr().err.count("\n") == 1
+    woof = folder / imagewoof.NPZ_NAME
+    woof.write_bytes((folder / "cifar10-jpeg.npz").read_bytes())
+    with pytest.raises(DataFormatError, match="imagewoof-112.npz is damaged"):
+        imagewoof.load_imagewoof(woof, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_a_damaged_decode_cache_is_skipped_and_rebuilt(fake_copy, tmp_path, how):
+    folder, _, _ = fake_copy
+    first = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    [cache] = (tmp_path / "cache").glob("cifar10-jpeg-*.npz")
+    _damaged(cache, how)
+    with pytest.warns(UserWarning, match="ignoring unreadable cache"):
+        again = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    assert again.fingerprint == first.fingerprint
+    data.read_npz(cache)  # rewritten whole
+    third = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")  # from the cache, no warning
+    assert third.fingerprint == first.fingerprint
+
+
+def _imagenet_tree(root: Path) -> Path:
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                (root / split / c / f"{i}.jpg").write_bytes(encode(random_images(1, seed=i, size=48)[0]))
+    return root
+
+
+def test_a_truncated_jpeg_in_an_imagenet_folder_is_found_before_training(tmp_path):
+    """It stopped training mid-run with a traceback that named no file and left no checkpoint."""
+    root = _imagenet_tree(tmp_path / "nette")
+    bad = root / "train" / "n02" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DataFormatError, match=r"n02/3\.jpg is truncated .*replace it with an intact copy"):
+        ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)
+    bad.write_bytes(encode(random_images(1, size=48)[0]))
+    ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)  # intact again
+
+
+def test_an_image_that_fails_to_decode_names_its_file(tmp_path):
+    root = _imagenet_tree(tmp_path / "nette")
+    bad = root / "val" / "n01" / "0.jpg"
+    bad.write_bytes(b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9")  # ends as a JPEG should, decodes as nothing
+    loaders = ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)
+    with pytest.raises(DataFormatError, match=r"n01/0\.jpg is not a readable image"):
+        next(iter(loaders.test))

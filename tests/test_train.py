@@ -157,7 +157,8 @@ def noisy_run(tmp_path_factory, data_root):
 def test_run_writes_a_complete_results_file(noisy_run):
     tmp, record = noisy_run
     [loaded] = load_results(tmp / "results" / "unit")
-    assert loaded["run_name"] == record["run_name"] == f"{TINY_MODEL}-folder-noise0.3-smoke-s3-b4-c6812f4"  # its own batch and length
+    # its own batch (-b4) and length (the digest)
+    assert loaded["run_name"] == record["run_name"] == f"{TINY_MODEL}-folder-noise0.3-smoke-s3-b4-c6812f4"
     assert loaded["final"]["top1_error"] == loaded["curve"][-1]["test_top1_error"]  # final iterate
     assert loaded["final"]["top5_error"] is None  # 3 classes: no top-5
     assert [p["iteration"] for p in loaded["curve"]] == [2, 4]

@@ -45,8 +45,8 @@ _INFO: dict[str, ModelInfo] = {}
 _SWITCHES: dict[str, dict[str, Option]] = {}
 
 
-def register_model(*, family: str, dataset: str, paper_name: str, is_attention: bool = False, test_size: int | None = None,
-                   switches: Mapping[str, Option] | None = None):
+def register_model(*, family: str, dataset: str, paper_name: str, is_attention: bool = False,
+                   test_size: int | None = None, switches: Mapping[str, Option] | None = None):
     """Register a builder ``fn(*, num_classes, **variant) -> nn.Module`` under its function name.
 
     ``switches`` declares the type and accepted values of each keyword argument besides
