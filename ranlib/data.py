@@ -3,7 +3,9 @@
 Every dataset carries an identifier, a human label and a content fingerprint, so a number measured on the
 JPEG copy of CIFAR-10 (``../shared/data/cifar10-jpeg``) can never pass for official CIFAR-10: the npz, its
 unpacked folder tree and any data whose decoded pixels equal the copy's are all labelled
-"CIFAR-10 (JPEG q75 copy)".
+"CIFAR-10 (JPEG q75 copy)". The label is verified, never taken from a name: the npz by its sha256 (the
+copy's README gives it), a folder by the digests of its files, any data by its decoded pixels; a file
+called ``cifar10-jpeg.npz`` that is none of these is labelled as an unknown JPEG npz.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ IMAGE_SIZE = 32
 JPEG_COPY_ID = "cifar10-jpeg-q75"
 JPEG_COPY_LABEL = "CIFAR-10 (JPEG q75 copy)"
 JPEG_NPZ_NAME = "cifar10-jpeg.npz"
+# sha256 of the shared copy's cifar10-jpeg.npz (its README): a file of that name is labelled the copy
+# only when its digest is this one (or its pixels are the copy's, JPEG_COPY_PIXELS_DIGEST).
+JPEG_COPY_SHA256 = "4e08a02dd3ef0baac6d9a5e920ca6512c31aea8def1972b8f12a41b5d2e17ada"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # sha256 of the sorted sha256 digests of the copy's 60,000 JPEG files: recognises them under any names,
 # independent of the JPEG decoder.
@@ -177,13 +182,16 @@ def _load_jpeg_npz(root: Path, cache_dir) -> ArrayDataset:
             f"no {JPEG_NPZ_NAME} at {path}: point the data root at the folder that holds it "
             "(../shared/data/cifar10-jpeg on the project machines) or at the file itself"
         )
-    source = _sha256_file(path)
+    source = sha256_file(path)
     cache = _cache_file(cache_dir, path.parent, "cifar10-jpeg", source)
     arrays = _read_cache(cache, source)
     if arrays is None:
         arrays = _decode_npz(path)
         _write_cache(cache, source, arrays)
-    return _dataset_from_arrays("cifar10-jpeg", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
+    if source == JPEG_COPY_SHA256:
+        return _dataset_from_arrays("cifar10-jpeg", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
+    return _dataset_from_arrays("cifar10-jpeg", arrays, f"jpeg-npz:{source[:12]}",
+                                f"JPEG npz {path.name} (sha256 {source[:12]}, not the CIFAR-10 JPEG copy's)")
 
 
 _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_offsets", "test_labels", "class_names")
@@ -276,7 +284,7 @@ def _load_folder(root: Path, cache_dir) -> ArrayDataset:
             arrays[f"{split}_images"] = _decode_images(blobs[split], names)
             arrays[f"{split}_labels"] = np.asarray([label for _, label in files], dtype=np.int64)
         _write_cache(cache, source, arrays)
-    if unpacked_copy or same_files_as_copy:
+    if same_files_as_copy:  # the copy's files under its unpack script's names, or under any others
         return _dataset_from_arrays("folder", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
     return _dataset_from_arrays("folder", arrays, f"folder:{basename}", f"image folder {basename}")
 
@@ -401,7 +409,8 @@ def _decode_in_chunks(decode_chunk, blobs: Sequence[bytes], names: Sequence[str]
 # --- cache ----------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, as ``sha256sum`` prints it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

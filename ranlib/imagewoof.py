@@ -97,7 +97,7 @@ def load_imagewoof(root, *, cache_dir=None) -> Imagewoof:
             f"no {NPZ_NAME} at {path}: point the data root at the folder that holds it "
             "(../shared/data/imagewoof on the project machines) or at the file itself"
         )
-    source = data._sha256_file(path)
+    source = data.sha256_file(path)
     cache = data._cache_file(cache_dir, path.parent, "imagewoof-112", source)
     arrays = data._read_cache(cache, source)
     if arrays is None:

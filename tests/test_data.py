@@ -73,8 +73,9 @@ def write_png_tree(root, splits):
 # --- cifar10-jpeg npz -------------------------------------------------------------------------------------
 
 
-def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_path):
+def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
+    monkeypatch.setattr(data, "JPEG_COPY_SHA256", data.sha256_file(folder / "cifar10-jpeg.npz"))  # as if the copy
     ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (6, 32, 32, 3) and ds.test_labels.dtype == np.int64
@@ -281,10 +282,12 @@ def test_folder_without_splits_is_a_format_error(tmp_path):
         load_arrays("folder", tmp_path / "flat")
 
 
-def test_unpacked_jpeg_copy_is_labelled_as_the_copy_in_official_order(fake_copy, tmp_path):
+def test_unpacked_jpeg_copy_is_labelled_as_the_copy_in_official_order(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
     from_npz = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     tree = unpack_like_the_script(blobs, labels, tmp_path / "unpacked")
+    every_file = [hashlib.sha256(b).hexdigest() for s in ("train", "test") for b in blobs[s]]
+    monkeypatch.setattr(data, "JPEG_COPY_FILES_DIGEST", hashlib.sha256("".join(sorted(every_file)).encode()).hexdigest())
     from_tree = load_arrays("folder", tree, cache_dir=tmp_path / "cache")
     assert from_tree.dataset_id == JPEG_COPY_ID and from_tree.label == JPEG_COPY_LABEL
     assert from_tree.fingerprint == from_npz.fingerprint  # same pixels, same official order
@@ -332,7 +335,8 @@ def test_real_jpeg_copy_labels_and_a_slice_of_its_images(tmp_path):
     pack_npz(tmp_path / "cifar10-jpeg.npz", blobs, labels)
     ds = load_arrays("cifar10-jpeg", tmp_path, cache_dir=tmp_path / "cache")
     assert ds.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
-    assert ds.class_names == CIFAR10_CLASSES and ds.label == JPEG_COPY_LABEL
+    assert ds.class_names == CIFAR10_CLASSES
+    assert ds.label != JPEG_COPY_LABEL  # 100 of its images are not the copy: the label is verified, not named
     assert ds.train_images.shape == (50, 32, 32, 3) and 20 < ds.train_images.mean() < 235
 
 
@@ -671,3 +675,28 @@ def test_an_image_that_fails_to_decode_names_its_file(tmp_path):
     loaders = ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)
     with pytest.raises(DataFormatError, match=r"n01/0\.jpg is not a readable image"):
         next(iter(loaders.test))
+
+
+# --- what a number is labelled with is verified (issue 21, kind 5) ---------------------------------------
+
+
+def test_a_file_named_like_the_copy_is_not_labelled_the_copy(fake_copy, tmp_path):
+    """Any file called cifar10-jpeg.npz was labelled "CIFAR-10 (JPEG q75 copy)", even one of random
+    images: its sha256 was computed but never compared with the copy's."""
+    folder, blobs, labels = fake_copy
+    ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    digest = data.sha256_file(folder / "cifar10-jpeg.npz")
+    assert ds.dataset_id == f"jpeg-npz:{digest[:12]}" and "not the CIFAR-10 JPEG copy" in ds.label
+    assert JPEG_COPY_LABEL not in ds.label
+    tree = unpack_like_the_script(blobs, labels, tmp_path / "unpacked")  # the unpack script's names
+    assert load_arrays("folder", tree, cache_dir=tmp_path / "cache").label == "image folder unpacked"
+
+
+@pytest.mark.skipif(not REAL_NPZ.is_file(), reason="the shared JPEG copy is not on this machine")
+def test_the_shared_copy_has_the_digests_its_readme_gives():
+    from ranlib import jpeg_gap
+
+    readme = (REAL_NPZ.parent / "README.md").read_text()
+    assert data.JPEG_COPY_SHA256 in readme and jpeg_gap.EXACT_SUBSET_SHA256 in readme
+    assert data.sha256_file(REAL_NPZ) == data.JPEG_COPY_SHA256
+    assert data.sha256_file(REAL_NPZ.parent / jpeg_gap.EXACT_SUBSET_FILE) == jpeg_gap.EXACT_SUBSET_SHA256
