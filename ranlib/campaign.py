@@ -35,6 +35,7 @@ metrics and logs, and the checkpoints asked for) from the GPU machine back into 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -336,10 +338,12 @@ def pack(out: Path, *, results_dir: Path, checkpoint_dir: Path, experiments: Seq
 def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
     """Put a :func:`pack` archive's files in place: new results files are added (identical ones
     skipped; a different one with the same name is an error, nothing is replaced), ledger lines
-    not yet in the local ledger are appended, metrics, logs and checkpoints are written."""
+    not yet in the local ledger are appended, metrics, logs and checkpoints are written, but never
+    over newer ones (:func:`_newer_of`: a local checkpoint or metrics.jsonl that reached a later
+    iteration is kept, counted in ``kept``)."""
     from .results import validate
 
-    counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0}
+    counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0, "kept": 0}
     try:
         tar = tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError) as exc:
@@ -383,11 +387,53 @@ def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
                     counts["identical"] += 1
                     continue
                 counts["results"] += 1
+            elif m.name.startswith("checkpoints/") and target.exists():
+                data = _newer_of(target, data)
+                if data is None:
+                    counts["kept"] += 1
+                    continue
+                counts["other"] += 1
             else:
                 counts["other"] += 1
             with atomic_write(target) as f:
                 f.write(data)
     return counts
+
+
+def _newer_of(target: Path, theirs: bytes) -> bytes | None:
+    """What ``target`` (a run's checkpoint, metrics or log that exists here) should become from the
+    archive's ``theirs``, or None to keep it: a checkpoint or metrics.jsonl only when the archive's
+    reaches a later iteration; a log extended (the archive's when it continues ours, else ours then
+    theirs, never shortened)."""
+    ours = target.read_bytes()
+    if ours == theirs:
+        return None
+    if target.name == LOG_NAME:
+        if theirs.startswith(ours):
+            return theirs
+        return None if ours.startswith(theirs) else ours + theirs
+    return theirs if _reached(theirs, target.name) > _reached(ours, target.name) else None
+
+
+def _reached(content: bytes, name: str) -> int:
+    """The iteration a checkpoint (its ``iteration``) or a metrics.jsonl (its last line's) reached;
+    -1 when it cannot be read (a damaged file is replaced)."""
+    from .checkpoint import load_checkpoint
+    from .errors import CheckpointError
+
+    if name != "metrics.jsonl":
+        with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
+            tmp.write(content)
+            tmp.flush()
+            try:
+                return int(load_checkpoint(tmp.name)["iteration"])
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                return -1
+    iterations = [-1]
+    for line in content.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            iterations.append(int(json.loads(line).get("iteration", -1)))
+    return max(iterations)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,7 +708,8 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
         raise RanlibError(f"no archive at {args.archive}; give the path of a file written by `campaign pack`")
     counts = unpack(args.archive, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir)
     print(f"campaign: {counts['results']} new results files ({counts['identical']} already here), "
-          f"{counts['ledger_lines']} ledger lines, {counts['other']} metrics/log/checkpoint files")
+          f"{counts['ledger_lines']} ledger lines, {counts['other']} metrics/log/checkpoint files"
+          + (f" ({counts['kept']} kept here: newer than the archive's)" if counts["kept"] else ""))
     return 0
 
 

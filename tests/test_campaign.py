@@ -296,3 +296,44 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
 
     usage = subprocess.run([script, "nonsense"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def _a_run_at(root: Path, iteration: int, log: str) -> Path:
+    """A run's checkpoint, metrics and log as a training leaves them at ``iteration``."""
+    from ranlib import checkpoint
+
+    run = root / "mask_structure" / "attention56-local-smoke-s0"
+    checkpoint.save_checkpoint(run / "last.pt", {"model": {}, "iteration": iteration})
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "iteration": i}) + "\n"
+                                               for i in range(1, iteration + 1)))
+    (run / campaign.LOG_NAME).write_text(log)
+    return run
+
+
+def test_unpack_never_replaces_a_newer_checkpoint_or_metrics(tmp_path):
+    """Issue 21 (kind 6): unpack replaced a local checkpoint at iteration 30 with the archive's at 4
+    and shortened metrics.jsonl."""
+    from ranlib import checkpoint
+
+    there, here = tmp_path / "there", tmp_path / "here"
+    _a_run_at(there, 4, "there: started\n")
+    archive = tmp_path / "old.tar.gz"
+    campaign.pack(archive, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+                  checkpoints=["mask_structure/attention56-local-smoke-s0"])
+    run = _a_run_at(here, 30, "here: started\nhere: resumed\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    counts = campaign.unpack(archive, results_dir=tmp_path / "r", checkpoint_dir=here)
+    assert counts["kept"] == 2  # the checkpoint and the metrics: newer here
+    assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 30
+    assert (run / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert (run / campaign.LOG_NAME).read_text() == "here: started\nhere: resumed\nthere: started\n"  # both kept
+
+    newer = tmp_path / "new.tar.gz"  # the other way round: the archive's run went further
+    _a_run_at(there, 40, "here: started\nhere: resumed\nthere: went on\n")
+    campaign.pack(newer, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+                  checkpoints=["mask_structure/attention56-local-smoke-s0"])
+    _a_run_at(here, 30, "here: started\nhere: resumed\n")
+    assert campaign.unpack(newer, results_dir=tmp_path / "r", checkpoint_dir=here)["kept"] == 0
+    assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 40
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
+    assert (run / campaign.LOG_NAME).read_text().endswith("there: went on\n")
