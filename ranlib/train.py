@@ -504,11 +504,14 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
 
     ``model`` is a plain model (logits ``(B, O)``) or a fused one of ``members`` members (logits
     ``(B, K, O)``; every member sees the same test images). Batches are sharded over processes
-    and the sums reduced, so ``count`` is the number of test images evaluated in all.
+    and the sums reduced, so ``count`` is the number of test images evaluated in all. The top-k
+    error (key ``top5_error``) is None below :data:`TOP5_MIN_CLASSES` classes, here and so in every
+    record made from it (the learning curve and the final figures say the same).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(members, 4, dtype=torch.float64, device=device)  # loss, top-1, top-k hits, count
+    classes = 0
     for x, y in batches:
         x, y = x.tensor_split(d.world_size)[d.rank], y.tensor_split(d.world_size)[d.rank]
         if not len(y):
@@ -518,6 +521,7 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
         logits = logits.float()
         if logits.ndim == 2:
             logits = logits[:, None]
+        classes = logits.shape[-1]
         hits = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices.eq(y[:, None, None])  # (B, K, k)
         losses = member_losses(logits, y[:, None].expand(-1, members))
         seen = torch.full((members,), float(len(y)), dtype=torch.float64, device=device)
@@ -527,7 +531,8 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
     results = []
     for loss, top1, topk_hits, count in all_reduce(sums, d).tolist():
         n = max(count, 1.0)
-        results.append({"top1_error": 100.0 * (1 - top1 / n), "top5_error": 100.0 * (1 - topk_hits / n),
+        results.append({"top1_error": 100.0 * (1 - top1 / n),
+                        "top5_error": 100.0 * (1 - topk_hits / n) if classes >= TOP5_MIN_CLASSES else None,
                         "loss": loss / n, "count": int(count)})
     return results
 
@@ -1063,7 +1068,7 @@ def _final_record(m: _Member, index: int, split, fused_state: dict, reference_st
         "dataset": split.info,
         "noise": split.noise[index],
         "final": {"top1_error": final["test_top1_error"],
-                  "top5_error": final["test_top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
+                  "top5_error": final["test_top5_error"],  # None below TOP5_MIN_CLASSES, as in the curve
                   "test_loss": final["test_loss"], "iteration": final["iteration"],
                   "num_test": final.get("test_count", split.info["num_test"])},
         "curve": m.curve,
@@ -1132,7 +1137,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     return {"checkpoint": str(path), "model": c.model, "model_kwargs": c.model_kwargs,
             "iteration": saved.get("iteration"), "dataset": split.info, "num_test": result["count"],
             "top1_error": result["top1_error"],
-            "top5_error": result["top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
+            "top5_error": result["top5_error"],
             "test_loss": result["loss"],
             "provenance": provenance.collect(dev, precision=prec, seed=c.seed)}
 

@@ -161,6 +161,8 @@ def test_run_writes_a_complete_results_file(noisy_run):
     assert loaded["run_name"] == record["run_name"] == f"{TINY_MODEL}-folder-noise0.3-smoke-s3-b4-c6812f4"
     assert loaded["final"]["top1_error"] == loaded["curve"][-1]["test_top1_error"]  # final iterate
     assert loaded["final"]["top5_error"] is None  # 3 classes: no top-5
+    # issue 21 (kind 8): the curve said 0.0 (3 classes; 1.66 % on CIFAR-10) where the final said null
+    assert [p["test_top5_error"] for p in loaded["curve"]] == [None] * len(loaded["curve"])
     assert [p["iteration"] for p in loaded["curve"]] == [2, 4]
     assert loaded["dataset"]["num_train"] == 32 and loaded["dataset"]["fingerprint"]
     assert loaded["final"]["num_test"] == loaded["curve"][-1]["test_count"] == 16  # the count evaluated
@@ -193,6 +195,16 @@ def test_a_finished_run_is_never_overwritten(noisy_run, data_root):
     with pytest.raises(ResultsExistError, match="is finished: its results file .* already exists and is kept") as info:
         train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
     assert "--overwrite" not in str(info.value)  # never advise the flag that would destroy it
+
+
+def test_top5_is_reported_from_100_classes_and_then_in_curve_and_final_alike():
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 8), torch.randint(0, 10, (40,))
+    for classes, reported in ((10, False), (100, True)):
+        [result] = train.evaluate_members(torch.nn.Linear(8, classes), [(x, y)], torch.device("cpu"), "fp32")
+        assert (result["top5_error"] is not None) == reported == (classes >= train.TOP5_MIN_CLASSES)
+        if reported:
+            assert 0 <= result["top5_error"] <= result["top1_error"]
 
 
 # --- run identity (issue 21, kind 1) ----------------------------------------------------------------
