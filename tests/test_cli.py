@@ -280,6 +280,8 @@ def _bad_train_options():
         elif name in BAD_STRINGS:
             value, *more = BAD_STRINGS[name]
             cases.append((name, [flag, value, *more], 1, flag if "a-file" in value else value.split("/")[-1]))
+    # issue 21's own: -1 silently dropped the last test image, -20 evaluated 4 of 24
+    cases += [("max_test_samples", ["--max-test-samples", n], 1, "max_test_samples") for n in ("-1", "-20")]
     cases += [("seeds", ["--seeds", "x"], 2, "--seeds"), ("seeds", ["--seeds", "-1"], 1, "seed"),
               ("noise_levels", ["--noise-levels", "x"], 2, "--noise-levels"),
               ("noise_levels", ["--noise-levels", "1.5"], 1, "outside [0, 1)")]
