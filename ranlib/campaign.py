@@ -44,6 +44,7 @@ metrics and logs, and the checkpoints asked for) from the GPU machine back into 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -53,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ from typing import Sequence
 from . import background, pinned, provenance
 from .errors import ERROR_PREFIX, RanlibError, ResultsExistError, print_error
 from .experiments import EXPERIMENTS, experiment
+from .files import atomic_write
 from .ledger import LEDGER_NAME, append_ledger, read_ledger
 from .paths import cache_dir, resolve_path
 from .planning import cpu_order, find_training, group_runs, plan_runs, same_training, training_size
@@ -376,10 +379,12 @@ def pack(out: Path, *, results_dir: Path, checkpoint_dir: Path, experiments: Seq
 def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
     """Put a :func:`pack` archive's files in place: new results files are added (identical ones
     skipped; a different one with the same name is an error, nothing is replaced), ledger lines
-    not yet in the local ledger are appended, metrics, logs and checkpoints are written."""
+    not yet in the local ledger are appended, metrics, logs and checkpoints are written, but never
+    over newer ones (:func:`_newer_of`: a local checkpoint or metrics.jsonl that reached a later
+    iteration is kept, counted in ``kept``)."""
     from .results import validate
 
-    counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0}
+    counts = {"results": 0, "identical": 0, "ledger_lines": 0, "other": 0, "kept": 0}
     try:
         tar = tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError) as exc:
@@ -423,13 +428,53 @@ def unpack(archive: Path, *, results_dir: Path, checkpoint_dir: Path) -> dict:
                     counts["identical"] += 1
                     continue
                 counts["results"] += 1
+            elif m.name.startswith("checkpoints/") and target.exists():
+                data = _newer_of(target, data)
+                if data is None:
+                    counts["kept"] += 1
+                    continue
+                counts["other"] += 1
             else:
                 counts["other"] += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with atomic_write(target) as f:
+                f.write(data)
     return counts
+
+
+def _newer_of(target: Path, theirs: bytes) -> bytes | None:
+    """What ``target`` (a run's checkpoint, metrics or log that exists here) should become from the
+    archive's ``theirs``, or None to keep it: a checkpoint or metrics.jsonl only when the archive's
+    reaches a later iteration; a log extended (the archive's when it continues ours, else ours then
+    theirs, never shortened)."""
+    ours = target.read_bytes()
+    if ours == theirs:
+        return None
+    if target.name == LOG_NAME:
+        if theirs.startswith(ours):
+            return theirs
+        return None if ours.startswith(theirs) else ours + theirs
+    return theirs if _reached(theirs, target.name) > _reached(ours, target.name) else None
+
+
+def _reached(content: bytes, name: str) -> int:
+    """The iteration a checkpoint (its ``iteration``) or a metrics.jsonl (its last line's) reached;
+    -1 when it cannot be read (a damaged file is replaced)."""
+    from .checkpoint import load_checkpoint
+    from .errors import CheckpointError
+
+    if name != "metrics.jsonl":
+        with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
+            tmp.write(content)
+            tmp.flush()
+            try:
+                return int(load_checkpoint(tmp.name)["iteration"])
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                return -1
+    iterations = [-1]
+    for line in content.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            iterations.append(int(json.loads(line).get("iteration", -1)))
+    return max(iterations)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,36 +563,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan_from(args: argparse.Namespace, experiments: Sequence[str] | None = None, *, profile: str | None = None,
                seeds: Sequence[int] | None = None, rows: Sequence[str] | None = None,
                overrides: dict | None = None) -> Plan:
-    """The plan the options ask for (or a part of it), every run's configuration checked: one error
-    line, before anything starts, if ``--set`` or the data set does not fit a run."""
+    """The plan the options ask for (or a part of it), every run's configuration checked by planning
+    (:func:`ranlib.planning.named`): one error line, before anything starts, if ``--set`` or the data
+    set does not fit a run."""
     from .cli import _key_values
 
-    plan = plan_campaign(experiments or args.experiments, profile=profile or args.profile, seeds=seeds or args.seeds,
-                         dataset=args.dataset, data_root=args.data_root, results_dir=args.results_dir,
-                         checkpoint_dir=args.checkpoint_dir, device=args.device, rows=rows or args.rows,
-                         overrides={**_key_values(args.set), **(overrides or {})})
-    for config in plan.runs:
-        checked_config(config, f"the planned run {config['run_name']}" + (f" (--set {' '.join(args.set)})"
-                                                                          if args.set else ""))
-    return plan
-
-
-def checked_config(fields: dict, what: str):
-    """``TrainConfig(**fields)`` resolved, or one :class:`RanlibError` line naming ``what`` and why."""
-    import dataclasses
-
-    from .train import TrainConfig, resolve
-
-    if not isinstance(fields, dict):
-        raise RanlibError(f"{what} is not an object of TrainConfig fields")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise RanlibError(f"{what}: {', '.join(unknown)} {'is not a training option' if len(unknown) == 1 else 'are not training options'}; see `python -m ranlib train --help`")
     try:
-        return resolve(TrainConfig(**fields))
-    except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. iterations=abc
-        raise RanlibError(f"{what}: {exc}") from None
+        return plan_campaign(experiments or args.experiments, profile=profile or args.profile,
+                             seeds=seeds or args.seeds, dataset=args.dataset, data_root=args.data_root,
+                             results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir, device=args.device,
+                             rows=rows or args.rows, overrides={**_key_values(args.set), **(overrides or {})})
+    except RanlibError as exc:
+        raise type(exc)(f"{exc} (--set {' '.join(args.set)})" if args.set else str(exc)) from None
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -800,7 +827,7 @@ def _check_max_group(max_group: int) -> None:
 
 
 def _cmd_train_group(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run_group
+    from .train import TrainConfig, resolve_fields, run_group
 
     try:
         configs = json.loads(args.group_file.read_text())
@@ -810,7 +837,7 @@ def _cmd_train_group(args: argparse.Namespace) -> int:
         raise RanlibError(f"{args.group_file} is not a list of runs (TrainConfig fields); it is written by "
                           "`campaign run`")
     for i, config in enumerate(configs):
-        checked_config(config, f"{args.group_file}: run {i}")
+        resolve_fields(config, f"{args.group_file}: run {i}")
     records = run_group([TrainConfig(**{**c, "resume": True, "progress": False}) for c in configs])
     for record in records:
         print(f"{record['run_name']}: final top-1 error {record['final']['top1_error']:.2f} %", flush=True)
@@ -829,7 +856,8 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
         raise RanlibError(f"no archive at {args.archive}; give the path of a file written by `campaign pack`")
     counts = unpack(args.archive, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir)
     print(f"campaign: {counts['results']} new results files ({counts['identical']} already here), "
-          f"{counts['ledger_lines']} ledger lines, {counts['other']} metrics/log/checkpoint files")
+          f"{counts['ledger_lines']} ledger lines, {counts['other']} metrics/log/checkpoint files"
+          + (f" ({counts['kept']} kept here: newer than the archive's)" if counts["kept"] else ""))
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "last.pt"
@@ -46,20 +46,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically to ``path`` (temp file in the same folder, fsync, rename)."""
+    """Write ``state`` atomically to ``path`` (:func:`ranlib.files.atomic_write`: temp file in the
+    same folder, fsync, rename; the mode the umask gives)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
     return path
 
 

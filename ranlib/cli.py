@@ -255,10 +255,10 @@ def model_counts(name: str, model_kwargs: dict | None = None, *, input_size: int
     counts = {"params": int(counts["params"]), "macs": int(counts["macs"])}
     if use_cache:
         try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**cache, key: counts}))
-            os.replace(tmp, cache_path)
+            from .files import atomic_write
+
+            with atomic_write(cache_path, "w") as f:
+                f.write(json.dumps({**cache, key: counts}))
         except OSError:  # a read-only home: count again next time
             pass
     return counts

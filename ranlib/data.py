@@ -3,7 +3,9 @@
 Every dataset carries an identifier, a human label and a content fingerprint, so a number measured on the
 JPEG copy of CIFAR-10 (``../shared/data/cifar10-jpeg``) can never pass for official CIFAR-10: the npz, its
 unpacked folder tree and any data whose decoded pixels equal the copy's are all labelled
-"CIFAR-10 (JPEG q75 copy)".
+"CIFAR-10 (JPEG q75 copy)". The label is verified, never taken from a name: the npz by its sha256 (the
+copy's README gives it), a folder by the digests of its files, any data by its decoded pixels; a file
+called ``cifar10-jpeg.npz`` that is none of these is labelled as an unknown JPEG npz.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import os
 import re
 import sys
 import warnings
+import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,6 +35,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms import v2
 
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, DataNotFoundError, UnknownNameError
+from ranlib.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -50,6 +55,9 @@ IMAGE_SIZE = 32
 JPEG_COPY_ID = "cifar10-jpeg-q75"
 JPEG_COPY_LABEL = "CIFAR-10 (JPEG q75 copy)"
 JPEG_NPZ_NAME = "cifar10-jpeg.npz"
+# sha256 of the shared copy's cifar10-jpeg.npz (its README): a file of that name is labelled the copy
+# only when its digest is this one (or its pixels are the copy's, JPEG_COPY_PIXELS_DIGEST).
+JPEG_COPY_SHA256 = "4e08a02dd3ef0baac6d9a5e920ca6512c31aea8def1972b8f12a41b5d2e17ada"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # sha256 of the sorted sha256 digests of the copy's 60,000 JPEG files: recognises them under any names,
 # independent of the JPEG decoder.
@@ -174,43 +182,55 @@ def _load_jpeg_npz(root: Path, cache_dir) -> ArrayDataset:
             f"no {JPEG_NPZ_NAME} at {path}: point the data root at the folder that holds it "
             "(../shared/data/cifar10-jpeg on the project machines) or at the file itself"
         )
-    source = _sha256_file(path)
+    source = sha256_file(path)
     cache = _cache_file(cache_dir, path.parent, "cifar10-jpeg", source)
     arrays = _read_cache(cache, source)
     if arrays is None:
         arrays = _decode_npz(path)
         _write_cache(cache, source, arrays)
-    return _dataset_from_arrays("cifar10-jpeg", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
+    if source == JPEG_COPY_SHA256:
+        return _dataset_from_arrays("cifar10-jpeg", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
+    return _dataset_from_arrays("cifar10-jpeg", arrays, f"jpeg-npz:{source[:12]}",
+                                f"JPEG npz {path.name} (sha256 {source[:12]}, not the CIFAR-10 JPEG copy's)")
 
 
 _NPZ_KEYS = ("train_jpeg", "train_offsets", "train_labels", "test_jpeg", "test_offsets", "test_labels", "class_names")
 
 
 def _decode_npz(path: Path) -> dict:
-    with _open_npz(path, _NPZ_KEYS, "cifar10-jpeg") as pack:
-        class_names = tuple(str(c) for c in pack["class_names"])
-        arrays = {"class_names": np.asarray(class_names)}
-        for split in ("train", "test"):
-            blobs, labels = _npz_blobs(pack, path, split, len(class_names))
-            arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(len(blobs))])
-            arrays[f"{split}_labels"] = labels
+    pack = read_npz(path, _NPZ_KEYS, "cifar10-jpeg")
+    class_names = tuple(str(c) for c in pack["class_names"])
+    arrays = {"class_names": np.asarray(class_names)}
+    for split in ("train", "test"):
+        blobs, labels = _npz_blobs(pack, path, split, len(class_names))
+        arrays[f"{split}_images"] = _decode_images(blobs, [f"{path.name}:{split}[{i}]" for i in range(len(blobs))])
+        arrays[f"{split}_labels"] = labels
     return arrays
 
 
-def _open_npz(path: Path, keys: Sequence[str], layout: str):
-    """The open ``np.load`` of ``path`` (no pickle) after checking that it holds ``keys``."""
+# What reading a truncated or bit-flipped .npz raises (zip directory, CRC, inflate, array header).
+NPZ_DAMAGE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def read_npz(path: str | os.PathLike, keys: Sequence[str] = (), layout: str = "") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickle), read now, after checking that it holds ``keys``.
+
+    ``np.load`` reads an archive's arrays lazily, so damage surfaces wherever one is first used; here
+    a truncated or corrupt file is one :class:`DataFormatError` line naming it, as is a file without
+    ``keys`` (not in the ``layout`` its README describes).
+    """
     try:
-        pack = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"{path} is not a readable .npz file ({err}): re-copy it from its source") from err
-    missing = [k for k in keys if k not in pack.files]
+        with np.load(path, allow_pickle=False) as pack:
+            arrays = {k: pack[k] for k in pack.files}
+    except NPZ_DAMAGE as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataFormatError(f"{path} is damaged or not a readable .npz file ({type(err).__name__}: {reason}): "
+                              "copy it again from its source") from None
+    missing = [k for k in keys if k not in arrays]
     if missing:
-        pack.close()
-        raise DataFormatError(
-            f"{path} is not in the {layout} layout: missing keys {missing} (the README next to the "
-            "original describes the layout)"
-        )
-    return pack
+        raise DataFormatError(f"{path} is not in the {layout} layout: missing keys {missing} (the README next to "
+                              "the original describes the layout)")
+    return arrays
 
 
 def _npz_blobs(pack, path: Path, split: str, num_classes: int) -> tuple[list[bytes], np.ndarray]:
@@ -264,7 +284,7 @@ def _load_folder(root: Path, cache_dir) -> ArrayDataset:
             arrays[f"{split}_images"] = _decode_images(blobs[split], names)
             arrays[f"{split}_labels"] = np.asarray([label for _, label in files], dtype=np.int64)
         _write_cache(cache, source, arrays)
-    if unpacked_copy or same_files_as_copy:
+    if same_files_as_copy:  # the copy's files under its unpack script's names, or under any others
         return _dataset_from_arrays("folder", arrays, JPEG_COPY_ID, JPEG_COPY_LABEL)
     return _dataset_from_arrays("folder", arrays, f"folder:{basename}", f"image folder {basename}")
 
@@ -389,7 +409,8 @@ def _decode_in_chunks(decode_chunk, blobs: Sequence[bytes], names: Sequence[str]
 # --- cache ----------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, as ``sha256sum`` prints it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -420,8 +441,8 @@ def _read_cache(path: Path, source: str) -> dict | None:
             if int(cached["version"]) != _CACHE_VERSION or str(cached["source"]) != source:
                 return None
             return {k: cached[k] for k in cached.files}
-    except (OSError, ValueError, KeyError) as err:
-        warnings.warn(f"ignoring unreadable cache {path} ({err}); decoding again", stacklevel=3)
+    except NPZ_DAMAGE as err:  # a damaged cache is decoded again and rewritten
+        warnings.warn(f"ignoring unreadable cache {path} ({type(err).__name__}: {err}); decoding again", stacklevel=3)
         return None
 
 
@@ -430,14 +451,10 @@ def _write_cache(path: Path, source: str, arrays: dict) -> None:
     arrays["fingerprint"] = np.asarray(
         fingerprint(*(arrays[k] for k in ("train_images", "train_labels", "test_images", "test_labels")))
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, version=np.asarray(_CACHE_VERSION), source=np.asarray(source), **arrays)
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         warnings.warn(f"could not write the decode cache {path} ({err}); the data will be decoded again next time",
                       stacklevel=3)
 
@@ -667,13 +684,44 @@ class PCALighting(v2.Transform):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
+def _load_image(path: str) -> Image.Image:
+    """One image file as RGB (ImageFolder's loader), or a DataFormatError line naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert decodes: a corrupt file fails here
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataFormatError(f"{path} is not a readable image ({err}): remove it or replace it with an intact "
+                              "copy") from None
+
+
+# How a complete file of each format ends (JPEG's end-of-image marker, PNG's IEND chunk), looked for
+# in its last bytes: a truncated image is found before training, without decoding every file.
+_ENDINGS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096  # trailing bytes a complete file may carry after its end marker
+
+
+def check_complete(paths: Sequence[str | os.PathLike]) -> None:
+    """Raise one DataFormatError line naming the first JPEG or PNG file that ends before its end
+    marker (a truncated copy); other formats are checked when they are decoded."""
+    for path in paths:
+        ending = _ENDINGS.get(os.path.splitext(str(path))[1].lower())
+        if ending is None:
+            continue
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL_BYTES))
+            if ending not in f.read():
+                raise DataFormatError(f"{path} is truncated (no end marker in its last {_TAIL_BYTES} bytes): "
+                                      "replace it with an intact copy or remove it")
+
+
 class _CheckedImageFolder(ImageFolder):
     """torchvision's ImageFolder over one split as ``_image_files`` lists it: the train split's classes,
     hidden folders and files skipped, every layout problem a one-line DataFormatError."""
 
     def __init__(self, split_dir: Path, class_names: Sequence[str], transform):
         self._class_names = list(class_names)  # find_classes runs inside ImageFolder.__init__
-        super().__init__(str(split_dir), transform=transform)
+        super().__init__(str(split_dir), transform=transform, loader=_load_image)
 
     def find_classes(self, directory):
         return self._class_names, {name: i for i, name in enumerate(self._class_names)}
@@ -693,7 +741,9 @@ class ImageNetLoaders:
 
     The layout is checked as for the ``folder`` dataset (hidden folders are not classes; labels index
     the train split's classes): DataNotFoundError if ``root`` does not exist, DataFormatError for any
-    other layout problem (no train/ or val/, no class folders, a flat val/ of images, ...).
+    other layout problem (no train/ or val/, no class folders, a flat val/ of images, ...) and for a
+    truncated JPEG or PNG (:func:`check_complete`); an image that fails to decode later is a
+    DataFormatError naming its file.
     """
 
     def __init__(
@@ -732,6 +782,7 @@ class ImageNetLoaders:
         self.train_set = _CheckedImageFolder(train_dir, class_names, self.train_transform)
         self.test_set = _CheckedImageFolder(test_dir, class_names, self.test_transform)
         self.class_names = tuple(self.train_set.classes)
+        check_complete([path for images in (self.train_set, self.test_set) for path, _ in images.samples])
         self.dataset_id = f"imagenet-folder:{self.root.resolve().name}"
         self.label = f"image folder {self.root.resolve().name}"
         self.fingerprint = self._file_list_fingerprint()

@@ -51,3 +51,11 @@ class DataNotFoundError(RanlibError, FileNotFoundError):
 
 class DataFormatError(RanlibError, ValueError):
     """A dataset exists but is not in the expected layout (missing keys, wrong image size, ...)."""
+
+
+class RunLockedError(RanlibError):
+    """Another process holds the lock of a run's folder: it is training that run now."""
+
+
+class StorageError(RanlibError, OSError):
+    """A folder a run writes to cannot be written, or lacks the space a checkpoint needs."""

@@ -97,7 +97,7 @@ def load_imagewoof(root, *, cache_dir=None) -> Imagewoof:
             f"no {NPZ_NAME} at {path}: point the data root at the folder that holds it "
             "(../shared/data/imagewoof on the project machines) or at the file itself"
         )
-    source = data._sha256_file(path)
+    source = data.sha256_file(path)
     cache = data._cache_file(cache_dir, path.parent, "imagewoof-112", source)
     arrays = data._read_cache(cache, source)
     if arrays is None:
@@ -115,18 +115,18 @@ def load_imagewoof(root, *, cache_dir=None) -> Imagewoof:
 
 
 def _decode(path: Path) -> dict:
-    with data._open_npz(path, _KEYS, NPZ_NAME) as pack:
-        classes = pack["class_names"]
-        if classes.ndim != 2 or classes.shape[1] != 2:
-            raise DataFormatError(f"{path}: class_names must be (classes, 2) (wnid, name) pairs, "
-                                  f"got shape {classes.shape}")
-        arrays = {"class_wnids": classes[:, 0], "class_names": classes[:, 1]}
-        for split, stored in (("train", "train"), ("test", "val")):  # fast.ai's val split is the test set
-            blobs, labels = data._npz_blobs(pack, path, stored, len(classes))
-            names = [f"{path.name}:{stored}[{i}]" for i in range(len(blobs))]
-            canvases, sizes = zip(*data._decode_in_chunks(_decode_to_canvas, blobs, names))
-            arrays.update({f"{split}_images": np.concatenate(canvases), f"{split}_sizes": np.concatenate(sizes),
-                           f"{split}_labels": labels})
+    pack = data.read_npz(path, _KEYS, NPZ_NAME)
+    classes = pack["class_names"]
+    if classes.ndim != 2 or classes.shape[1] != 2:
+        raise DataFormatError(f"{path}: class_names must be (classes, 2) (wnid, name) pairs, "
+                              f"got shape {classes.shape}")
+    arrays = {"class_wnids": classes[:, 0], "class_names": classes[:, 1]}
+    for split, stored in (("train", "train"), ("test", "val")):  # fast.ai's val split is the test set
+        blobs, labels = data._npz_blobs(pack, path, stored, len(classes))
+        names = [f"{path.name}:{stored}[{i}]" for i in range(len(blobs))]
+        canvases, sizes = zip(*data._decode_in_chunks(_decode_to_canvas, blobs, names))
+        arrays.update({f"{split}_images": np.concatenate(canvases), f"{split}_sizes": np.concatenate(sizes),
+                       f"{split}_labels": labels})
     return arrays
 
 

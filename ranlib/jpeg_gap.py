@@ -19,29 +19,32 @@ import numpy as np
 import torch
 
 from . import provenance
-from .data import GpuBatches, load_arrays
+from .data import GpuBatches, load_arrays, read_npz, sha256_file
 from .errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from .results import ensure_writable
 from .runtime import Dist, resolve_precision, select_device
 from .train import evaluate, load_trained, trained_model
 
 EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
+# sha256 of the shared copy's exact subset (../shared/data/cifar10-jpeg/README.md): only that file is
+# known to hold the official pixels; the result records whether the file used is it.
+EXACT_SUBSET_SHA256 = "8aa560144b654d1610499a4bf1ed27c319cfb8444b860563a8c5141d93d3fc74"
+
+
+def exact_subset_path(path: str | Path) -> Path:
+    """The exact-subset file: ``path`` itself, or :data:`EXACT_SUBSET_FILE` in the folder ``path``."""
+    path = Path(path)
+    return path / EXACT_SUBSET_FILE if path.is_dir() else path
 
 
 def load_exact_test_subset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images uint8 N x 32 x 32 x 3, labels int64, official test indices) with exact official pixels."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / EXACT_SUBSET_FILE
+    path = exact_subset_path(path)
     if not path.is_file():
         raise DataNotFoundError(f"{path} does not exist; it ships beside cifar10-jpeg.npz in "
                                 "../shared/data/cifar10-jpeg/")
-    with np.load(path) as npz:
-        missing = {"x_test", "y_test", "test_index"} - set(npz.files)
-        if missing:
-            raise DataFormatError(f"{path} lacks {', '.join(sorted(missing))}; expected the exact-subset layout "
-                                  "(x_test, y_test, test_index) of ../shared/data/cifar10-jpeg/README.md")
-        return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
+    npz = read_npz(path, ("x_test", "y_test", "test_index"), "exact-subset (../shared/data/cifar10-jpeg/README.md)")
+    return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
 
 
 def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str | Path | None = None,
@@ -49,7 +52,8 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
     """Top-1 error of a checkpoint on the exact official test images and on their JPEG versions."""
     data_root = Path(data_root)
     default_exact = data_root.parent if data_root.is_file() else data_root  # beside the JPEG copy's npz
-    exact_images, exact_labels, indices = load_exact_test_subset(exact_path or default_exact)
+    exact_file = exact_subset_path(exact_path or default_exact)
+    exact_images, exact_labels, indices = load_exact_test_subset(exact_file)
     jpeg = load_arrays("cifar10-jpeg", data_root)
     jpeg_images, jpeg_labels = jpeg.test_images[indices], jpeg.test_labels[indices].astype(np.int64)
     if not np.array_equal(jpeg_labels, exact_labels):
@@ -70,6 +74,8 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
         "model": trained.model,
         "model_kwargs": trained.model_kwargs,
         "trained_on": saved.get("dataset"),
+        "jpeg_images": jpeg.to_dict(),  # verified against the copy's digest (ranlib.data)
+        "exact_subset_verified": sha256_file(exact_file) == EXACT_SUBSET_SHA256,
         "iteration": saved.get("iteration"),
         "num_images": results["exact"]["count"],
         "official_test_indices": [int(indices.min()), int(indices.max())],
@@ -100,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except RanlibError as exc:
         print_error(exc)
         return 1
+    unverified = "" if result["exact_subset_verified"] else " (not the copy's exact subset: its sha256 differs)"
     print(f"{result['model']}: top-1 error {result['top1_error_exact']:.2f} % on the {result['num_images']} exact "
-          f"official test images, {result['top1_error_jpeg']:.2f} % on their JPEG q75 versions "
-          f"(JPEG - exact: {result['jpeg_minus_exact']:+.2f} points)")
+          f"official test images{unverified}, {result['top1_error_jpeg']:.2f} % on their versions in "
+          f"{result['jpeg_images']['label']} (JPEG - exact: {result['jpeg_minus_exact']:+.2f} points)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

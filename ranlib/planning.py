@@ -22,7 +22,21 @@ from .results import load_results, results_path
 
 
 def run_name(row: Row, profile: str, seed: int) -> str:
+    """A planned run's name before its identity suffix (:func:`named`)."""
     return f"{row.key}-{profile}-s{seed}"
+
+
+def named(config: dict) -> dict:
+    """``config`` with its run name ending in the identity suffix its training calls for
+    (:func:`ranlib.train.identity_suffix`: ``-bB`` for a batch other than the profile's, a digest
+    for other fields that change the training), in place of any suffix it had; two planned
+    trainings never share a name. Raises :class:`ranlib.errors.ConfigError` for a config that
+    does not resolve, naming the run."""
+    from .train import IDENTITY_SUFFIX, identity_suffix, resolve_fields
+
+    base = IDENTITY_SUFFIX.sub("", config["run_name"])
+    resolved = resolve_fields({**config, "run_name": base}, f"the planned run {config.get('experiment')}/{base}")
+    return {**config, "run_name": base + identity_suffix(resolved)}
 
 
 def plan_runs(name: str, *, profile: str, seeds: Sequence[int], dataset: str, data_root: str,
@@ -33,7 +47,8 @@ def plan_runs(name: str, *, profile: str, seeds: Sequence[int], dataset: str, da
 
     ``rows`` picks row keys (default: the smoke subset for ``profile="smoke"``, else all rows of
     the experiment's dataset: CIFAR-100 rows only when ``dataset`` is ``cifar100``).
-    ``overrides`` go into every config (e.g. ``{"iterations": 4}`` for a test).
+    ``overrides`` go into every config (e.g. ``{"iterations": 4}`` for a test); a run whose
+    overrides change its training gets a name of its own (:func:`named`).
     """
     exp = experiment(name)
     if rows is None:
@@ -56,7 +71,7 @@ def plan_runs(name: str, *, profile: str, seeds: Sequence[int], dataset: str, da
             if row.noise_level:
                 config["noise_level"] = row.noise_level
             config.update(overrides or {})
-            plan.append(config)
+            plan.append(named(config))
     return plan
 
 

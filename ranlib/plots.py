@@ -261,9 +261,11 @@ def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict, str] | None:
     path = resolve_path(path)
     if not path.is_file():
         return None
-    with np.load(path) as pack:
-        names = [str(n) for n in pack["names"]]
-        return pack["images"], {n: pack[f"mask_{i}"] for i, n in enumerate(names)}, str(pack["source"])
+    from .data import read_npz
+
+    pack = read_npz(path, ("names", "images", "source"), "masks (ranlib.plots.write_masks)")
+    names = [str(n) for n in pack["names"]]
+    return pack["images"], {n: pack[f"mask_{i}"] for i, n in enumerate(names)}, str(pack["source"])
 
 
 def write_checkpoint_masks(checkpoint: str | os.PathLike, path: str | os.PathLike, *, num_images: int = 4,

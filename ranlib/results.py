@@ -11,11 +11,11 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import ResultsExistError, ResultsSchemaError
+from .files import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -86,11 +86,12 @@ def results_path(results_dir: str | os.PathLike, experiment: str, run_name: str)
 
 
 def ensure_writable(path: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse (one clear line) to replace an existing run's file unless ``overwrite``."""
+    """Refuse (one clear line) to replace an existing file unless ``overwrite``; the line never
+    advises a flag that would destroy the file."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ResultsExistError(f"results file {path} already exists; pass --overwrite to replace it "
-                                "or choose another --run-name")
+        raise ResultsExistError(f"{path} already exists and is kept; choose another name (or move it away first "
+                                "to replace it)")
 
 
 def _json_default(value: Any):
@@ -116,22 +117,24 @@ def _finite(value: Any) -> Any:
 
 def write_results(record: dict, results_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Validate and write ``record`` atomically to ``results/<experiment>/<run_name>.json``."""
-    record = json.loads(json.dumps(record, default=_json_default))
-    record = _finite(record)
-    validate(record)
+    record = _as_json(record)
     path = results_path(results_dir, record["experiment"], record["run_name"])
     ensure_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_record(record, path)
+
+
+def _as_json(record: dict) -> dict:
+    """``record`` as JSON will hold it (numpy/torch numbers as numbers, NaN as null), validated."""
+    return validate(_finite(json.loads(json.dumps(record, default=_json_default))))
+
+
+def write_record(record: dict, path: str | os.PathLike) -> Path:
+    """Validate ``record`` and write it atomically to ``path``."""
+    record = _as_json(record)
+    with atomic_write(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=False)
+        f.write("\n")
+    return Path(path)
 
 
 def load_results(path_or_dir: str | os.PathLike) -> list[dict]:

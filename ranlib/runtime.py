@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ConfigError
+from .options import DEVICE, Option
 
 @dataclass
 class Dist:
@@ -51,6 +52,8 @@ def init_distributed(device_request: str) -> Dist:
 
 
 def select_device(request: str, d: Dist) -> torch.device:
+    """The device ``request`` names (auto, cpu, cuda or cuda:N; anything else is a ConfigError line)."""
+    Option(str, **DEVICE).check(request, "device")
     if request == "auto":
         return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(request)
@@ -60,6 +63,13 @@ def select_device(request: str, d: Dist) -> torch.device:
         if d.enabled:
             device = torch.device(f"cuda:{d.local_rank}")
     return device
+
+
+def device_kind(request: str) -> str:
+    """The type ("cpu", "cuda") of the device ``request`` names, without claiming it."""
+    if request == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(request).type
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -90,8 +90,9 @@ def fit_batch(group: Sequence[dict], seconds: float, speed: "StepModel | None", 
               checkpoint_dir: Path) -> list[dict] | None:
     """The ``full``-profile group at the smallest batch in :data:`FULL_BATCHES` expected to finish in
     ``seconds`` (at the batch of a checkpoint to resume, if any); None if none does."""
-    candidates = [[dict(c, batch_size=batch, run_name=f"{c['run_name']}-b{batch}") for c in group]
-                  for batch in FULL_BATCHES]
+    from .planning import named
+
+    candidates = [[named(dict(c, batch_size=batch)) for c in group] for batch in FULL_BATCHES]
     resumable = [g for g in candidates
                  if any((checkpoint_dir / c["experiment"] / c["run_name"] / "last.pt").is_file() for c in g)]
     return next(iter(resumable), None) or next((g for g in candidates if estimate_group_s(g, speed) <= seconds), None)
@@ -358,6 +359,18 @@ class SittingLog:
         print(f"sitting: {step}: {status}{' (' + detail + ')' if detail else ''}", flush=True)
 
 
+def _trained_checkpoint(args, experiment: str, row: str) -> Path:
+    """The checkpoint of the first seed's run of ``row``: the one whose results record is that training
+    (whatever its name), else where the planned run writes it."""
+    from .planning import find_training, plan_runs
+
+    [config] = plan_runs(experiment, profile=args.profile, seeds=args.seeds[:1], dataset=args.dataset,
+                         data_root=args.data_root, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+                         rows=[row])
+    record = find_training(config, args.results_dir) or config
+    return args.checkpoint_dir / record["experiment"] / record["run_name"] / "last.pt"
+
+
 def jpeg_gap_step(args, log: SittingLog) -> None:
     """The JPEG-cost evaluation (``ranlib.jpeg_gap``) of the first seed's trained Attention-92."""
     from .jpeg_gap import jpeg_gap
@@ -366,8 +379,7 @@ def jpeg_gap_step(args, log: SittingLog) -> None:
         log.add("JPEG cost", "not applicable", "it is measured on the cifar10-jpeg copy and its exact test subset")
         return
     t0 = time.monotonic()
-    experiment_name, row = JPEG_GAP_ROW
-    checkpoint = args.checkpoint_dir / experiment_name / f"{row}-{args.profile}-s{args.seeds[0]}" / "last.pt"
+    checkpoint = _trained_checkpoint(args, *JPEG_GAP_ROW)
     target = args.results_dir / "jpeg_gap" / f"{checkpoint.parent.name}.json"
     if target.exists():
         log.add("JPEG cost", "done before", str(target))
@@ -388,7 +400,7 @@ def imagewoof_masks_step(args, log: SittingLog) -> None:
     """The first seed's Imagewoof Attention-56 masks (``plots.write_checkpoint_masks``) for the masks chapter."""
     from .plots import write_checkpoint_masks
 
-    checkpoint = args.checkpoint_dir / "imagewoof" / f"attention56-{args.profile}-s{args.seeds[0]}" / "last.pt"
+    checkpoint = _trained_checkpoint(args, "imagewoof", "attention56")
     target = args.results_dir / "attention_masks" / "imagewoof_attention56_masks.npz"
     if not checkpoint.is_file():
         log.add("masks on photos", "not run", f"no trained Attention-56 at {checkpoint}")

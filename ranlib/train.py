@@ -43,9 +43,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -59,12 +61,16 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import paper, provenance
-from .errors import CheckpointError, ConfigError, DataNotFoundError, RanlibError, ResultsExistError, UnknownNameError
+from .errors import (CheckpointError, ConfigError, DataFormatError, DataNotFoundError, RanlibError, ResultsExistError,
+                     StorageError, UnknownNameError)
+from .files import FolderLock, check_free_space, check_writable
 from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                            member_optimizer_state, member_state_dict, shared_inputs)
-from .results import SCHEMA_VERSION, check_name, results_path, write_results
-from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
-                      peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
+from .options import DEVICE, check_all, options_from_hints
+from .results import SCHEMA_VERSION, check_name, results_path, write_record, write_results
+from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, device_kind,
+                      init_distributed, peak_memory_bytes, resolve_precision, seed_everything, select_device,
+                      synchronize)
 from .splits import IMAGENET_STYLE_DATASETS, load_split
 from .step import TrainStep, member_losses
 
@@ -272,6 +278,36 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def resolve_fields(fields: dict, what: str) -> TrainConfig:
+    """``resolve(TrainConfig(**fields))`` for fields read from a file or a plan, or one error line
+    (the error's own class) that names ``what`` (a group file's run, a planned run) and says why."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{what} is not an object of TrainConfig fields")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        are = "is not a training option" if len(unknown) == 1 else "are not training options"
+        raise ConfigError(f"{what}: {', '.join(unknown)} {are}; see `python -m ranlib train --help`")
+    try:
+        return resolve(TrainConfig(**fields))
+    except RanlibError as exc:
+        raise type(exc)(f"{what}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a value no check foresaw
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+# The range of each training option; its type is its TrainConfig annotation (ranlib.options). Every
+# source of a configuration (command line, --set, group files, notebooks) is checked against these.
+TRAIN_OPTIONS = options_from_hints(TrainConfig, {
+    "seed": dict(minimum=0), "batch_size": dict(minimum=1), "lr": dict(above=0), "momentum": dict(minimum=0, below=1),
+    "weight_decay": dict(minimum=0), "iterations": dict(minimum=1), "milestones": dict(minimum=0),
+    "lr_decay": dict(above=0), "warmup_iterations": dict(minimum=0), "accum_steps": dict(minimum=1),
+    "eval_every": dict(minimum=1), "checkpoint_every": dict(minimum=1), "log_every": dict(minimum=1),
+    "max_train_samples": dict(minimum=1), "max_test_samples": dict(minimum=1), "num_workers": dict(minimum=0),
+    "train_size": dict(minimum=1), "test_size": dict(minimum=1), "device": DEVICE,
+    **{name: dict(path=True) for name in ("data_root", "results_dir", "checkpoint_dir")},
+})
+
+
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
@@ -287,14 +323,46 @@ def _model_info(name: str):
 
 
 def default_run_name(config: TrainConfig) -> str:
-    """model[-k=v...]-dataset[-noiseX]-profile-sSEED: readable and a valid file name."""
+    """model[-k=v...]-dataset[-noiseX]-profile-sSEED and its :func:`identity_suffix` (``config``
+    resolved): readable, a valid file name, and never shared by two different trainings."""
     parts = [config.model]
     parts += [f"{k}={v}" for k, v in sorted(config.model_kwargs.items())]
     parts.append(config.dataset)
     if config.noise_level:
         parts.append(f"noise{config.noise_level:g}")
     parts += [config.profile, f"s{config.seed}"]
-    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts) + identity_suffix(config)
+
+
+# Run identity. A run's name spells out its model, switches, data set, label noise, profile and seed;
+# these fields also change what it trains or reports (the final error), so when one differs from
+# what the profile gives at the run's batch the name gets a digest of them. Not in the name: where a
+# run is written and how often it logs, evaluates or checkpoints; how it computes (device, memory
+# format, compile, CUDA graphs, determinism: provenance, recorded in the results file); the data
+# root (the same data lies at different paths on different machines; the record keeps its
+# fingerprint). Precision counts only when given explicitly and unlike what "auto" gives on the
+# run's device (bf16 on CUDA): "auto" is each device's way of running the same training.
+IDENTITY_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "iterations", "milestones", "lr_decay",
+                   "warmup_iterations", "accum_steps", "sync_bn", "max_train_samples", "max_test_samples",
+                   "train_size", "test_size")
+IDENTITY_SUFFIX = re.compile(r"(-b\d+)?(-c[0-9a-f]{6})?$")  # what identity_suffix may add
+
+
+def identity_suffix(c: TrainConfig) -> str:
+    """What a resolved run's name adds after ``-sSEED``: ``-bB`` when its batch is not its profile's
+    nominal batch (``PROFILES``; the ``full`` profile always shows it), ``-cXXXXXX`` (6 hex digits of
+    a sha256 over the differing values) when a field of :data:`IDENTITY_FIELDS`, or an explicit
+    precision, differs from what the profile gives at that batch (see the note above)."""
+    nominal = PROFILES[schedule_key(c.model, c.dataset)][c.profile].batch_size
+    parts = [f"b{c.batch_size}"] if c.batch_size != nominal or c.profile == "full" else []
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in IDENTITY_FIELDS}
+    baseline = resolve(dataclasses.replace(c, **defaults, run_name="unnamed"))
+    differ = {k: getattr(c, k) for k in IDENTITY_FIELDS if getattr(c, k) != getattr(baseline, k)}
+    if c.precision != "auto" and c.precision != resolve_precision("auto", torch.device(device_kind(c.device))):
+        differ["precision"] = c.precision
+    if differ:
+        parts.append("c" + hashlib.sha256(json.dumps(differ, sort_keys=True).encode()).hexdigest()[:6])
+    return "".join(f"-{part}" for part in parts)
 
 
 def _check_dataset(model: str, dataset: str):
@@ -311,18 +379,21 @@ def _check_dataset(model: str, dataset: str):
 
 
 def _check_model_kwargs(model: str, kwargs: dict) -> None:
-    from .models import model_variants
+    """Every switch known to the model and of its declared type (``ranlib.models.model_switches``)."""
+    from .models import model_switches, model_variants
     allowed = model_variants(model)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ConfigError(f"model {model} does not take {', '.join(unknown)}; it takes: "
                           f"{', '.join(f'{k}={v!r}' for k, v in allowed.items()) or 'no options'}")
+    check_all(kwargs, model_switches(model), f"{model} switch ")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` filled from the recipe and profile, validated."""
     from .noise import check_noise_level
 
+    check_all(dataclasses.asdict(config), TRAIN_OPTIONS)
     c = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     info = _check_dataset(c.model, c.dataset)
     _check_model_kwargs(c.model, c.model_kwargs)
@@ -331,8 +402,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.profile not in profiles:
         raise UnknownNameError(f"unknown profile {c.profile!r} for {key}; valid: {', '.join(profiles)}")
     c.noise_level = check_noise_level(c.noise_level)
-    if not isinstance(c.seed, int) or isinstance(c.seed, bool) or c.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, not {c.seed!r}")
     if c.data_root is None:
         if c.download and c.dataset in ("cifar10", "cifar100"):
             c.data_root = DEFAULT_DOWNLOAD_ROOT
@@ -435,11 +504,14 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
 
     ``model`` is a plain model (logits ``(B, O)``) or a fused one of ``members`` members (logits
     ``(B, K, O)``; every member sees the same test images). Batches are sharded over processes
-    and the sums reduced, so ``count`` is the number of test images evaluated in all.
+    and the sums reduced, so ``count`` is the number of test images evaluated in all. The top-k
+    error (key ``top5_error``) is None below :data:`TOP5_MIN_CLASSES` classes, here and so in every
+    record made from it (the learning curve and the final figures say the same).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(members, 4, dtype=torch.float64, device=device)  # loss, top-1, top-k hits, count
+    classes = 0
     for x, y in batches:
         x, y = x.tensor_split(d.world_size)[d.rank], y.tensor_split(d.world_size)[d.rank]
         if not len(y):
@@ -449,6 +521,7 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
         logits = logits.float()
         if logits.ndim == 2:
             logits = logits[:, None]
+        classes = logits.shape[-1]
         hits = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices.eq(y[:, None, None])  # (B, K, k)
         losses = member_losses(logits, y[:, None].expand(-1, members))
         seen = torch.full((members,), float(len(y)), dtype=torch.float64, device=device)
@@ -458,7 +531,8 @@ def evaluate_members(model: nn.Module, batches, device: torch.device, precision:
     results = []
     for loss, top1, topk_hits, count in all_reduce(sums, d).tolist():
         n = max(count, 1.0)
-        results.append({"top1_error": 100.0 * (1 - top1 / n), "top5_error": 100.0 * (1 - topk_hits / n),
+        results.append({"top1_error": 100.0 * (1 - top1 / n),
+                        "top5_error": 100.0 * (1 - topk_hits / n) if classes >= TOP5_MIN_CLASSES else None,
                         "loss": loss / n, "count": int(count)})
     return results
 
@@ -577,13 +651,17 @@ class _Member:
         return self.run_dir / ckpt.CHECKPOINT_NAME
 
     @classmethod
-    def open(cls, c: TrainConfig, d: Dist) -> "_Member":
-        """Check the run's files: results not yet written, and a checkpoint only when resuming."""
+    def open(cls, c: TrainConfig, d: Dist, locks: contextlib.ExitStack) -> "_Member":
+        """Lock the run's folder (main process; released by ``locks``), then check its files: results
+        not yet written, and a checkpoint only when resuming."""
         member = cls(c, results_path(c.results_dir, c.experiment, c.run_name),
                      Path(c.checkpoint_dir) / c.experiment / c.run_name)
+        if d.main:  # two processes never train one run at once (nor interleave its metrics.jsonl)
+            locks.enter_context(FolderLock(member.run_dir, f"run {c.experiment}/{c.run_name}"))
         if member.out_path.exists() and not c.overwrite:
-            raise ResultsExistError(f"results file {member.out_path} already exists: run {c.run_name} is finished; "
-                                    "pass --overwrite to train it again")
+            raise ResultsExistError(f"run {c.experiment}/{c.run_name} is finished: its results file {member.out_path} "
+                                    "already exists and is kept; give a new training another --run-name "
+                                    f"(its model is {member.ckpt_path}, for `ranlib eval --checkpoint`)")
         if c.resume and member.ckpt_path.exists():
             member.saved = ckpt.load_checkpoint(member.ckpt_path, map_location="cpu")
             _check_resumable(member.saved, c, member.ckpt_path)
@@ -675,22 +753,27 @@ def run_group(configs: Sequence[TrainConfig]) -> list[dict]:
 
 
 def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> list[dict]:
-    training = _GroupTraining(configs, d, started_at)  # check, open files, load data, build, resume
-    training.train()  # steps, with logs, evaluations and checkpoints; a signal checkpoints and stops
-    return training.finish()  # the final checkpoints, records and results files
+    with contextlib.ExitStack() as locks:  # the members' run folders, locked until the group ends
+        training = _GroupTraining(configs, d, started_at, locks)  # check, open files, load data, build, resume
+        training.train()  # steps, with logs, evaluations and checkpoints; a signal checkpoints and stops
+        return training.finish()  # the final checkpoints, records and results files
 
 
 class _GroupTraining:
     """The training of a group of K >= 1 members, as named steps (see :func:`run_group`)."""
 
-    def __init__(self, configs: Sequence[TrainConfig], d: Dist, started_at: str):
+    def __init__(self, configs: Sequence[TrainConfig], d: Dist, started_at: str, locks: contextlib.ExitStack):
         self.wall_start, self.d, self.started_at = time.perf_counter(), d, started_at
         resolved = [resolve(c) for c in configs]
         self.device = select_device(resolved[0].device, d)
         for c in resolved:
             _settle_runtime(c, self.device, d)
         check_group(resolved)
-        self.members = [_Member.open(c, d) for c in resolved]
+        self.members = [_Member.open(c, d, locks) for c in resolved]
+        if d.main:  # a folder that cannot be written is found now, not after the training
+            for m in self.members:
+                check_writable(m.out_path.parent, "make it writable or choose another --results-dir")
+                check_writable(m.run_dir, "make it writable or choose another --checkpoint-dir")
         self.iteration = _resume_point(self.members)
         self.c, self.k = resolved[0], len(self.members)  # the settings the group shares, and its size
         self.info = _model_info(self.c.model)
@@ -698,6 +781,11 @@ class _GroupTraining:
         seed_everything(self.c.seed)
         self.split = self._load_data(resolved)
         self._build()
+        if d.main:  # an atomic checkpoint write holds the old file and the new one at once
+            sizes = sum(t.numel() * t.element_size() for t in self.reference_state.values() if torch.is_tensor(t))
+            check_free_space(self.members[0].run_dir, 2 * 2 * sizes * self.k,  # weights and momentum, twice
+                             f"writing {'the checkpoint' if self.k == 1 else f'{self.k} checkpoints'} atomically",
+                             "free some space or choose another --checkpoint-dir")
         if self.iteration:
             self._resume()
         self.step = TrainStep(self.step_model, self.raw_model, self.optimizer, windows=self.windows,
@@ -782,7 +870,7 @@ class _GroupTraining:
                              c.run_name if self.k == 1 else f"{self.k} fused runs")
         streams = [iter(stream) for stream in self.split.train]
         self.model.train()
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, self._checkpoint_if_data_fail():
             self.tick = time.perf_counter()
             while self.iteration < c.iterations:
                 lr = self._step(streams)
@@ -795,6 +883,21 @@ class _GroupTraining:
                 if self.iteration % c.checkpoint_every == 0 and self.iteration < c.iterations:
                     self._checkpoint()
         self.bar.close()
+
+    @contextlib.contextmanager
+    def _checkpoint_if_data_fail(self):
+        """An image that fails to decode mid-run (ImageNet-style folders decode as they train): a
+        checkpoint of the steps done, and one line naming the file."""
+        try:
+            yield
+        except DataFormatError as exc:
+            # From a DataLoader worker the message carries the worker's traceback: keep ranlib's line.
+            line = str(exc).strip().splitlines()[-1].split("DataFormatError: ", 1)[-1]
+            self.save()
+            self.bar.close()
+            raise DataFormatError(f"{line} (at iteration {self.iteration} of {self.c.iterations}; checkpoint saved to "
+                                  f"{self.members[0].ckpt_path}); with the file replaced the data differ from this "
+                                  "run's, so start it again with --overwrite") from None
 
     def _step(self, streams: list) -> float:
         """One optimizer step of every member on its own next batch; returns the step's lr."""
@@ -904,10 +1007,31 @@ class _GroupTraining:
                                   "conv_impls": self.conv_impls["layers"] if self.conv_impls else None})
                    for i, m in enumerate(self.members)]
         if self.d.main:
+            failed = []
             for m, record in zip(self.members, records):
-                write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+                failed += _write_record(m, record)
                 m.metrics.write({"event": "final", "iteration": self.iteration, **record["final"]})
+            if failed:
+                raise StorageError(f"{failed[0]}" + (f" ({len(failed) - 1} more runs of the group alike)"
+                                                     if len(failed) > 1 else ""))
         return records
+
+
+def _write_record(m: _Member, record: dict) -> list[str]:
+    """The member's results file; if it cannot be written, its record beside its checkpoint and a line
+    on how to recover (nothing trained is lost: the final checkpoint is complete)."""
+    kept = m.run_dir / "results.json"
+    try:
+        write_results(record, m.config.results_dir, overwrite=m.config.overwrite)
+    except (ResultsExistError, OSError) as exc:
+        write_record(record, kept)
+        why = ("it appeared while this run trained (a run of this name with another --checkpoint-dir?) and is kept"
+               if isinstance(exc, ResultsExistError) else getattr(exc, "strerror", None) or str(exc))
+        return [f"run {m.config.experiment}/{m.config.run_name} is trained, but its results file {m.out_path} "
+                f"could not be written ({why}); its record is kept at {kept}: copy it there, or fix the folder "
+                "and run the same command with --resume, which trains nothing more and writes it"]
+    kept.unlink(missing_ok=True)  # a record kept by an earlier attempt
+    return []
 
 
 def _member_model(m: _Member, num_classes: int) -> nn.Module:
@@ -944,7 +1068,7 @@ def _final_record(m: _Member, index: int, split, fused_state: dict, reference_st
         "dataset": split.info,
         "noise": split.noise[index],
         "final": {"top1_error": final["test_top1_error"],
-                  "top5_error": final["test_top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
+                  "top5_error": final["test_top5_error"],  # None below TOP5_MIN_CLASSES, as in the curve
                   "test_loss": final["test_loss"], "iteration": final["iteration"],
                   "num_test": final.get("test_count", split.info["num_test"])},
         "curve": m.curve,
@@ -991,6 +1115,8 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
                         device: str = "auto", batch_size: int = 256, precision: str = "auto",
                         max_test_samples: int | None = None, test_size: int | None = None) -> dict:
     """Top-1/top-5 error of a checkpoint's model on a dataset's test split."""
+    check_all(dict(device=device, batch_size=batch_size, max_test_samples=max_test_samples, test_size=test_size),
+              TRAIN_OPTIONS)
     saved, trained = load_trained(path)
     c = dataclasses.replace(trained, dataset=dataset or trained.dataset, data_root=data_root or trained.data_root,
                             max_test_samples=max_test_samples, max_train_samples=None, noise_level=0.0,
@@ -1011,7 +1137,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     return {"checkpoint": str(path), "model": c.model, "model_kwargs": c.model_kwargs,
             "iteration": saved.get("iteration"), "dataset": split.info, "num_test": result["count"],
             "top1_error": result["top1_error"],
-            "top5_error": result["top5_error"] if split.num_classes >= TOP5_MIN_CLASSES else None,
+            "top5_error": result["top5_error"],
             "test_loss": result["loss"],
             "provenance": provenance.collect(dev, precision=prec, seed=c.seed)}
 

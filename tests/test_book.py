@@ -175,6 +175,38 @@ def test_reproduce_refuses_a_parameter_the_notebook_does_not_declare_before_runn
     assert not book.exists(), "a notebook ran"
 
 
+def test_reproduce_runs_the_notebooks_in_this_interpreter(tmp_path, monkeypatch, capsys):
+    """Issue 21 (kind 7): the kernel was named "python3", so another python3 kernelspec earlier on
+    JUPYTER_PATH ran the notebooks in another interpreter (or killed them)."""
+    import json
+    import sys
+
+    import nbformat
+
+    elsewhere = tmp_path / "jupyter" / "kernels" / "python3"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "kernel.json").write_text(json.dumps({"argv": ["/bin/false", "{connection_file}"],
+                                                       "display_name": "someone else's Python", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "models.ipynb", "import sys\nprint(sys.executable)",
+                   parameters='results_dir = "results"\ntrain = False\ndevice = "auto"')
+    monkeypatch.setattr(reproduce, "NOTEBOOK_DIR", notebooks)
+    book = tmp_path / "book"
+    assert reproduce.main(["--report-only", "--no-pages", "--book-dir", str(book), "--notebooks", "models"]) == 0
+    executed = nbformat.read(book / "experiments" / "models.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == sys.executable
+    assert executed.metadata["kernelspec"]["name"] == "python3"  # the page's metadata stays as committed
+    assert reproduce.os.environ["JUPYTER_PATH"] == str(tmp_path / "jupyter")  # restored
+
+    monkeypatch.setitem(sys.modules, "ipykernel.kernelspec", None)  # an interpreter without ipykernel
+    capsys.readouterr()
+    assert reproduce.main(["--report-only", "--no-pages", "--book-dir", str(book), "--notebooks", "models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reproduce: error: this interpreter") and "ipykernel" in err[0]
+
+
 def test_every_notebook_and_page_takes_the_options_reproduce_passes_it():
     args = reproduce.parse_args(["--profile", "quick", "--dataset", "d", "--data-root", "r", "--seeds", "0"])
     for name in reproduce.NOTEBOOKS:

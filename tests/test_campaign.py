@@ -32,6 +32,13 @@ def data_root(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
+def planned_name(data_root, row, **overrides) -> str:
+    """What a tiny plan names the run of ``row`` (its overrides give it a suffix of its own)."""
+    [config] = planning.plan_runs("mask_structure", profile="smoke", seeds=[0], dataset="folder",
+                                  data_root=str(data_root), rows=[row], overrides={**TINY, **overrides})
+    return config["run_name"]
+
+
 def tiny_plan(tmp_path, data_root, rows, **overrides):
     return campaign.plan_campaign(["mask_structure"], profile="smoke", seeds=[0], dataset="folder",
                                   data_root=str(data_root), results_dir=tmp_path / "results",
@@ -84,6 +91,30 @@ def test_plan_rows_and_bad_selections(tmp_path):
     with pytest.raises(RanlibError, match="row.*nope"):
         campaign.plan_campaign(["label_noise"], profile="quick", seeds=[0], dataset="x", data_root="d",
                                rows=["nope"])
+
+
+def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
+    """Issue 21 (kind 1): a batch other than the profile's now shows in the name (-b128), but a run
+    trained before under the plain name is matched by its configuration, not by its name."""
+    from ranlib.results import write_results
+    from test_results import make_record
+
+    def plan():
+        return campaign.plan_campaign(["attention_types"], profile="quick", seeds=[0], dataset="cifar10-jpeg",
+                                      data_root="d", results_dir=tmp_path, rows=["attention56-mixed"],
+                                      overrides={"batch_size": 128})
+
+    [config] = plan().runs
+    assert config["run_name"] == "attention56-mixed-quick-s0-b128"
+    old = {**config, "run_name": "attention56-mixed-quick-s0", "lr": 0.2, "iterations": 8000}  # as resolve filled it
+    write_results({**make_record("attention56-mixed-quick-s0"), "experiment": "attention_types", "config": old},
+                  tmp_path)
+    later = plan()
+    assert later.runs == [] and later.skipped[0][1] == "trained as attention_types/attention56-mixed-quick-s0"
+    other = {**old, "batch_size": 64}  # a different training under the same old name is not it
+    write_results({**make_record("attention56-mixed-quick-s0"), "experiment": "attention_types", "config": other},
+                  tmp_path, overwrite=True)
+    assert [c["run_name"] for c in plan().runs] == ["attention56-mixed-quick-s0-b128"]
 
 
 def test_training_size_counts_the_variant_and_the_scaled_schedule():
@@ -140,7 +171,7 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
     ledger = tmp_path / "results" / campaign.LEDGER_NAME
     [line] = StopOnceTraining(singles(plan.runs), ledger=ledger, stop_grace_s=120, echo=False).run()
     assert line["status"] == "interrupted", line
-    run_dir = tmp_path / "checkpoints" / "mask_structure" / "attention56-local-smoke-s0"
+    run_dir = tmp_path / "checkpoints" / "mask_structure" / planned_name(data_root, "attention56-local", **LONG)
     assert (run_dir / "last.pt").is_file()
     assert not (tmp_path / "results" / "mask_structure").exists()
 
@@ -239,7 +270,7 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
     (tmp_path / "results" / "performance" / "bench.json").write_text('{"benchmark": 1}')
     env = {**subprocess_env(), "PYTHON": sys.executable}
     script = str(REPO / "tools" / "sitting.sh")
-    run = "mask_structure/attention56-local-smoke-s0"
+    run = "mask_structure/" + planned_name(data_root, "attention56-local")
     options = ["--experiments", "mask_structure", "--rows", "attention56-local", "--profile", "smoke",
                "--seeds", "0", "--dataset", "folder", "--data-root", str(data_root), "--device", "cpu",
                "--set", *(f"{k}={v}" for k, v in TINY.items())]
@@ -273,3 +304,44 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
 
     usage = subprocess.run([script, "nonsense"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def _a_run_at(root: Path, iteration: int, log: str) -> Path:
+    """A run's checkpoint, metrics and log as a training leaves them at ``iteration``."""
+    from ranlib import checkpoint
+
+    run = root / "mask_structure" / "attention56-local-smoke-s0"
+    checkpoint.save_checkpoint(run / "last.pt", {"model": {}, "iteration": iteration})
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "iteration": i}) + "\n"
+                                               for i in range(1, iteration + 1)))
+    (run / campaign.LOG_NAME).write_text(log)
+    return run
+
+
+def test_unpack_never_replaces_a_newer_checkpoint_or_metrics(tmp_path):
+    """Issue 21 (kind 6): unpack replaced a local checkpoint at iteration 30 with the archive's at 4
+    and shortened metrics.jsonl."""
+    from ranlib import checkpoint
+
+    there, here = tmp_path / "there", tmp_path / "here"
+    _a_run_at(there, 4, "there: started\n")
+    archive = tmp_path / "old.tar.gz"
+    campaign.pack(archive, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+                  checkpoints=["mask_structure/attention56-local-smoke-s0"])
+    run = _a_run_at(here, 30, "here: started\nhere: resumed\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    counts = campaign.unpack(archive, results_dir=tmp_path / "r", checkpoint_dir=here)
+    assert counts["kept"] == 2  # the checkpoint and the metrics: newer here
+    assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 30
+    assert (run / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert (run / campaign.LOG_NAME).read_text() == "here: started\nhere: resumed\nthere: started\n"  # both kept
+
+    newer = tmp_path / "new.tar.gz"  # the other way round: the archive's run went further
+    _a_run_at(there, 40, "here: started\nhere: resumed\nthere: went on\n")
+    campaign.pack(newer, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+                  checkpoints=["mask_structure/attention56-local-smoke-s0"])
+    _a_run_at(here, 30, "here: started\nhere: resumed\n")
+    assert campaign.unpack(newer, results_dir=tmp_path / "r", checkpoint_dir=here)["kept"] == 0
+    assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 40
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
+    assert (run / campaign.LOG_NAME).read_text().endswith("there: went on\n")

@@ -151,6 +151,28 @@ def test_imagenet_folder_layout_faults_are_one_line(tmp_path, capsys, broken, ex
     assert expected in error_line(capsys)
 
 
+def test_an_image_that_fails_mid_run_is_one_line_and_leaves_a_checkpoint(tmp_path, capsys, one_thread):
+    """ImageNet-style folders decode as they train: a damaged image stopped the run with a traceback
+    that named no file and left no checkpoint (a truncated one is found before training, test_data)."""
+    from PIL import Image
+
+    root = tmp_path / "nette"
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (72, 72), (40 * i, 90, 200)).save(root / split / c / f"{i}.jpg")
+    bad = root / "train" / "n02" / "1.jpg"
+    bad.write_bytes(b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9")  # ends as a JPEG should, decodes as nothing
+    args = train_args(root, tmp_path, "--model", "attention56", "--dataset", "imagenet-folder", "--batch-size", "2",
+                      "--iterations", "6", "--train-size", "64", "--test-size", "64", "--num-workers", "1",
+                      "--experiment", "nette", "--run-name", "damaged")
+    assert main(args) == 1
+    line = error_line(capsys)
+    assert "n02/1.jpg is not a readable image" in line and "checkpoint saved to" in line
+    assert ckpt.load_checkpoint(tmp_path / "c" / "nette" / "damaged" / "last.pt")["iteration"] < 6
+
+
 def test_results_that_would_be_overwritten(trained, data_root, capsys):
     args = ["train", "--model", TINY_MODEL, "--dataset", "folder", "--data-root", str(data_root), "--profile",
             "smoke", "--device", "cpu", "--experiment", "cli", "--run-name", "tiny", "--results-dir",
@@ -227,3 +249,111 @@ def test_bf16_peaks_by_gpu_name():
     assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert bf16_peak_tflops("NVIDIA H200") == 989.0
     assert bf16_peak_tflops("NVIDIA GeForce GTX 1080") is None
+
+
+# --- typed options (issue 21, kind 2) ---------------------------------------------------------------
+
+# Bad values of the string options; every other option's wrong value follows from its declared type.
+BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet9000"], "dataset": ["mnist"],
+               "data_root": ["{tmp}/nowhere"], "profile": ["forever"], "device": ["gpu"], "precision": ["fp8"],
+               "compile_mode": ["fast", "--compile"], "results_dir": ["{tmp}/a-file/r"],
+               "checkpoint_dir": ["{tmp}/a-file/c"]}
+
+
+def _bad_train_options():
+    """(option, extra argv, exit status, what the error must name) for every `ranlib train` option."""
+    from ranlib.cli import TRAIN_HELP
+    from ranlib.train import TRAIN_OPTIONS
+
+    cases = []
+    for name in TRAIN_HELP:
+        option, flag = TRAIN_OPTIONS[name], "--" + name.replace("_", "-")
+        if option.kind is bool:
+            cases.append((name, [f"{flag}=maybe"], 2, flag))  # argparse: a flag takes no value
+        elif option.kind in (int, float, list):
+            cases.append((name, [flag, "abc"], 2, flag))
+            low = option.minimum - 1 if option.minimum is not None else option.above
+            if low is not None:
+                cases.append((name, [flag, f"{low:g}"], 1, name))
+        elif option.kind is dict:
+            cases += [(name, [flag, f"residual_attention={v}"], 1, "residual_attention") for v in ("no", "off", "n")]
+        elif name in BAD_STRINGS:
+            value, *more = BAD_STRINGS[name]
+            cases.append((name, [flag, value, *more], 1, flag if "a-file" in value else value.split("/")[-1]))
+    # issue 21's own: -1 silently dropped the last test image, -20 evaluated 4 of 24
+    cases += [("max_test_samples", ["--max-test-samples", n], 1, "max_test_samples") for n in ("-1", "-20")]
+    cases += [("seeds", ["--seeds", "x"], 2, "--seeds"), ("seeds", ["--seeds", "-1"], 1, "seed"),
+              ("noise_levels", ["--noise-levels", "x"], 2, "--noise-levels"),
+              ("noise_levels", ["--noise-levels", "1.5"], 1, "outside [0, 1)")]
+    return cases
+
+
+TRAIN_CASES = _bad_train_options()
+
+
+@pytest.mark.parametrize("name, extra, status, named", TRAIN_CASES,
+                         ids=[f"{c[0]}:{' '.join(c[1])}" for c in TRAIN_CASES])
+def test_every_train_option_rejects_a_value_of_the_wrong_type(name, extra, status, named, data_root, tmp_path,
+                                                              capsys):
+    """A value of the wrong type or range is one line before anything trains: the cases of issue 21
+    were --batch-size 0 (became the profile's batch), --max-test-samples -1 (dropped the last test
+    image), --device gpu (a torch traceback), residual_attention=no (trained ARL)."""
+    (tmp_path / "a-file").write_text("a file where a folder should be")  # a folder nothing can be written in
+    argv = train_args(data_root, tmp_path, "--experiment", "typed", *[a.format(tmp=tmp_path) for a in extra])
+    if status == 2:  # argparse's own check: usage and one error line
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert named in capsys.readouterr().err.strip().splitlines()[-1]
+    else:
+        assert main(argv) == 1
+        assert named in error_line(capsys)
+    assert not (tmp_path / "r").exists()  # nothing ran: no results, no checkpoint, no metrics
+    assert not [p for p in (tmp_path / "c").rglob("*") if p.name in ("last.pt", "metrics.jsonl")]
+
+
+def test_every_train_option_has_a_wrong_type_case():
+    from ranlib.cli import TRAIN_HELP
+
+    assert {c[0] for c in TRAIN_CASES} == set(TRAIN_HELP) | {"seeds", "noise_levels"}
+
+
+@pytest.mark.parametrize("extra, named", [(["--batch-size", "0"], "batch_size"),
+                                          (["--max-test-samples", "-1"], "max_test_samples"),
+                                          (["--test-size", "0"], "test_size"), (["--device", "gpu"], "gpu")])
+def test_eval_options_are_checked_before_anything_loads(trained, extra, named, capsys):
+    checkpoint = trained / "checkpoints" / "cli" / "tiny" / "last.pt"
+    assert main(["eval", "--checkpoint", str(checkpoint), *extra]) == 1
+    assert named in error_line(capsys)
+
+
+def _typed_campaign_options():
+    from ranlib.campaign import build_parser
+
+    cases = []
+    for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.type in (int, float) and action.option_strings:
+                cases.append((command, action.option_strings[0]))
+    return cases
+
+
+@pytest.mark.parametrize("command, flag", _typed_campaign_options())
+def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
+    from ranlib import campaign
+
+    required = {"sitting": ["--minutes", "1", "--out", "x"], "pack": ["--out", "x"]}.get(command, [])
+    with pytest.raises(SystemExit) as exit_info:
+        campaign.main([command, *required, flag, "abc"])
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("setting, named", [("iterations=abc", "iterations"), ("resume=no", "resume"),
+                                            ("batch_size=0", "batch_size"), ("device=gpu", "gpu")])
+def test_campaign_set_is_typed(setting, named, tmp_path, capsys):
+    from ranlib import campaign
+
+    assert campaign.main(["plan", "--experiments", "label_noise", "--profile", "smoke", "--seeds", "0",
+                          "--results-dir", str(tmp_path), "--set", setting]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("ranlib: error:") and named in line and "\n" not in line

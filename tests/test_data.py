@@ -73,8 +73,9 @@ def write_png_tree(root, splits):
 # --- cifar10-jpeg npz -------------------------------------------------------------------------------------
 
 
-def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_path):
+def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
+    monkeypatch.setattr(data, "JPEG_COPY_SHA256", data.sha256_file(folder / "cifar10-jpeg.npz"))  # as if the copy
     ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (6, 32, 32, 3) and ds.test_labels.dtype == np.int64
@@ -281,10 +282,12 @@ def test_folder_without_splits_is_a_format_error(tmp_path):
         load_arrays("folder", tmp_path / "flat")
 
 
-def test_unpacked_jpeg_copy_is_labelled_as_the_copy_in_official_order(fake_copy, tmp_path):
+def test_unpacked_jpeg_copy_is_labelled_as_the_copy_in_official_order(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
     from_npz = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     tree = unpack_like_the_script(blobs, labels, tmp_path / "unpacked")
+    every_file = [hashlib.sha256(b).hexdigest() for s in ("train", "test") for b in blobs[s]]
+    monkeypatch.setattr(data, "JPEG_COPY_FILES_DIGEST", hashlib.sha256("".join(sorted(every_file)).encode()).hexdigest())
     from_tree = load_arrays("folder", tree, cache_dir=tmp_path / "cache")
     assert from_tree.dataset_id == JPEG_COPY_ID and from_tree.label == JPEG_COPY_LABEL
     assert from_tree.fingerprint == from_npz.fingerprint  # same pixels, same official order
@@ -332,7 +335,8 @@ def test_real_jpeg_copy_labels_and_a_slice_of_its_images(tmp_path):
     pack_npz(tmp_path / "cifar10-jpeg.npz", blobs, labels)
     ds = load_arrays("cifar10-jpeg", tmp_path, cache_dir=tmp_path / "cache")
     assert ds.test_labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
-    assert ds.class_names == CIFAR10_CLASSES and ds.label == JPEG_COPY_LABEL
+    assert ds.class_names == CIFAR10_CLASSES
+    assert ds.label != JPEG_COPY_LABEL  # 100 of its images are not the copy: the label is verified, not named
     assert ds.train_images.shape == (50, 32, 32, 3) and 20 < ds.train_images.mean() < 235
 
 
@@ -597,3 +601,102 @@ def test_pca_lighting_adds_one_colour_shift_per_image_with_imagenet_covariance()
     torch.testing.assert_close(shifts.T.cov(), expected, atol=3e-5, rtol=0.1)
     with pytest.raises(TypeError, match="float RGB"):
         lighting(torch.zeros(3, 2, 2, dtype=torch.uint8))
+
+
+# --- damaged files (issue 21, kind 4) ---------------------------------------------------------------------
+
+
+def _damaged(path: Path, how: str) -> Path:
+    blob = bytearray(path.read_bytes())
+    if how == "truncated":
+        del blob[len(blob) * 2 // 3:]
+    else:  # one bit flipped inside the stored arrays: the zip's CRC catches it when the array is read
+        blob[len(blob) // 3] ^= 0x10
+    path.write_bytes(bytes(blob))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_a_damaged_npz_is_one_line_naming_it(fake_copy, tmp_path, how, capsys):
+    """It was a BadZipFile or EOFError traceback (the JPEG copy; Imagewoof reads through the same code)."""
+    from ranlib import imagewoof
+    from ranlib.errors import print_error
+
+    folder, _, _ = fake_copy
+    _damaged(folder / "cifar10-jpeg.npz", how)
+    with pytest.raises(DataFormatError, match=r"cifar10-jpeg.npz is damaged or not a readable .npz file .*again") as err:
+        load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    print_error(err.value)
+    assert capsys.readouterr().err.count("\n") == 1
+    woof = folder / imagewoof.NPZ_NAME
+    woof.write_bytes((folder / "cifar10-jpeg.npz").read_bytes())
+    with pytest.raises(DataFormatError, match="imagewoof-112.npz is damaged"):
+        imagewoof.load_imagewoof(woof, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
+def test_a_damaged_decode_cache_is_skipped_and_rebuilt(fake_copy, tmp_path, how):
+    folder, _, _ = fake_copy
+    first = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    [cache] = (tmp_path / "cache").glob("cifar10-jpeg-*.npz")
+    _damaged(cache, how)
+    with pytest.warns(UserWarning, match="ignoring unreadable cache"):
+        again = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    assert again.fingerprint == first.fingerprint
+    data.read_npz(cache)  # rewritten whole
+    third = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")  # from the cache, no warning
+    assert third.fingerprint == first.fingerprint
+
+
+def _imagenet_tree(root: Path) -> Path:
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                (root / split / c / f"{i}.jpg").write_bytes(encode(random_images(1, seed=i, size=48)[0]))
+    return root
+
+
+def test_a_truncated_jpeg_in_an_imagenet_folder_is_found_before_training(tmp_path):
+    """It stopped training mid-run with a traceback that named no file and left no checkpoint."""
+    root = _imagenet_tree(tmp_path / "nette")
+    bad = root / "train" / "n02" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DataFormatError, match=r"n02/3\.jpg is truncated .*replace it with an intact copy"):
+        ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)
+    bad.write_bytes(encode(random_images(1, size=48)[0]))
+    ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)  # intact again
+
+
+def test_an_image_that_fails_to_decode_names_its_file(tmp_path):
+    root = _imagenet_tree(tmp_path / "nette")
+    bad = root / "val" / "n01" / "0.jpg"
+    bad.write_bytes(b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9")  # ends as a JPEG should, decodes as nothing
+    loaders = ImageNetLoaders(root, batch_size=2, workers=0, train_size=32, test_size=32)
+    with pytest.raises(DataFormatError, match=r"n01/0\.jpg is not a readable image"):
+        next(iter(loaders.test))
+
+
+# --- what a number is labelled with is verified (issue 21, kind 5) ---------------------------------------
+
+
+def test_a_file_named_like_the_copy_is_not_labelled_the_copy(fake_copy, tmp_path):
+    """Any file called cifar10-jpeg.npz was labelled "CIFAR-10 (JPEG q75 copy)", even one of random
+    images: its sha256 was computed but never compared with the copy's."""
+    folder, blobs, labels = fake_copy
+    ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
+    digest = data.sha256_file(folder / "cifar10-jpeg.npz")
+    assert ds.dataset_id == f"jpeg-npz:{digest[:12]}" and "not the CIFAR-10 JPEG copy" in ds.label
+    assert JPEG_COPY_LABEL not in ds.label
+    tree = unpack_like_the_script(blobs, labels, tmp_path / "unpacked")  # the unpack script's names
+    assert load_arrays("folder", tree, cache_dir=tmp_path / "cache").label == "image folder unpacked"
+
+
+@pytest.mark.skipif(not REAL_NPZ.is_file(), reason="the shared JPEG copy is not on this machine")
+def test_the_shared_copy_has_the_digests_its_readme_gives():
+    from ranlib import jpeg_gap
+
+    readme = (REAL_NPZ.parent / "README.md").read_text()
+    assert data.JPEG_COPY_SHA256 in readme and jpeg_gap.EXACT_SUBSET_SHA256 in readme
+    assert data.sha256_file(REAL_NPZ) == data.JPEG_COPY_SHA256
+    assert data.sha256_file(REAL_NPZ.parent / jpeg_gap.EXACT_SUBSET_FILE) == jpeg_gap.EXACT_SUBSET_SHA256

@@ -227,8 +227,10 @@ def test_a_finished_group_says_so_and_how_to_train_it_again(group_and_solo, data
     tmp, group, _ = group_and_solo
     configs = [tiny_config(tmp / "fused", data_root, seed=0, iterations=1, eval_every=1),
                tiny_config(tmp / "fused", data_root, seed=1, noise_level=0.3, iterations=1, eval_every=1)]
-    with pytest.raises(ResultsExistError, match="is finished.*--overwrite to train it again"):
+    with pytest.raises(ResultsExistError, match="is finished: its results file .* already exists and is kept; "
+                                                "give a new training another --run-name") as info:
         train.run_group(configs)
+    assert "--overwrite" not in str(info.value)  # never advise the flag that would destroy it
 
 
 # --- SIGTERM and resume ----------------------------------------------------------------------------------
@@ -252,7 +254,10 @@ def test_a_fused_group_stopped_by_sigterm_resumes_bit_identical(tmp_path, data_r
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cmd = _group_cmd(tmp_path / "stopped", data_root)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    names = [f"cifar_attention56-folder-{noise}smoke-s{seed}" for seed in (0, 1) for noise in ("", "noise0.5-")]
+    names = [train.resolve(train.TrainConfig(model="cifar_attention56", dataset="folder", data_root=str(data_root),
+                                             profile="smoke", batch_size=4, iterations=8, max_train_samples=24,
+                                             max_test_samples=8, seed=seed, noise_level=noise)).run_name
+             for seed in (0, 1) for noise in (0.0, 0.5)]
     metrics = tmp_path / "stopped" / "checkpoints" / "group" / names[0] / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline and (

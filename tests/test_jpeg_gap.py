@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fakedata import encode, pack_npz, random_images
-from ranlib import jpeg_gap, report, train
+from ranlib import data, jpeg_gap, report, train
 from ranlib.errors import DataFormatError, DataNotFoundError
 
 N_TEST = 10
@@ -28,7 +28,9 @@ def trained(tmp_path_factory):
         model="cifar_resnet164", dataset="cifar10-jpeg", data_root=str(root), profile="smoke", batch_size=4,
         iterations=2, eval_every=2, checkpoint_every=2, device="cpu", experiment="unit", progress=False,
         results_dir=str(root / "results"), checkpoint_dir=str(root / "checkpoints"), num_workers=0)
-    record = train.run(config)
+    with pytest.MonkeyPatch.context() as patch:  # this tiny copy stands for the shared one
+        patch.setattr(data, "JPEG_COPY_SHA256", data.sha256_file(root / "cifar10-jpeg.npz"))
+        record = train.run(config)
     checkpoint = root / "checkpoints" / "unit" / record["run_name"] / "last.pt"
     return root, checkpoint, exact
 
@@ -37,7 +39,9 @@ def test_exact_and_jpeg_errors_of_one_model(trained):
     root, checkpoint, exact = trained
     result = jpeg_gap.jpeg_gap(checkpoint, data_root=root, device="cpu")
     assert result["num_images"] == N_TEST and result["official_test_indices"] == [0, N_TEST - 1]
-    assert result["trained_on"]["label"] == "CIFAR-10 (JPEG q75 copy)"
+    assert result["trained_on"]["label"] == "CIFAR-10 (JPEG q75 copy)"  # as it was when it trained
+    # here the tiny files are what they are: not the shared copy, and not its known exact subset
+    assert "not the CIFAR-10 JPEG copy" in result["jpeg_images"]["label"] and not result["exact_subset_verified"]
     assert result["jpeg_minus_exact"] == pytest.approx(result["top1_error_jpeg"] - result["top1_error_exact"])
     assert result["mean_abs_pixel_difference"] > 1  # JPEG q75 moved the pixels
     for error in (result["top1_error_exact"], result["top1_error_jpeg"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 import ranlib
+import ranlib.models
 from ranlib import paper
 from ranlib.analysis import capture_masks, stage_responses
 from ranlib.models import UnknownModelError
@@ -98,6 +100,37 @@ def test_unknown_switch_is_one_clear_error():
         ranlib.create_model("cifar_attention56", attention="temporal")
     with pytest.raises(ValueError, match="mask must be one of"):
         ranlib.create_model("cifar_attention56", mask="unet")
+
+
+def _wrong_values(option) -> list:
+    """Values of the wrong type (and out of range) for a declared switch: what a command line, a
+    group file or papermill could hand over."""
+    by_kind = {bool: ["no", "off", "n", "false", 0, 1, None], str: [1, True, None, "nope"],
+               int: ["2", 2.0, True, None]}
+    wrong = list(by_kind[option.kind])
+    if option.minimum is not None:
+        wrong.append(int(option.minimum) - 1)
+    return wrong
+
+
+SWITCH_CASES = [(name, switch, value) for name in ranlib.list_models()
+                for switch, option in ranlib.models.model_switches(name).items() for value in _wrong_values(option)]
+
+
+@pytest.mark.parametrize("name, switch, value", SWITCH_CASES,
+                         ids=[f"{n}-{s}-{v!r}" for n, s, v in SWITCH_CASES])
+def test_every_model_switch_rejects_a_value_of_the_wrong_type(name, switch, value):
+    """Issue 21 (kind 2): residual_attention="no" once built ARL (bool("no") is True) under a NAL name."""
+    with pytest.raises(ValueError, match=f"{name} switch {switch} must be .*, not {re.escape(repr(value))}"):
+        ranlib.create_model(name, **{switch: value})
+
+
+def test_every_switch_declares_its_type():
+    for name in ranlib.list_models():
+        assert set(ranlib.models.model_switches(name)) == set(ranlib.model_variants(name)), name
+    assert len(SWITCH_CASES) > 100  # every attention network's six switches
+    nal = ranlib.create_model("cifar_attention56", residual_attention=False)
+    assert not nal.stages[0][1].fusion.residual_attention  # the declared type still takes a real bool
 
 
 # --- every registered model: builds, runs forward and backward ------------------------------------
@@ -272,7 +305,7 @@ def test_p_t_r_set_the_unit_counts():
     assert (len(module.pre), len(module.trunk), len(module.post)) == (2, 3, 2)
     assert [len(d) for d in module.mask.down] == [2, 2, 3]  # r, r, r + 1 at the coarsest level
     assert [len(u) for u in module.mask.up] == [2, 2]
-    with pytest.raises(ValueError, match="t >= 1"):
+    with pytest.raises(ValueError, match="switch t must be an integer >= 1, not 0"):
         ranlib.create_model("cifar_attention56", t=0)
 
 

@@ -182,8 +182,8 @@ def test_notebook_structure(name):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_path):
     results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
-    nb = _execute(name, tmp_path / f"{name}.ipynb",
-                  _parameters(name, tiny_data, results, checkpoints, train=True), NOTEBOOK_DIR)
+    params = _parameters(name, tiny_data, results, checkpoints, train=True)
+    nb = _execute(name, tmp_path / f"{name}.ipynb", params, NOTEBOOK_DIR)
     _check_glue_references_resolve(nb)
     text = _text_outputs(nb)
     if name == "models":
@@ -193,7 +193,13 @@ def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_p
         assert written["provenance"]["git_commit"]
         return
     written = sorted(p.stem for p in (results / name).glob("*.json"))
-    assert written == sorted(f"{row}-smoke-s0" for row in SMOKE_ROWS[name])
+    from ranlib import planning
+
+    planned = planning.plan_runs(name, profile="smoke", seeds=[0], dataset=params["dataset"],
+                                 data_root=params["data_root"], rows=SMOKE_ROWS[name],
+                                 overrides=params["train_overrides"])
+    assert written == sorted(c["run_name"] for c in planned)
+    assert all(n.startswith(f"{row}-smoke-s0-b2-c") for n, row in zip(written, sorted(SMOKE_ROWS[name])))
     record = json.loads((results / name / f"{written[0]}.json").read_text())
     assert record["config"]["profile"] == "smoke"
     if name == "attention_masks":
@@ -233,3 +239,53 @@ def test_notebook_reports_missing_data_instead_of_failing(tmp_path):
     text = _text_outputs(nb)
     assert "Not run here: no data." in text
     assert not (tmp_path / "r").exists()
+
+
+# --- typed parameters (issue 21, kind 2) ------------------------------------------------------------
+
+PAGES_WITH_PARAMETERS = sorted(p.stem for p in PAGE_DIR.glob("*.md") if "[parameters" in p.read_text())
+
+
+def _inspected(name: str, tmp_path: Path) -> set[str]:
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not source.is_file():  # a book page, as tools/reproduce.py runs it
+        from myst_nb.core.read import read_myst_markdown_notebook
+
+        page = PAGE_DIR / f"{name}.md"
+        source = tmp_path / f"{name}.ipynb"
+        nbformat.write(read_myst_markdown_notebook(page.read_text(encoding="utf8"), path=page), source)
+    return set(papermill.inspect_notebook(str(source)))
+
+
+@pytest.mark.parametrize("name", EXPECTED + PAGES_WITH_PARAMETERS)
+def test_every_notebook_parameter_has_a_declared_type(name, tmp_path):
+    from ranlib.options import notebook_parameters
+
+    assert set(notebook_parameters(name)) == _inspected(name, tmp_path)
+
+
+def _wrong_parameter_cases():
+    from ranlib.options import notebook_parameters
+
+    wrong = {bool: "false", int: "4", str: 5, list: "0 1", dict: "{}"}
+    return [(name, parameter, wrong[option.kind]) for name in EXPECTED + PAGES_WITH_PARAMETERS
+            for parameter, option in notebook_parameters(name).items()]
+
+
+@pytest.mark.parametrize("name, parameter, value", _wrong_parameter_cases())
+def test_every_notebook_parameter_rejects_a_value_of_the_wrong_type(name, parameter, value):
+    from ranlib.errors import ConfigError
+    from ranlib.options import check_notebook_parameters
+
+    with pytest.raises(ConfigError, match=f"notebook parameter {parameter} must be"):
+        check_notebook_parameters(name, {parameter: value})
+
+
+@pytest.mark.slow
+def test_papermill_train_false_as_a_string_is_refused_before_training(tiny_data, tmp_path):
+    """``papermill ... -p train false`` passes the string "false", which is true: it used to train."""
+    params = _parameters("label_noise", tiny_data, tmp_path / "results", tmp_path / "checkpoints", train=True)
+    params["train"] = "false"
+    with pytest.raises(papermill.PapermillExecutionError, match="notebook parameter train must be true or false"):
+        _execute("label_noise", tmp_path / "out.ipynb", params, REPO)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()

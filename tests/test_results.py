@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 
+import numpy as np
 import pytest
 
-from ranlib import results
+from ranlib import files, results
 from ranlib.errors import ResultsExistError, ResultsSchemaError
 
 
@@ -45,8 +48,9 @@ def test_write_then_load(tmp_path):
 
 def test_never_overwrites_silently(tmp_path):
     results.write_results(make_record(top1=5.5), tmp_path)
-    with pytest.raises(ResultsExistError, match="--overwrite"):
+    with pytest.raises(ResultsExistError, match="already exists and is kept") as refused:
         results.write_results(make_record(top1=9.9), tmp_path)
+    assert "--overwrite" not in str(refused.value)  # never advise the flag that destroys a finished run
     assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 5.5
     results.write_results(make_record(top1=9.9), tmp_path, overwrite=True)
     assert results.load_results(tmp_path)[0]["final"]["top1_error"] == 9.9
@@ -87,3 +91,33 @@ def test_unsafe_names_and_missing_paths(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ResultsSchemaError, match="cannot be read as JSON"):
         results.load_results(tmp_path)
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_results_and_checkpoints_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Issue 21 (kind 9): mkstemp's 0600 used to survive the rename; a shared results folder must be
+    readable by the group the umask lets read it."""
+    import torch
+
+    from ranlib import checkpoint
+    from ranlib.data import _write_cache
+
+    expected = 0o666 & ~umask
+    written = [results.write_results(make_record(), tmp_path / "results"),
+               checkpoint.save_checkpoint(tmp_path / "run" / "last.pt", {"model": torch.nn.Linear(2, 2).state_dict()})]
+    _write_cache(tmp_path / "cache" / "c.npz", "src", {"train_images": np.zeros((1, 32, 32, 3), np.uint8),
+                                                         "train_labels": np.zeros(1, np.int64),
+                                                         "test_images": np.zeros((1, 32, 32, 3), np.uint8),
+                                                         "test_labels": np.zeros(1, np.int64)})
+    written.append(tmp_path / "cache" / "c.npz")
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    assert files.current_umask() == umask

@@ -68,9 +68,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from ranlib import {modules}
+from ranlib.options import check_notebook_parameters
 from ranlib.paths import display_path, resolve_path
 
 EXPERIMENT = "{name}"
+check_notebook_parameters(EXPERIMENT, globals())  # one line if a parameter has the wrong type (-p train false)
 RESULTS = resolve_path(results_dir)
 print(f"results: {{display_path(RESULTS / EXPERIMENT)}}; data: {{display_path(resolve_path(data_root))}} ({{dataset}})")''',
                          metadata=FOLDED)

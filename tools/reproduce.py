@@ -13,8 +13,10 @@ would replace is left as it was, and the exit status is 1 once everything has ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -50,6 +52,37 @@ LEDGER_FIELDS = (
     "finished_at", "notebook", "status", "duration_s", "profile", "dataset", "device",
     "device_name", "git_commit", "git_dirty", "error",
 )
+
+
+KERNEL_NAME = "ranlib-reproduce"  # the kernel of this interpreter that own_kernel writes for a run
+
+
+class MissingKernel(Exception):
+    """This interpreter cannot run a notebook kernel (no ipykernel)."""
+
+
+@contextlib.contextmanager
+def own_kernel():
+    """The name of a kernelspec that starts this interpreter (``sys.executable``) with ipykernel,
+    written to a temporary folder put first on ``JUPYTER_PATH`` while the notebooks run, so that
+    they run here and not in whichever ``python3`` kernelspec comes first. Raises MissingKernel."""
+    try:
+        from ipykernel.kernelspec import write_kernel_spec
+    except ImportError:
+        raise MissingKernel(f"this interpreter ({sys.executable}) has no ipykernel to run the notebooks in; "
+                            "install the project's requirements into it (make venv)") from None
+    previous = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="ranlib-kernel-") as folder:
+        write_kernel_spec(Path(folder) / "kernels" / KERNEL_NAME,
+                          overrides={"display_name": "Python 3 (ipykernel)"})
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [folder, previous]))
+        try:
+            yield KERNEL_NAME
+        finally:
+            if previous is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = previous
 
 
 @dataclass
@@ -100,9 +133,10 @@ def undeclared_parameters(source: Path, parameters: dict) -> str | None:
             f"parameter(s) {', '.join(unknown)}; its parameters are {', '.join(declared) or 'none'}")
 
 
-def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_dir: Path,
+def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_dir: Path, kernel_name: str,
             log_output: bool, timeout: float | None, hide_parameters: bool = False) -> Outcome:
-    """Execute one notebook with papermill; on success it replaces ``output``.
+    """Execute one notebook with papermill in kernel ``kernel_name`` (:func:`own_kernel`); on success it
+    replaces ``output``.
 
     ``parameters`` must be ones the notebook declares (:func:`undeclared_parameters`).
     Papermill's injected-parameters cell is kept (a rerun needs it) and tagged for the book like
@@ -121,7 +155,7 @@ def execute(name: str, source: Path, output: Path, parameters: dict, *, failed_d
         try:
             papermill.execute_notebook(
                 str(source), str(scratch), parameters=parameters or None, cwd=str(REPO),
-                kernel_name="python3", progress_bar=False, log_output=log_output,
+                kernel_name=kernel_name, progress_bar=False, log_output=log_output,
                 execution_timeout=timeout,
             )
         except Exception as exc:  # papermill raises several kinds; each one is a failed notebook
@@ -267,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         def one(job):
             name, source, output, job_parameters, is_page = job
             print(f"-> {name}", flush=True)
-            outcome = execute(name, source, output, job_parameters, failed_dir=failed_dir,
+            outcome = execute(name, source, output, job_parameters, failed_dir=failed_dir, kernel_name=kernel,
                               log_output=not args.report_only and not is_page, timeout=args.timeout,
                               hide_parameters=is_page)
             if ledger is not None and not is_page:
@@ -290,9 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"reproduce: error: {problem}", file=sys.stderr)
             return 2
-    outcomes = run_all(experiments)
-    # The book's pages read results only, after the experiments have written theirs.
-    outcomes += run_all(pages)
+    try:
+        with own_kernel() as kernel:
+            outcomes = run_all(experiments)
+            # The book's pages read results only, after the experiments have written theirs.
+            outcomes += run_all(pages)
+    except MissingKernel as exc:
+        print(f"reproduce: error: {exc}", file=sys.stderr)
+        return 2
 
     print_summary(outcomes, device_name)
     failed = [o.name for o in outcomes if o.status != "ok"]

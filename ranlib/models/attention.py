@@ -20,12 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..options import Option
 from ._registry import register_model
 from .network import ResidualNet, StageSpec
 from .units import UNITS
 
 ATTENTION_TYPES = ("mixed", "channel", "spatial")
 MASK_TYPES = ("encoder_decoder", "local")
+# The switches of every attention network (Tables 1, 3, 4 and 6 vary them), each with its type.
+SWITCHES = {
+    "attention": Option(str, choices=ATTENTION_TYPES),  # f1 mixed, f2 channel, f3 spatial (Table 1)
+    "residual_attention": Option(bool),  # True: ARL, (1 + M) * T; False: NAL, M * T (Table 3)
+    "mask": Option(str, choices=MASK_TYPES),  # Table 4
+    "p": Option(int, minimum=0), "t": Option(int, minimum=1), "r": Option(int, minimum=1),  # Table 6
+}
 # f2 and f3 divide by a norm; the paper gives no epsilon. BatchNorm's 1e-5 keeps a zero
 # feature map finite without changing any non-degenerate value measurably.
 MASK_EPS = 1e-5
@@ -285,16 +293,12 @@ def _attention_net(
     t: int,
     r: int,
 ) -> ResidualNet:
-    if mask not in MASK_TYPES:
-        raise ValueError(f"mask must be one of {', '.join(MASK_TYPES)}, not {mask!r}")
-    if p < 0 or t < 1 or r < 1:
-        raise ValueError(f"need p >= 0, t >= 1 and r >= 1, got p={p}, t={t}, r={r}")
     unit_cls = UNITS[unit]
 
     def make_module(unit_cls: type[nn.Module], chs: int, spec: StageSpec) -> AttentionModule:
         return AttentionModule(
             unit_cls, chs, pools=spec.mask_pools, p=p, t=t, r=r,
-            attention=attention, residual_attention=bool(residual_attention), mask=mask,
+            attention=attention, residual_attention=residual_attention, mask=mask,
         )
 
     return ResidualNet(
@@ -313,26 +317,29 @@ def _cifar(modules_per_stage: int, **kwargs) -> ResidualNet:
 
 # --- registered builders: ImageNet (224 input) --------------------------------------------------
 
-@register_model(family="attention", dataset="imagenet", paper_name="Attention-56", is_attention=True, test_size=224)
+@register_model(family="attention", dataset="imagenet", paper_name="Attention-56", is_attention=True, test_size=224,
+                switches=SWITCHES)
 def attention56(*, num_classes=1000, attention="mixed", residual_attention=True, mask="encoder_decoder", p=1, t=2, r=1):
     return _imagenet((1, 1, 1), "preact", num_classes=num_classes, attention=attention,
                      residual_attention=residual_attention, mask=mask, p=p, t=t, r=r)
 
 
-@register_model(family="attention", dataset="imagenet", paper_name="Attention-92", is_attention=True, test_size=320)
+@register_model(family="attention", dataset="imagenet", paper_name="Attention-92", is_attention=True, test_size=320,
+                switches=SWITCHES)
 def attention92(*, num_classes=1000, attention="mixed", residual_attention=True, mask="encoder_decoder", p=1, t=2, r=1):
     return _imagenet((1, 2, 3), "preact", num_classes=num_classes, attention=attention,
                      residual_attention=residual_attention, mask=mask, p=p, t=t, r=r)
 
 
-@register_model(family="attention", dataset="imagenet", paper_name="AttentionNeXt-56", is_attention=True, test_size=224)
+@register_model(family="attention", dataset="imagenet", paper_name="AttentionNeXt-56", is_attention=True, test_size=224,
+                switches=SWITCHES)
 def attentionnext56(*, num_classes=1000, attention="mixed", residual_attention=True, mask="encoder_decoder", p=1, t=2, r=1):
     return _imagenet((1, 1, 1), "resnext", num_classes=num_classes, attention=attention,
                      residual_attention=residual_attention, mask=mask, p=p, t=t, r=r)
 
 
 @register_model(family="attention", dataset="imagenet", paper_name="AttentionInception-56", is_attention=True,
-                test_size=299)
+                test_size=299, switches=SWITCHES)
 def attentioninception56(*, num_classes=1000, attention="mixed", residual_attention=True, mask="encoder_decoder", p=1,
                          t=2, r=1):
     return _imagenet((1, 1, 1), "inception", num_classes=num_classes, attention=attention,
@@ -348,7 +355,8 @@ def _register_cifar(depth: int, modules_per_stage: int, p: int = 1, t: int = 2, 
 
     builder.__name__ = f"cifar_attention{depth}"
     builder.__doc__ = f"Attention-{depth} for CIFAR: {modules_per_stage} module(s) per stage, p, t, r = {p}, {t}, {r}."
-    return register_model(family="attention", dataset="cifar", paper_name=f"Attention-{depth}", is_attention=True)(builder)
+    return register_model(family="attention", dataset="cifar", paper_name=f"Attention-{depth}", is_attention=True,
+                          switches=SWITCHES)(builder)
 
 
 cifar_attention56 = _register_cifar(56, 1)
