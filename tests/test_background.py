@@ -19,9 +19,19 @@ from ranlib.results import load_results
 from ranlib.sitting import GROUP_STARTUP_S
 from test_train import REPO, make_folder_dataset, subprocess_env
 
-RUN = ("mask_structure", "attention56-local-smoke-s0")
 TINY = {"batch_size": 4, "iterations": 40, "eval_every": 20, "checkpoint_every": 40, "log_every": 1,
         "max_train_samples": 16, "max_test_samples": 8}
+
+
+def _planned_run(**changes) -> tuple[str, str]:
+    """(experiment, run name) of the one run `run_args` plans (with ``changes`` to TINY): its name
+    carries the identity suffix of its training."""
+    [config] = planning.plan_runs("mask_structure", profile="smoke", seeds=[0], dataset="folder", data_root="unused",
+                                  device="cpu", rows=["attention56-local"], overrides={**TINY, **changes})
+    return config["experiment"], config["run_name"]
+
+
+RUN = _planned_run()
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +205,8 @@ def test_a_killed_campaign_s_training_checkpoints_and_the_next_takes_its_lock_ov
     args[args.index("iterations=40")] = "iterations=4000"
     killed = subprocess.Popen([sys.executable, "-m", "ranlib.campaign", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    run_dir = caches / "checkpoints" / RUN[0] / RUN[1]
+    experiment, name = _planned_run(iterations=4000)
+    run_dir = caches / "checkpoints" / experiment / name
     wait_for(lambda: has_trained(run_dir / "metrics.jsonl"), 240, "the first training step")
     [run] = background.read_state(caches / "campaign")["runs"]
     killed.send_signal(signal.SIGKILL)
@@ -205,7 +216,7 @@ def test_a_killed_campaign_s_training_checkpoints_and_the_next_takes_its_lock_ov
     assert 0 < at < 4000  # written when it was told its campaign was gone (checkpoint_every is 40)
     text = "\n".join(background.status_lines(caches / "campaign"))
     assert "ended without closing (killed?)" in text
-    assert f"stopped     {RUN[0]}/{RUN[1]}: resumes from its checkpoint at iteration {at}/4000" in text, text
+    assert f"stopped     {experiment}/{name}: resumes from its checkpoint at iteration {at}/4000" in text, text
     lock = background.CampaignLock.acquire(caches / "campaign")
     lock.release()
     assert f"taking over the lock of campaign pid {killed.pid}" in capsys.readouterr().out
