@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import paper
 from .experiments import experiment
-from .ledger import device_minutes
+from .labels import hours_text
 from .verdicts import mean_std
 
 EXPERIMENT = "imagewoof"
@@ -104,7 +104,7 @@ def _record_epochs(record: dict) -> float:
 
 def results_table(records: Sequence[dict]) -> pd.DataFrame:
     """One line per network (and budget we ran it at): top-1 error mean ± std over seeds, parameters
-    and multiply-adds at the run's input size, device minutes, budget; the paper's ImageNet
+    and multiply-adds at the run's input size, cost (CPU- or GPU-hours), budget; the paper's ImageNet
     parameters and top-1 beside, for the ordering they claim (never compared as numbers)."""
     from .report import format_mean_std, runs_frame
 
@@ -120,7 +120,7 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
             counts = network_counts(row.model)
             lines.append({"network": row.label, "top-1 error (%)": "–", "params (M)": round(counts["params"] / 1e6, 1),
                           "GMACs": round(counts["macs"] / 1e9, 2), "input": 112, "epochs": math.nan,
-                          "budget": "not run here", "seeds": "", "device min": math.nan, "device": "", **context})
+                          "budget": "–", "seeds": "", "cost": "", "trained on": "", **context})
             continue
         for profile, group in mine.groupby("profile", sort=False):
             first = by_run[group["run_name"].iloc[0]]
@@ -130,10 +130,10 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
             lines.append({"network": row.label, "top-1 error (%)": format_mean_std(mean, std, n),
                           "params (M)": round(counts["params"] / 1e6, 1), "GMACs": round(counts["macs"] / 1e9, 2),
                           "input": int(size), "epochs": round(_record_epochs(first), 1),
-                          "budget": f"{profile} ({int(group['iterations'].iloc[0]):,} it)",
+                          "budget": group["budget"].iloc[0],
                           "seeds": ", ".join(str(s) for s in sorted(group["seed"])),
-                          "device min": round(float(group["device_minutes"].sum()), 2),
-                          "device": ", ".join(sorted({d for d in group["device"] if d})), **context})
+                          "cost": hours_text([by_run[n] for n in group["run_name"]]),
+                          "trained on": "; ".join(sorted(set(group["trained_on"]))), **context})
     return pd.DataFrame(lines)
 
 
