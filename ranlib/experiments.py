@@ -113,7 +113,7 @@ def _attention56(key: str, label: str, paper_error: float, **kwargs) -> Row:
 
 
 def _absolute_claims(rows: Iterable[Row]) -> tuple[Claim, ...]:
-    return tuple(Claim(f"{r.label}: error {r.paper_error:g} %", "absolute", (r.key,))
+    return tuple(Claim(f"{r.label}: error {r.paper_error:.2f} %", "absolute", (r.key,))
                  for r in rows if r.paper_error is not None)
 
 

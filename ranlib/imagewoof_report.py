@@ -34,6 +34,8 @@ LEADERBOARD_SOURCE = "fast.ai's Imagenette leaderboard (github.com/fastai/imagen
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H100/H200 SXM figure, dense (no sparsity)
 ASSUMED_MFU = 0.30  # a planning assumption for convolutional networks in bf16; not measured yet
 PESSIMISTIC_MFU = 0.15  # what a small-image, BN-heavy step may well reach instead
+# One format per column of this chapter's tables (parameters to 0.1 M, epochs to 0.1, whole seconds).
+FORMATS = {"params (M)": "{:.1f}", "paper ImageNet params (M)": "{:.1f}", "epochs": "{:.1f}", "input": "{:.0f}"}
 STARTUP_S = 25.0  # per training process: imports, model build, data on the device, graph capture
 
 
@@ -84,9 +86,9 @@ def cost_table(profile: str = "quick", seeds: int = 2) -> pd.DataFrame:
         lines.append({
             "network": row.label, "params (M)": round(counts["params"] / 1e6, 1),
             f"GMACs at {s['train_size']} px": round(counts["macs"] / 1e9, 2),
-            f"est. s, {seeds} seeds, {ASSUMED_MFU:.0%} MFU": round(estimated_seconds(
+            f"est. GPU-seconds, {seeds} seeds, at {100 * ASSUMED_MFU:.0f} % of peak": round(estimated_seconds(
                 counts["macs"], iterations=s["iterations"], batch_size=s["batch_size"], seeds=seeds)),
-            f"est. s at {PESSIMISTIC_MFU:.0%} MFU": round(estimated_seconds(
+            f"est. GPU-seconds at {100 * PESSIMISTIC_MFU:.0f} % of peak": round(estimated_seconds(
                 counts["macs"], iterations=s["iterations"], batch_size=s["batch_size"], seeds=seeds,
                 mfu=PESSIMISTIC_MFU)),
         })

@@ -106,7 +106,9 @@ def hours(records: Sequence[dict]) -> dict[str, float]:
 
 
 def hours_number(value: float) -> str:
-    """Hours as the book prints them: ``"< 0.01"``, ``"0.42"``, ``"12.4"``, ``"1,230"``."""
+    """Hours as the book prints them: ``"0"``, ``"< 0.01"``, ``"0.42"``, ``"12.4"``, ``"1,230"``."""
+    if value == 0:
+        return "0"
     if value < 0.005:
         return "< 0.01"
     return f"{value:.2f}" if value < 1 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"

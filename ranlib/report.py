@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,14 +73,15 @@ COMPLEXITY_FORMATS = {"paper params (M)": "{:g}", "paper GFLOPs": "{:g}",
 def table_html(frame: pd.DataFrame, *, digits: int = PAPER_DECIMALS,
                formats: dict[str, str] | None = None, html: Sequence[str] = ()) -> str:
     """``frame`` as the book's HTML table: no index column, ``–`` where a value is missing,
-    floats with ``digits`` decimals (``formats``: a format string per column instead). Columns in
+    floats with ``digits`` decimals (``formats``: a format string per column instead, for its numbers;
+    text in such a column, say a total line's label, is shown as it is). Columns in
     ``html`` hold markup ranlib built (links, anchors) and are not escaped."""
     columns = list(frame.columns)
     styler = frame.style.hide(axis="index").format(na_rep=MISSING, precision=digits, escape="html")
     for column, spec in (formats or {}).items():
         if column in columns:
-            styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else spec.format(v),
-                                   subset=[column])
+            styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else
+                                   spec.format(v) if isinstance(v, numbers.Number) else v, subset=[column])
     for column in html:
         if column in columns:
             styler = styler.format(lambda v: MISSING if _missing(v) else v, subset=[column], escape=None)
@@ -827,7 +829,7 @@ def show_results(name: str, records: Sequence[dict]) -> pd.DataFrame:
     ran = [r for _, r in experiment(name).runs_of(records)]
     columns = result_columns(name)
     if not ran:
-        columns = [c for c in columns if c == "network" or "paper" in c or "crop" in c]
+        columns = [c for c in columns if c == "network" or c.startswith("paper") or "crop" in c]
     show(table, columns, details=RESULT_DETAILS if ran else None, summary="Data, seeds, hardware and cost",
          formats=RESULT_FORMATS)
     if ran:

@@ -217,20 +217,21 @@ cost = imagewoof_report.cost_table({budget}, seeds=2)
 estimates = [c for c in cost.columns if c.startswith("est.")]
 glue("imagewoof_estimate", Markdown(
     f"about {{cost[estimates[0]].iloc[-1] / 3600:.2f}} GPU-hours at "
-    f"{{imagewoof_report.ASSUMED_MFU:.0%}} of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
-    f"{{imagewoof_report.PESSIMISTIC_MFU:.0%}}"), display=False)
-report.show(cost)''', metadata=CODE_FOLDED),
+    f"{{100 * imagewoof_report.ASSUMED_MFU:.0f}} % of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
+    f"{{100 * imagewoof_report.PESSIMISTIC_MFU:.0f}} %"), display=False)
+report.show(cost, formats=imagewoof_report.FORMATS)''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
                           "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
-                          "classifier) and multiply-adds at the input size, epochs, the device "
-                          "minutes it cost. The paper's ImageNet parameters and error stand beside "
+                          "classifier) and multiply-adds at the input size, epochs, the CPU- or "
+                          "GPU-hours it cost. The paper's ImageNet parameters and error stand beside "
                           "as context for the orderings only."),
         new_code_cell('table = imagewoof_report.results_table(records)\n'
                       'glue("imagewoof_table", table, display=False)\n'
                       'report.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
                       '            details=["network", "input", "epochs", "seeds", "cost", "trained on",\n'
                       '                     "paper ImageNet params (M)", "paper ImageNet top-1 (%)"],\n'
-                      '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures")',
+                      '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures",\n'
+                      '            formats=imagewoof_report.FORMATS)',
                       metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts\n\nNo absolute claims: the paper gives no Imagewoof numbers. Its "
                           "*paper* column is the ImageNet gap of Table 7, for the ordering it claims."),
