@@ -93,6 +93,7 @@ function report(result) {
   out.id = "ranlib-page-check";
   out.textContent = JSON.stringify(result);
   document.body.appendChild(out);
+  if (window.parent !== window) window.parent.postMessage(out.textContent, "*");  // the phone frame
 }
 
 // On a phone: a verdict column must be on screen, where the reader lands, without scrolling.
@@ -128,39 +129,68 @@ def chromium() -> str:
     sys.exit("page_check: no chromium on PATH")
 
 
-def browser(profile: str, width: int = WIDTH) -> list[str]:
+def browser(profile: str) -> list[str]:
     return [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000", f"--window-size={width},1600"]
+            "--virtual-time-budget=5000", f"--window-size={WIDTH},1600"]
 
 
-def measure(page: Path, width: int = WIDTH) -> dict:
+# Headless Chromium will not open a window narrower than 500 px, so a phone is a 390-px frame
+# holding the page (its media queries see 390 px), which posts the measurements to this page.
+PHONE_FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" style="width:{width}px;height:1600px;border:0"></iframe>
+<script>addEventListener("message", (e) => {{
+  const out = document.createElement("pre"); out.id = "ranlib-page-check"; out.textContent = e.data;
+  document.body.appendChild(out);
+}});</script></body></html>"""
+
+
+def measure(page: Path, width: int = WIDTH, attempts: int = 3) -> dict:
     """The script's findings on ``page`` (a built HTML file) at ``width`` px (:data:`PHONE`: the
-    verdict column only)."""
+    verdict column only, in a frame of that width). A render that ends before the page's load
+    event (a busy machine) is tried again, up to ``attempts`` times."""
+    import html
+
     copy = page.with_name(f".page-check-{page.name}")
+    frame = page.with_name(f".page-check-frame-{page.name}")
     text = page.read_text(encoding="utf8")
     script = f"<script>const RANLIB_PHONE = {'true' if width == PHONE else 'false'};</script>" + MEASURE
     copy.write_text(text.replace("</body>", script + "</body>", 1), encoding="utf8")
+    frame.write_text(PHONE_FRAME.format(src=copy.name, width=width), encoding="utf8")
+    shown = frame if width == PHONE else copy
     try:
-        with tempfile.TemporaryDirectory() as profile:
-            dom = subprocess.run([*browser(profile, width), "--dump-dom", copy.as_uri()],
-                                 capture_output=True, text=True, timeout=120).stdout
+        for _ in range(attempts):
+            with tempfile.TemporaryDirectory() as profile:
+                dom = subprocess.run([*browser(profile), "--dump-dom", shown.as_uri()],
+                                     capture_output=True, text=True, timeout=120).stdout
+            found = re.search(r'<pre id="ranlib-page-check">(.*?)</pre>', dom, re.S)
+            if found:
+                return json.loads(html.unescape(found.group(1)))
     finally:
         copy.unlink()
-    found = re.search(r'<pre id="ranlib-page-check">(.*?)</pre>', dom, re.S)
-    if not found:
-        return {"tables": 0, "parameters": 0, "problems": ["the page's measurements never came back"]}
-    import html
-
-    return json.loads(html.unescape(found.group(1)))
+        frame.unlink()
+    return {"tables": 0, "parameters": 0, "problems": ["the page's measurements never came back"]}
 
 
 def screenshot(page: Path, out: Path, height: int = 2400, width: int = WIDTH) -> None:
-    with tempfile.TemporaryDirectory() as profile:
-        args = [a if not a.startswith("--window-size") else f"--window-size={width},{height}"
-                for a in browser(profile)]
-        subprocess.run([*args, f"--screenshot={out}", page.as_uri()], capture_output=True, timeout=120)
+    """A PNG of ``page`` at ``width`` px (a phone: the page in a frame of that width, cropped to it)."""
+    frame = page.with_name(f".page-check-frame-{page.name}")
+    frame.write_text(PHONE_FRAME.format(src=page.name, width=width).replace("1600px", f"{height}px"),
+                     encoding="utf8")
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            args = [a if not a.startswith("--window-size") else f"--window-size={max(width, 500)},{height}"
+                    for a in browser(profile)]
+            shown = frame if width < WIDTH else page
+            subprocess.run([*args, f"--screenshot={out}", shown.as_uri()], capture_output=True, timeout=120)
+    finally:
+        frame.unlink()
+    if width < WIDTH and out.is_file():
+        from PIL import Image
+
+        with Image.open(out) as image:
+            image.crop((0, 0, width, image.height)).save(out)
 
 
 def book_pages(html: Path) -> list[Path]:

@@ -237,13 +237,9 @@ def _table6() -> Experiment:
 
 
 def _table7() -> Experiment:
-    labels = {"resnet152": "ResNet-152", "attention56": "Attention-56",
-              "resnext101": "ResNeXt-101", "attentionnext56": "AttentionNeXt-56",
-              "attentioninception56": "AttentionInception-56", "resnet200": "ResNet-200",
-              "attention92": "Attention-92"}
-    rows = tuple(Row(name, labels[name], name, paper_error=spec["top1"], paper_top5=spec["top5"],
+    rows = tuple(Row(name, TABLE7_LABELS[name], name, paper_error=spec["top1"], paper_top5=spec["top5"],
                      test_size=spec["test_size"])
-                 for name, spec in paper.TABLE7_IMAGENET.items() if name in labels)
+                 for name, spec in paper.TABLE7_IMAGENET.items() if name in TABLE7_LABELS)
     claims = (Claim("Attention-56 beats ResNet-152", "ordering", ("attention56", "resnet152")),
               Claim("AttentionNeXt-56 matches ResNeXt-101", "parity", ("attentionnext56", "resnext101")),
               Claim("Attention-92 beats ResNet-200", "ordering", ("attention92", "resnet200")))
@@ -260,6 +256,14 @@ TABLE7_LABELS = {"attention56": "Attention-56", "resnet152": "ResNet-152",
                  "attentionnext56": "AttentionNeXt-56", "resnext101": "ResNeXt-101",
                  "attentioninception56": "AttentionInception-56", "attention92": "Attention-92",
                  "resnet200": "ResNet-200"}
+
+
+def model_label(name: str) -> str:
+    """A registered model's name as the paper writes it, with its family: ``"Attention-56 (CIFAR)"``,
+    ``"ResNeXt-101 (ImageNet)"``; other names as they are."""
+    if name in MODEL_LABELS:
+        return f"{MODEL_LABELS[name]} (CIFAR)"
+    return f"{TABLE7_LABELS[name]} (ImageNet)" if name in TABLE7_LABELS else name
 
 
 def _imagewoof() -> Experiment:

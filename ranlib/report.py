@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import paper
-from .experiments import EXPERIMENTS, OTHER_EXPERIMENTS, Claim, experiment
+from .experiments import EXPERIMENTS, OTHER_EXPERIMENTS, Claim, experiment, model_label
 from .labels import conditions, device_kind, device_text, hours_number, record_budget
 from .ledger import LEDGER_NAME, charged_device_s, device_minutes, read_ledger, with_charged_time
 from .paths import display_path, resolve_path
@@ -394,7 +394,7 @@ def complexity_table(entries: Sequence[dict]) -> pd.DataFrame:
         params_m = entry["params"] / 1e6
         gmacs = entry["macs"] / 1e9 if entry.get("macs") is not None else math.nan
         lines.append({
-            "model": name, "input": entry.get("input_size"),
+            "model": model_label(name), "name": name, "input": entry.get("input_size"),
             "params (M)": round(params_m, 3),
             "paper params (M)": paper_params,
             "Δ params vs paper (%)": _percent_delta(params_m, paper_params),
@@ -433,7 +433,7 @@ def complexity_claims(entries: Sequence[dict] | None) -> pd.DataFrame:
                 continue
             ours = entry[key] / scale if entry and entry.get(key) is not None else None
             verdict, reason = judge_complexity(ours, reference, tolerance)
-            lines.append(dict(experiment="models", claim=f"{name}: {what}", kind="complexity",
+            lines.append(dict(experiment="models", claim=f"{model_label(name)}: {what}", kind="complexity",
                               paper=reference, ours=ours if ours is not None else math.nan,
                               delta=ours - reference if ours is not None else math.nan,
                               verdict=verdict, reason=reason, budget="exact count",

@@ -397,11 +397,13 @@ def test_complexity_claims_against_paper_and_deploy_files(tmp_path):
     path = tmp_path / "complexity.json"
     path.write_text(json.dumps({"models": entries}))
     claims = report.complexity_claims(report.read_complexity(path))
-    assert claim(claims, "attention56: params (M), official")["verdict"] == verdicts.REPRODUCED
-    assert claim(claims, "attention56: params (M), paper")["verdict"] == verdicts.REPRODUCED
-    assert claim(claims, "cifar_attention92: params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
-    assert claim(claims, "resnet152: params (M), paper")["verdict"] == verdicts.NOT_RUN
-    table = report.complexity_table(entries).set_index("model")
+    # paper names, not the registry's identifiers
+    assert claim(claims, "Attention-56 (ImageNet): params (M), official")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "Attention-56 (ImageNet): params (M), paper")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "Attention-92 (CIFAR): params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
+    assert claim(claims, "ResNet-152 (ImageNet): params (M), paper")["verdict"] == verdicts.NOT_RUN
+    table = report.complexity_table(entries).set_index("name")
+    assert table.loc["cifar_attention92", "model"] == "Attention-92 (CIFAR)"
     assert table.loc["attention56", "official params (M)"] == pytest.approx(31.8)
     assert report.read_complexity(tmp_path / "absent.json") is None
 
