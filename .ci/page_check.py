@@ -112,7 +112,8 @@ function phone() {
     if (edge > width + 1) {
       const heading = [...document.querySelectorAll("h1, h2, h3")]
         .filter((h) => h.compareDocumentPosition(table) & Node.DOCUMENT_POSITION_FOLLOWING).pop();
-      problems.push(`at ${width} px the verdict column under "${heading ? heading.textContent.replace("#", "").trim() : "page"}" ` +
+      const under = heading ? heading.textContent.replace("#", "").trim() : "page";
+      problems.push(`at ${width} px the verdict column under "${under}" ` +
                     `ends ${Math.round(edge - width)} px off screen`);
     }
   }

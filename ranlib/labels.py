@@ -116,7 +116,8 @@ def hours_number(value: float) -> str:
 
 def hours_text(records: Sequence[dict]) -> str:
     """``"12.4 CPU-hours"``, ``"0.50 GPU-hours and 3.1 CPU-hours"``; ``"nothing"`` without runs."""
-    parts = [f"{hours_number(h)} {kind}-hours" for kind, h in sorted(hours(records).items(), key=lambda kv: kv[0] != "GPU")]
+    by_kind = sorted(hours(records).items(), key=lambda kv: kv[0] != "GPU")  # GPU first
+    parts = [f"{hours_number(h)} {kind}-hours" for kind, h in by_kind]
     return " and ".join(parts) or "nothing"
 
 

@@ -2,11 +2,13 @@
 
 The notebooks in ``notebooks/`` stay thin: they call :func:`ranlib.planning.train_experiment`
 (which only builds :class:`ranlib.train.TrainConfig` objects and calls :func:`ranlib.train.run`),
-then :func:`ranlib.planning.load_records`, :func:`results_table`, :func:`claims_table` here and
-the ``plot_*`` helpers of :mod:`ranlib.plots`. The book's summary pages call
-:func:`claims_summary` and :func:`compute_ledger`. Paper numbers come from :mod:`ranlib.paper`
-only; the experiments' rows and claims from :mod:`ranlib.experiments`; the rules a claim is
-judged by from :mod:`ranlib.verdicts`.
+then :func:`ranlib.planning.load_records`, :func:`show_results` and :func:`show_claims` here
+(:func:`results_table` and :func:`claims_table` shown with their labels, rule and units) and the
+``plot_*`` helpers of :mod:`ranlib.plots`. The book's summary pages call :func:`claims_summary`
+and :func:`compute_ledger`; where the study stands, and what a chapter without results needs, is
+:mod:`ranlib.status`; how a measured number is labelled (budget, device, cost) :mod:`ranlib.labels`.
+Paper numbers come from :mod:`ranlib.paper` only; the experiments' rows and claims from
+:mod:`ranlib.experiments`; the rules a claim is judged by from :mod:`ranlib.verdicts`.
 """
 
 from __future__ import annotations
@@ -613,8 +615,8 @@ def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
     or, without a measurement, the figure the copy's README quotes, labelled as quoted.
 
     Returns ``{"source": "measured" | "quoted", "points", "low", "high", "text", "short"}`` (points of
-    top-1 error; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the file's ``jpeg_minus_exact_interval`` when it has one, else a
-    conservative one: the 95 % normal interval of the difference of two independent error rates on
+    top-1 error; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the
+    file's ``jpeg_minus_exact_interval`` when it has one, else a conservative one: the 95 % normal interval of the difference of two independent error rates on
     ``num_images`` images each (the two evaluations share their images, which only narrows the true
     interval, so this one is too wide rather than too narrow).
     """

@@ -26,7 +26,7 @@ from .ledger import device_minutes
 from .paths import display_path, resolve_path
 from .planning import load_records
 from .report import claims_summary, commands_block, record_profile
-from .verdicts import NOT_RUN, PROFILE_RANK
+from .verdicts import NOT_RUN, PROFILE_RANK, VERDICTS
 
 # What a chapter's training data is and how to get it (sizes from each copy's README).
 DATA_NEEDS = {
@@ -127,7 +127,7 @@ def _hours(values: list[float]) -> str:
 
 
 def cost_phrase(rows_by_experiment: dict[str, list], results_root) -> str:
-    """``"about 0.16–0.32 GPU-hours at the quick budget (...) and 1.6–3.2 at the paper's, on an H200
+    """``"about 0.16–0.32 GPU-hours at the quick budget (...) and 1.6–3.2 at the paper's length (...), on an H200
     at an assumed 15-30 % of its bf16 peak (not measured); or 30 CPU-hours at the quick budget, at
     the rate this study's CPU runs achieved"``; ``""`` without model counts."""
     rates = measured_rates(_all_records(results_root), _macs(results_root))
@@ -135,7 +135,8 @@ def cost_phrase(rows_by_experiment: dict[str, list], results_root) -> str:
     if estimates["quick"] is None:
         return ""
     model, dataset = next((r.model, experiment(n).dataset) for n, rows in rows_by_experiment.items() for r in rows)
-    paper_budget = f" and {_hours(estimates['paper']['GPU'])} at the paper's" if estimates["paper"] else ""
+    paper_budget = (f" and {_hours(estimates['paper']['GPU'])} at the paper's length (the paper and full budgets)"
+                    if estimates["paper"] else "")
     phrase = (f"about {_hours(estimates['quick']['GPU'])} GPU-hours at {budget_phrase('quick', model, dataset)}"
               f"{paper_budget}, {_gpu_rates(rates)[1]}")
     if "CPU" in estimates["quick"]:
@@ -191,10 +192,8 @@ def _tables(titles: list[str]) -> str:
 
 def counts_text(frame: pd.DataFrame) -> str:
     """How many claims got each verdict (``"2 reproduced, 1 partly, 5 not run here"``)."""
-    outcome = frame["verdict"].where(~frame["verdict"].str.startswith(NOT_RUN), NOT_RUN)
-    order = [v for v in outcome.value_counts().index if v != NOT_RUN] + [NOT_RUN]
-    counts = outcome.value_counts()
-    return ", ".join(f"{counts[v]} {v}" for v in order if v in counts)
+    counts = frame["verdict"].where(~frame["verdict"].str.startswith(NOT_RUN), NOT_RUN).value_counts()
+    return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)  # in the legend's order
 
 
 def split_claims(claims: pd.DataFrame) -> dict[str, pd.DataFrame]:

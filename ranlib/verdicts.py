@@ -286,9 +286,10 @@ def rule_sentence(kinds: Iterable[str], *, jpeg_cost: str = "") -> str:
     t2, t1 = (t_quantile(0.5 + CONFIDENCE / 2, df) for df in (2, 1))
     parts = []
     if kinds & {"ordering", "response"}:
+        figure4 = "; for Figure 4, ARL's last-stage response minus NAL's" if "response" in kinds else ""
         parts.append(
             f"an ordering is judged on our gap (the paper's worse network minus its better one, in points "
-            f"of top-1 error{'; for Figure 4, ARL’s last-stage response minus NAL’s' if 'response' in kinds else ''}) "
+            f"of top-1 error{figure4}) "
             f"and its {_CI} Welch interval, gap ± t × its standard error, where t is Student's "
             f"quantile at the Welch degrees of freedom (with 2 seeds a row between 1 and 2, so t is "
             f"{t2:.2f} to {t1:.2f}): "
