@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import paper
 from .experiments import experiment
-from .ledger import device_minutes
+from .labels import hours_text
 from .verdicts import mean_std
 
 EXPERIMENT = "imagewoof"
@@ -34,6 +34,8 @@ LEADERBOARD_SOURCE = "fast.ai's Imagenette leaderboard (github.com/fastai/imagen
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's H100/H200 SXM figure, dense (no sparsity)
 ASSUMED_MFU = 0.30  # a planning assumption for convolutional networks in bf16; not measured yet
 PESSIMISTIC_MFU = 0.15  # what a small-image, BN-heavy step may well reach instead
+# One format per column of this chapter's tables (parameters to 0.1 M, epochs to 0.1, whole seconds).
+FORMATS = {"params (M)": "{:.1f}", "paper ImageNet params (M)": "{:.1f}", "epochs": "{:.1f}", "input": "{:.0f}"}
 STARTUP_S = 25.0  # per training process: imports, model build, data on the device, graph capture
 
 
@@ -84,9 +86,9 @@ def cost_table(profile: str = "quick", seeds: int = 2) -> pd.DataFrame:
         lines.append({
             "network": row.label, "params (M)": round(counts["params"] / 1e6, 1),
             f"GMACs at {s['train_size']} px": round(counts["macs"] / 1e9, 2),
-            f"est. s, {seeds} seeds, {ASSUMED_MFU:.0%} MFU": round(estimated_seconds(
+            f"est. GPU-seconds, {seeds} seeds, at {100 * ASSUMED_MFU:.0f} % of peak": round(estimated_seconds(
                 counts["macs"], iterations=s["iterations"], batch_size=s["batch_size"], seeds=seeds)),
-            f"est. s at {PESSIMISTIC_MFU:.0%} MFU": round(estimated_seconds(
+            f"est. GPU-seconds at {100 * PESSIMISTIC_MFU:.0f} % of peak": round(estimated_seconds(
                 counts["macs"], iterations=s["iterations"], batch_size=s["batch_size"], seeds=seeds,
                 mfu=PESSIMISTIC_MFU)),
         })
@@ -104,7 +106,7 @@ def _record_epochs(record: dict) -> float:
 
 def results_table(records: Sequence[dict]) -> pd.DataFrame:
     """One line per network (and budget we ran it at): top-1 error mean ± std over seeds, parameters
-    and multiply-adds at the run's input size, device minutes, budget; the paper's ImageNet
+    and multiply-adds at the run's input size, cost (CPU- or GPU-hours), budget; the paper's ImageNet
     parameters and top-1 beside, for the ordering they claim (never compared as numbers)."""
     from .report import format_mean_std, runs_frame
 
@@ -120,7 +122,7 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
             counts = network_counts(row.model)
             lines.append({"network": row.label, "top-1 error (%)": "–", "params (M)": round(counts["params"] / 1e6, 1),
                           "GMACs": round(counts["macs"] / 1e9, 2), "input": 112, "epochs": math.nan,
-                          "budget": "not run here", "seeds": "", "device min": math.nan, "device": "", **context})
+                          "budget": "–", "seeds": "", "cost": "", "trained on": "", **context})
             continue
         for profile, group in mine.groupby("profile", sort=False):
             first = by_run[group["run_name"].iloc[0]]
@@ -130,10 +132,10 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
             lines.append({"network": row.label, "top-1 error (%)": format_mean_std(mean, std, n),
                           "params (M)": round(counts["params"] / 1e6, 1), "GMACs": round(counts["macs"] / 1e9, 2),
                           "input": int(size), "epochs": round(_record_epochs(first), 1),
-                          "budget": f"{profile} ({int(group['iterations'].iloc[0]):,} it)",
+                          "budget": group["budget"].iloc[0],
                           "seeds": ", ".join(str(s) for s in sorted(group["seed"])),
-                          "device min": round(float(group["device_minutes"].sum()), 2),
-                          "device": ", ".join(sorted({d for d in group["device"] if d})), **context})
+                          "cost": hours_text([by_run[n] for n in group["run_name"]]),
+                          "trained on": "; ".join(sorted(set(group["trained_on"]))), **context})
     return pd.DataFrame(lines)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from . import paper
 from .experiments import MODEL_LABELS, experiment
 from .paths import resolve_path
+from .labels import device_text, record_budget
 from .report import normalised_responses, record_profile
 
 
@@ -35,20 +36,46 @@ def curves_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
                                         "error"])
 
 
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, off the data."""
+    if ax.get_legend() is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+
+
+def _caption(records: Sequence[dict]) -> str:
+    """The budget, device, precision and data of the runs a figure draws, for its title."""
+    budgets = sorted({record_budget(r) for r in records})
+    where = sorted({f"{device_text(r)}, {r['provenance'].get('precision') or '?'}" for r in records})
+    data = sorted({r["dataset"]["label"] for r in records})
+    return "; ".join(["; ".join(budgets), "; ".join(where), "; ".join(data)])
+
+
 def plot_learning_curves(name: str, records: Sequence[dict], ax=None):
-    """Train and test top-1 error vs iteration, one colour per row (band = spread over seeds)."""
+    """Train and test top-1 error vs iteration, one colour per row, with the paper's final error of
+    each row as a dotted line of its colour; a band (± sd over seeds) only where a row has >= 2
+    seeds; the legend off the data. None (nothing drawn) when there are no curves."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    exp = experiment(name)
     frame = curves_frame(name, records)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
     if frame.empty:
-        ax.text(0.5, 0.5, "no learning curves", ha="center", va="center", transform=ax.transAxes)
-        return ax
-    sns.lineplot(frame, x="iteration", y="error", hue="row", style="split", errorbar="sd",
-                 ax=ax)
-    ax.set(ylabel="top-1 error (%)", title=f"{experiment(name).title}: learning curves")
+        return None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    labels = list(dict.fromkeys(frame["row"]))
+    palette = dict(zip(labels, sns.color_palette(n_colors=len(labels))))
+    # Seaborn's sd of a single seed is undefined, so a row with one seed draws no band.
+    several = bool((frame.groupby("row")["seed"].nunique() >= 2).any())
+    sns.lineplot(frame, x="iteration", y="error", hue="row", style="split", palette=palette,
+                 errorbar="sd" if several else None, ax=ax)
+    for row in exp.rows:
+        if row.label in palette and row.paper_error is not None:
+            ax.axhline(row.paper_error, color=palette[row.label], linestyle=":", linewidth=1.2,
+                       label=f"paper, {row.label} (final)")
+    ax.set(ylabel="top-1 error (%)")
+    ax.set_title(f"{exp.title}: learning curves\n{_caption([r for _, r in exp.runs_of(records)])}", fontsize=9)
+    _legend_outside(ax)
     return ax
 
 
@@ -62,53 +89,70 @@ def plot_error_vs_noise(records: Sequence[dict], ax=None):
                   source="paper") for r in exp.rows]
     for row, record in exp.runs_of(records):
         lines.append(dict(model=MODEL_LABELS[row.model], noise=100 * row.noise_level,
-                          error=record["final"]["top1_error"], source=f"ours ({record_profile(record)})"))
+                          error=record["final"]["top1_error"], source=f"ours ({record_budget(record)})"))
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(pd.DataFrame(lines), x="noise", y="error", hue="model", style="source",
                  markers=True, errorbar="sd", ax=ax)
     ax.set(xlabel="label noise (%)", ylabel="top-1 test error (%)",
            title="Error vs label noise (Table 5)")
+    _legend_outside(ax)
     return ax
 
 
 def responses_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
-    """Figure 4's curves, ours per run and the paper's read-off values, long format."""
+    """Figure 4's curves, ours per run and the paper's read-off values, long format; ``network``
+    names the depth and budget of ours (the paper's figure is Attention-164)."""
     exp = experiment(name)
-    lines = [dict(network=label, stage=i + 1, response=v, source="paper", run="paper")
+    lines = [dict(network=f"{label} (paper)", stage=i + 1, response=v, source="paper", run="paper")
              for label, curve in paper.FIGURE4_STAGE_RESPONSE.items()
              for i, v in enumerate(curve)]
     for row, record in exp.runs_of(records):
         curve = normalised_responses(record)
         if curve is None:
             continue
-        lines += [dict(network=row.label, stage=i + 1, response=v,
-                       source=f"ours ({record_profile(record)})", run=record["run_name"])
+        lines += [dict(network=f"{row.label} (ours, {record_profile(record)})", stage=i + 1, response=v,
+                       source=f"ours ({record_budget(record)})", run=record["run_name"])
                   for i, v in enumerate(curve)]
     return pd.DataFrame(lines, columns=["network", "stage", "response", "source", "run"])
 
 
+def responses_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`responses_frame` as a table: one line per curve (mean over seeds), a column per stage."""
+    table = frame.pivot_table(index=["network", "source"], columns="stage", values="response", sort=False)
+    return table.rename(columns=lambda stage: f"stage {stage}").reset_index()
+
+
 def plot_stage_responses(name: str, records: Sequence[dict], ax=None):
-    """Figure 4: mean absolute response per stage normalised to stage 1 (log scale)."""
+    """Figure 4: mean absolute response per stage normalised to stage 1 (log scale): the paper's
+    Attention-164 and ResNet-164 curves, and ours for every row we trained (mean ± sd over seeds)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     frame = responses_frame(name, records)
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(frame, x="stage", y="response", hue="network", style="source", markers=True,
                  errorbar="sd", ax=ax)
-    ax.set(yscale="log", xticks=sorted(frame["stage"].unique()),
-           ylabel="mean |response| / stage 1", title="Stage responses (Figure 4)")
+    ours = [r for _, r in experiment(name).runs_of(records) if normalised_responses(r) is not None]
+    title = "Stage responses (Figure 4): the paper's from Attention-164"
+    if ours:
+        title += f"\nours: {_caption(ours)}"
+    ax.set(yscale="log", xticks=sorted(frame["stage"].unique()), ylabel="mean |response| / stage 1")
+    ax.set_title(title, fontsize=9)
+    _legend_outside(ax)
     return ax
+
+
+NOISE_FORMATS = {"requested": "{:.0%}", "achieved": "{:.2%}"}  # flip rates as the book prints them
 
 
 def noise_frame(records: Sequence[dict]) -> pd.DataFrame:
     """Requested vs achieved label-noise rate of every label-noise run."""
-    lines = [dict(run=r["run_name"], model=r["model"]["name"], level=r["noise"]["level"],
-                  achieved_rate=r["noise"]["achieved_rate"], seed=r["noise"]["seed"])
+    lines = [dict(run=r["run_name"], network=MODEL_LABELS.get(r["model"]["name"], r["model"]["name"]),
+                  level=r["noise"]["level"], achieved_rate=r["noise"]["achieved_rate"], seed=r["noise"]["seed"])
              for r in records if r.get("noise")]
-    return pd.DataFrame(lines, columns=["run", "model", "level", "achieved_rate", "seed"])
+    return pd.DataFrame(lines, columns=["run", "network", "level", "achieved_rate", "seed"])
 
 
 def plot_transition_matrix(record: dict, ax=None):
@@ -276,3 +320,25 @@ def write_checkpoint_masks(checkpoint: str | os.PathLike, path: str | os.PathLik
     checkpoint = resolve_path(checkpoint)
     source = f"{checkpoint.parent.parent.name}/{checkpoint.parent.name}"
     return write_masks(path, images, masks, source=source)
+
+
+CIFAR_MASKS_CHECKPOINT = "checkpoints/attention_types/attention56-mixed-quick-s0/last.pt"
+# The masks figures' data files, under <results>/attention_masks/ (the masks chapter reads them).
+CIFAR_MASKS_NAME = "cifar_attention56_masks.npz"
+WOOF_MASKS_NAME = "imagewoof_attention56_masks.npz"
+
+
+def masks_command(masks_file: str, checkpoint: str = CIFAR_MASKS_CHECKPOINT) -> str:
+    """The command that writes a trained CIFAR Attention-56's masks figure data to ``masks_file``."""
+    return (f"python -c \"from ranlib import plots; plots.write_checkpoint_masks('{checkpoint}', "
+            f"'{masks_file}')\"")
+
+
+def masks_label(source: str, records: Sequence[dict]) -> str:
+    """Where a kept masks figure comes from (``source`` = ``experiment/run``): the run's budget,
+    device, precision and data, read from its results record; ``"its run has no results here"``."""
+    for r in records:
+        if f"{r['experiment']}/{r['run_name']}" == source:
+            return (f"{record_budget(r)}; {device_text(r)}, {r['provenance'].get('precision') or '?'}; "
+                    f"{r['dataset']['label']}")
+    return "its run has no results file here"

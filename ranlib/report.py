@@ -2,11 +2,13 @@
 
 The notebooks in ``notebooks/`` stay thin: they call :func:`ranlib.planning.train_experiment`
 (which only builds :class:`ranlib.train.TrainConfig` objects and calls :func:`ranlib.train.run`),
-then :func:`ranlib.planning.load_records`, :func:`results_table`, :func:`claims_table` here and
-the ``plot_*`` helpers of :mod:`ranlib.plots`. The book's summary pages call
-:func:`claims_summary` and :func:`compute_ledger`. Paper numbers come from :mod:`ranlib.paper`
-only; the experiments' rows and claims from :mod:`ranlib.experiments`; the rules a claim is
-judged by from :mod:`ranlib.verdicts`.
+then :func:`ranlib.planning.load_records`, :func:`show_results` and :func:`show_claims` here
+(:func:`results_table` and :func:`claims_table` shown with their labels, rule and units) and the
+``plot_*`` helpers of :mod:`ranlib.plots`. The book's summary pages call :func:`claims_summary`
+and :func:`compute_ledger`; where the study stands, and what a chapter without results needs, is
+:mod:`ranlib.status`; how a measured number is labelled (budget, device, cost) :mod:`ranlib.labels`.
+Paper numbers come from :mod:`ranlib.paper` only; the experiments' rows and claims from
+:mod:`ranlib.experiments`; the rules a claim is judged by from :mod:`ranlib.verdicts`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,13 +24,15 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import paper
-from .experiments import EXPERIMENTS, OTHER_EXPERIMENTS, experiment
+from .experiments import EXPERIMENTS, OTHER_EXPERIMENTS, Claim, experiment, model_label
+from .labels import conditions, device_kind, device_text, hours_number, record_budget
 from .ledger import LEDGER_NAME, charged_device_s, device_minutes, read_ledger, with_charged_time
 from .paths import display_path, resolve_path
 from .planning import load_records, train_commands
 from .results import load_results
 from .verdicts import (COMPLEXITY_TOLERANCE, DEPLOY_TOLERANCE, NOT_RUN, NOT_RUN_SMOKE, PROFILE_RANK,
-                       judge_absolute, judge_complexity, judge_ordering, judge_parity, mean_std)
+                       judge_absolute, judge_complexity, judge_ordering, judge_parity, mean_std, rule_sentence,
+                       welch_gap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -36,10 +41,29 @@ from .verdicts import (COMPLEXITY_TOLERANCE, DEPLOY_TOLERANCE, NOT_RUN, NOT_RUN_
 # The paper prints top-1/top-5 errors (and so their deltas and spreads) with two decimals.
 PAPER_DECIMALS = 2
 MISSING = "–"
-RESULT_COLUMNS = ["network", "paper (%)", "ours (%)", "delta", "budget"]
-RESULT_DETAILS = ["row", "network", "dataset", "seeds", "device min", "device"]
-CLAIM_COLUMNS = ["claim", "paper", "ours", "verdict", "reason"]
-CLAIM_DETAILS = ["claim", "delta", "budget", "dataset", "seeds"]
+DELTA = "ours − paper (points)"
+RESULT_COLUMNS = ["network", "paper (%)", "ours (%)", DELTA, "budget"]
+RESULT_DETAILS = ["network", "data", "seeds", "trained on", "cost"]
+RESULT_FORMATS = {DELTA: "{:+.2f}"}
+# Table 7's extra columns (test crop and top-5), shown where the paper gives them.
+IMAGENET_COLUMNS = ["network", "test crop (px)", "paper (%)", "paper top-5 (%)", "ours (%)", DELTA, "budget"]
+# The verdict next to the claim, so that it stays on a phone's screen; what the numbers are after.
+CLAIM_COLUMNS = ["claim", "verdict", "paper", "ours", "reason"]
+CLAIM_DETAILS = ["claim", "budget", "data", "seeds"]
+# What the paper and ours columns of a verdicts table hold, per kind of claim.
+_UNITS = {"absolute": "top-1 error in % for a claim about one network's error",
+          "ordering": "for an ordering, the gap in points of top-1 error (the paper's worse network minus its "
+                      "better one: positive when the order holds), ours with its 95 % interval and the seeds per row",
+          "parity": "for a tie, the difference, ours with its 95 % interval",
+          "response": "for Figure 4, ARL's last-stage response minus NAL's (normalised to stage 1)"}
+
+
+def claim_units(kinds: Sequence[str]) -> str:
+    """One sentence saying what the *paper* and *ours* columns mean for claims of these kinds."""
+    parts = [text for kind, text in _UNITS.items() if kind in set(kinds)]
+    return f"*paper* and *ours*: {'; '.join(parts)}." if parts else ""
+
+
 COMPLEXITY_COLUMNS = ["model", "params (M)", "paper params (M)", "official params (M)", "GMACs",
                       "paper GFLOPs", "official GMACs"]
 COMPLEXITY_DETAILS = ["model", "input", "Δ params vs paper (%)", "Δ GMACs vs paper (%)"]
@@ -49,15 +73,20 @@ COMPLEXITY_FORMATS = {"paper params (M)": "{:g}", "paper GFLOPs": "{:g}",
 
 
 def table_html(frame: pd.DataFrame, *, digits: int = PAPER_DECIMALS,
-               formats: dict[str, str] | None = None) -> str:
+               formats: dict[str, str] | None = None, html: Sequence[str] = ()) -> str:
     """``frame`` as the book's HTML table: no index column, ``–`` where a value is missing,
-    floats with ``digits`` decimals (``formats``: a format string per column instead)."""
+    floats with ``digits`` decimals (``formats``: a format string per column instead, for its numbers;
+    text in such a column, say a total line's label, is shown as it is). Columns in
+    ``html`` hold markup ranlib built (links, anchors) and are not escaped."""
     columns = list(frame.columns)
     styler = frame.style.hide(axis="index").format(na_rep=MISSING, precision=digits, escape="html")
     for column, spec in (formats or {}).items():
         if column in columns:
-            styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else spec.format(v),
-                                   subset=[column])
+            styler = styler.format(lambda v, spec=spec: MISSING if _missing(v) else
+                                   spec.format(v) if isinstance(v, numbers.Number) else v, subset=[column])
+    for column in html:
+        if column in columns:
+            styler = styler.format(lambda v: MISSING if _missing(v) else v, subset=[column], escape=None)
     # Styler draws a random table id: one from the content keeps a re-rendered page the same.
     uuid = hashlib.sha256(frame.to_json(default_handler=str).encode()).hexdigest()[:8]
     return styler.set_uuid(uuid).set_table_attributes('class="dataframe ranlib-table"').to_html()
@@ -69,22 +98,24 @@ def _missing(value: Any) -> bool:
 
 def show(frame: pd.DataFrame, columns: Sequence[str] | None = None, *,
          details: Sequence[str] | None = None, summary: str = "All columns",
-         digits: int = PAPER_DECIMALS, formats: dict[str, str] | None = None) -> None:
+         digits: int = PAPER_DECIMALS, formats: dict[str, str] | None = None,
+         html: Sequence[str] = ()) -> None:
     """Display ``frame`` in a notebook the way every page of the book shows a table.
 
     Only ``columns`` (None: all; empty: none, the whole table folded) are shown, so that the
     table fits a 1280-px page; ``details`` (other columns) go to a second table folded under
     ``summary``. The frame itself is not changed (tables glued for the prose keep every column).
+    ``html``: columns of markup (:func:`table_html`).
     """
     from IPython.display import HTML, display
 
     if columns is None or len(columns):
         shown = frame[[c for c in columns if c in frame.columns]] if columns is not None else frame
-        display(HTML(table_html(shown, digits=digits, formats=formats)))
+        display(HTML(table_html(shown, digits=digits, formats=formats, html=html)))
     rest = [c for c in details or [] if c in frame.columns]
     if rest and not frame.empty:
         display(HTML(f'<details class="ranlib-details"><summary>{summary}</summary>\n'
-                     f"{table_html(frame[rest], digits=digits, formats=formats)}\n</details>"))
+                     f"{table_html(frame[rest], digits=digits, formats=formats, html=html)}\n</details>"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,50 +137,44 @@ def runs_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:
             row=row.key, label=row.label, run_name=record["run_name"],
             seed=prov.get("seed", record.get("config", {}).get("seed")),
             profile=record_profile(record), iterations=record.get("config", {}).get("iterations"),
-            batch_size=record.get("config", {}).get("batch_size"),
+            batch_size=record.get("config", {}).get("batch_size"), budget=record_budget(record),
             dataset=record["dataset"]["label"], dataset_id=record["dataset"]["id"],
             top1_error=record["final"]["top1_error"], top5_error=record["final"]["top5_error"],
             device=prov.get("device_name"), device_type=prov.get("device_type"),
-            device_minutes=device_minutes(record)))
-    columns = ["row", "label", "run_name", "seed", "profile", "iterations", "batch_size", "dataset",
-               "dataset_id", "top1_error", "top5_error", "device", "device_type",
+            trained_on=f"{device_text(record)}, {prov.get('precision') or '?'}",
+            kind=device_kind(record), device_minutes=device_minutes(record)))
+    columns = ["row", "label", "run_name", "seed", "profile", "iterations", "batch_size", "budget", "dataset",
+               "dataset_id", "top1_error", "top5_error", "device", "device_type", "trained_on", "kind",
                "device_minutes"]
     return pd.DataFrame(lines, columns=columns)
 
 
-def format_mean_std(mean: float, std: float, n: int, digits: int = 2) -> str:
-    """``"5.52 ± 0.10 (n=2)"``; ``"5.52 (n=1)"``; ``"–"`` without values."""
+def format_mean_std(mean: float, std: float, n: int, digits: int = 2, unit: str = "") -> str:
+    """``"5.52 ± 0.10 (n=2)"``; ``"5.52 (n=1)"``; ``"–"`` without values; ``unit`` after the
+    numbers (``" %"``: ``"5.52 ± 0.10 % (n=2)"``)."""
     if n == 0 or not math.isfinite(mean):
         return "–"
     if n > 1 and math.isfinite(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
-    return f"{mean:.{digits}f} (n={n})"
-
-
-def _budget(profile: str, iterations: Any, batch_size: Any = None) -> str:
-    """``"quick (625 it)"``; the ``full`` profile names its batch, which defines it."""
-    if iterations is None or (isinstance(iterations, float) and math.isnan(iterations)):
-        return profile
-    if profile == "full" and batch_size:
-        return f"full, batch {int(batch_size)} ({int(iterations):,} it)"
-    return f"{profile} ({int(iterations):,} it)"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}{unit} (n={n})"
+    return f"{mean:.{digits}f}{unit} (n={n})"
 
 
 def _groups(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs aggregated per (row, profile, dataset)."""
     columns = ["row", "profile", "dataset", "mean", "std", "n", "top5_mean", "budget",
-               "device_minutes", "device", "seeds"]
+               "device_minutes", "cost", "device", "seeds"]
     if runs.empty:
         return pd.DataFrame(columns=columns)
     out = []
     for (row, profile, dataset), g in runs.groupby(["row", "profile", "dataset"], sort=False):
         mean, std, n = mean_std(g["top1_error"])
         top5, _, _ = mean_std(g["top5_error"].dropna())
-        devices = sorted({d for d in g["device"] if d})
+        cost = " and ".join(f"{hours_number(g[g['kind'] == kind]['device_minutes'].sum() / 60)} {kind}-hours"
+                            for kind in sorted(set(g["kind"]), key=lambda k: k != "GPU"))
         out.append(dict(row=row, profile=profile, dataset=dataset, mean=mean, std=std, n=n,
-                        top5_mean=top5, budget=_budget(profile, g["iterations"].iloc[0], g["batch_size"].iloc[0]),
-                        device_minutes=float(g["device_minutes"].sum()),
-                        device=", ".join(devices), seeds=sorted(g["seed"].tolist())))
+                        top5_mean=top5, budget=g["budget"].iloc[0],
+                        device_minutes=float(g["device_minutes"].sum()), cost=cost,
+                        device="; ".join(sorted(set(g["trained_on"]))), seeds=sorted(g["seed"].tolist())))
     return pd.DataFrame(out, columns=columns)
 
 
@@ -163,30 +188,39 @@ def _best_group(groups: pd.DataFrame, key: str) -> dict | None:
     return ranked.iloc[0].to_dict()
 
 
+def result_columns(name: str) -> list[str]:
+    """The columns a chapter's paper-vs-ours table shows (Table 7 adds its test crop and top-5)."""
+    return IMAGENET_COLUMNS if experiment(name).task == "imagenet" else RESULT_COLUMNS
+
+
 def results_table(name: str, records: Sequence[dict]) -> pd.DataFrame:
     """Paper vs ours, one line per row of the paper's table and budget we ran it at.
 
     Rows we have no results for are listed with the paper's number and ``ours`` = "–".
+    Columns: row (its key), network, paper (%), ours (%) (mean ± sample std (n)), ours − paper (points), budget,
+    data, seeds, trained on (device and precision), cost (CPU- or GPU-hours); Table 7's rows add
+    the paper's test crop and top-5.
     """
     exp = experiment(name)
     groups = _groups(runs_frame(name, records))
     lines = []
     for row in exp.rows:
         mine = groups[groups["row"] == row.key]
+        if mine.empty and row.paper_error is None and not row.cifar100:
+            continue
+        paper_side = {"row": row.key, "network": row.label, "paper (%)": row.paper_error}
+        if exp.task == "imagenet":
+            paper_side.update({"test crop (px)": row.test_size, "paper top-5 (%)": row.paper_top5})
         if mine.empty:
-            if row.paper_error is None and not row.cifar100:
-                continue
-            lines.append({"row": row.key, "network": row.label, "paper (%)": row.paper_error,
-                          "ours (%)": "–", "delta": math.nan, "budget": "not run here",
-                          "dataset": "", "seeds": "", "device min": math.nan, "device": ""})
+            lines.append({**paper_side, "ours (%)": MISSING, DELTA: math.nan, "budget": "not run here",
+                          "data": "", "seeds": "", "trained on": "", "cost": ""})
             continue
         for g in mine.to_dict("records"):
             delta = g["mean"] - row.paper_error if row.paper_error is not None else math.nan
-            lines.append({"row": row.key, "network": row.label, "paper (%)": row.paper_error,
-                          "ours (%)": format_mean_std(g["mean"], g["std"], g["n"]),
-                          "delta": round(delta, 2), "budget": g["budget"],
-                          "dataset": g["dataset"], "seeds": ", ".join(map(str, g["seeds"])),
-                          "device min": round(g["device_minutes"], 2), "device": g["device"]})
+            lines.append({**paper_side, "ours (%)": format_mean_std(g["mean"], g["std"], g["n"]),
+                          DELTA: round(delta, 2), "budget": g["budget"], "data": g["dataset"],
+                          "seeds": ", ".join(map(str, g["seeds"])), "trained on": g["device"],
+                          "cost": g["cost"]})
     return pd.DataFrame(lines)
 
 
@@ -204,8 +238,47 @@ def _seed_values(runs: pd.DataFrame, key: str, profile: str, dataset: str,
     return [float(v) for v in sel[column] if v is not None and math.isfinite(v)]
 
 
+def paper_error(name: str, key: str) -> float | None:
+    """The paper's top-1 error for a row; for the Imagewoof proxy, the network's ImageNet error
+    (Table 7), which only the ordering it claims is compared with."""
+    exp = experiment(name)
+    row = exp.row(key)
+    if row.paper_error is None and exp.task == "imagewoof":
+        return paper.TABLE7_IMAGENET[row.model]["top1"]
+    return row.paper_error
+
+
+def paper_claim(name: str, claim: Claim) -> tuple[float, str]:
+    """The paper's number for a claim and how the book prints it: the error (absolute claims), the
+    gap worse − better with both errors (orderings, ties), or Figure 4's last-stage responses."""
+    where = " on ImageNet" if experiment(name).task == "imagewoof" else ""
+    if claim.kind == "response":
+        curves = paper.FIGURE4_STAGE_RESPONSE
+        arl, nal = curves["Attention-164 ARL"][-1], curves["Attention-164 NAL"][-1]
+        return arl - nal, f"{arl - nal:+.2f} ({arl:g} vs {nal:g})"
+    errors = [paper_error(name, key) for key in claim.rows]
+    if claim.kind == "absolute":
+        return errors[0], f"{errors[0]:.2f} %"
+    if any(e is None for e in errors):
+        return math.nan, MISSING
+    gap = errors[1] - errors[0]
+    return gap, f"{gap:+.2f} ({errors[0]:.2f} vs {errors[1]:.2f} %{where})"
+
+
+def claim_anchor(name: str, index: int) -> str:
+    """The HTML id of claim ``index`` of experiment ``name`` on its chapter's page."""
+    return f"claim-{name}-{index}"
+
+
 def claims_table(name: str, records: Sequence[dict]) -> pd.DataFrame:
-    """Every claim of an experiment: claim, paper, ours, delta, verdict, reason, budget, seeds."""
+    """Every claim of an experiment, judged (:mod:`ranlib.verdicts`).
+
+    Numeric columns: ``paper`` and ``ours`` (the error in %, or the gap worse − better in points),
+    ``delta`` (ours − paper), ``low``/``high`` (the 95 % Welch interval of our gap, where >= 2 seeds
+    a row); text columns ``paper_text``/``ours_text`` (as the book prints them, with their units or
+    the two errors), ``verdict``, ``reason``, ``budget``, ``dataset``, ``seeds``; ``anchor``, the
+    claim's id on its chapter's page.
+    """
     exp = experiment(name)
     runs = runs_frame(name, records)
     response = {}
@@ -216,11 +289,13 @@ def claims_table(name: str, records: Sequence[dict]) -> pd.DataFrame:
     runs["response"] = runs["run_name"].map(response)
     groups = _groups(runs)
     lines = []
-    for claim in exp.claims:
+    for index, claim in enumerate(exp.claims):
+        paper_value, paper_text = paper_claim(name, claim)
+        line = dict(experiment=name, claim=claim.text, kind=claim.kind, paper=paper_value, paper_text=paper_text,
+                    ours=math.nan, ours_text=MISSING, delta=math.nan, low=math.nan, high=math.nan,
+                    verdict=NOT_RUN, reason="no results", budget="", dataset="", seeds="",
+                    anchor=claim_anchor(name, index))
         best = [_best_group(groups, key) for key in claim.rows]
-        line = dict(experiment=name, claim=claim.text, kind=claim.kind, paper=math.nan,
-                    ours=math.nan, delta=math.nan, verdict=NOT_RUN, reason="no results",
-                    budget="", dataset="", seeds="")
         if all(b is not None for b in best):
             # Judge every row of a claim at the same budget and dataset: the first row's.
             profile, dataset = best[0]["profile"], best[0]["dataset"]
@@ -230,40 +305,57 @@ def claims_table(name: str, records: Sequence[dict]) -> pd.DataFrame:
             line.update(budget=best[0]["budget"], dataset=dataset,
                         seeds=", ".join(map(str, sorted(set(seeds)))))
             if claim.kind == "absolute":
-                row = exp.row(claim.rows[0])
                 mean, std, n = mean_std(values[0])
-                verdict = judge_absolute(row.paper_error, values[0], profile=profile,
-                                         task=exp.task, dataset=dataset)
-                line.update(paper=row.paper_error, ours=mean, delta=mean - row.paper_error)
+                verdict = judge_absolute(paper_value, values[0], profile=profile, task=exp.task, dataset=dataset)
+                line.update(ours=mean, ours_text=format_mean_std(mean, std, n, unit=" %"))
             else:
-                a, b = (exp.row(k) for k in claim.rows)
-                if claim.kind == "ordering":
-                    verdict = judge_ordering(values[0], values[1], profile=profile)
-                    paper_gap = (b.paper_error - a.paper_error
-                                 if a.paper_error is not None and b.paper_error is not None
-                                 else math.nan)
-                    ours_gap = mean_std(values[1])[0] - mean_std(values[0])[0]
-                elif claim.kind == "parity":  # the gap, signed as for an ordering; 0 is the claim
-                    verdict = judge_parity(values[0], values[1], profile=profile)
-                    paper_gap = (b.paper_error - a.paper_error
-                                 if a.paper_error is not None and b.paper_error is not None
-                                 else math.nan)
-                    ours_gap = mean_std(values[1])[0] - mean_std(values[0])[0]
-                else:  # response: larger is better, so judge the negated values
-                    verdict = judge_ordering([-v for v in values[0]], [-v for v in values[1]],
-                                             profile=profile)
-                    curves = paper.FIGURE4_STAGE_RESPONSE
-                    paper_gap = curves["Attention-164 ARL"][-1] - curves["Attention-164 NAL"][-1]
-                    ours_gap = mean_std(values[0])[0] - mean_std(values[1])[0]
-                line.update(paper=paper_gap, ours=ours_gap, delta=ours_gap - paper_gap)
+                # Figure 4: larger is better, so the ordering is judged on the negated responses.
+                better, worse = ([[-v for v in side] for side in values] if claim.kind == "response"
+                                 else values)
+                judge = judge_parity if claim.kind == "parity" else judge_ordering
+                verdict = judge(better, worse, profile=profile)
+                gap = mean_std(worse)[0] - mean_std(better)[0] if better and worse else math.nan
+                interval = welch_gap(better, worse)
+                shown = MISSING if not math.isfinite(gap) else f"{gap:+.2f}"
+                if interval is not None:
+                    line.update(low=interval.low, high=interval.high)
+                    shown += f" {interval.interval()}"
+                if better and worse:
+                    shown += f", n = {len(better)} + {len(worse)}"
+                line.update(ours=gap, ours_text=shown)
             line.update(verdict=verdict[0], reason=verdict[1])
+            if math.isfinite(line["ours"]) and math.isfinite(paper_value):
+                line["delta"] = line["ours"] - paper_value
             if any(not v for v in values) and line["verdict"] != NOT_RUN_SMOKE:
                 line.update(verdict=NOT_RUN, reason="a row of this claim has no results at "
                             f"the {profile} budget on {dataset}")
         lines.append(line)
-    columns = ["experiment", "claim", "kind", "paper", "ours", "delta", "verdict", "reason",
-               "budget", "dataset", "seeds"]
+    columns = ["experiment", "claim", "kind", "paper", "ours", "delta", "low", "high", "verdict", "reason",
+               "budget", "dataset", "seeds", "paper_text", "ours_text", "anchor"]
     return pd.DataFrame(lines, columns=columns)
+
+
+def claims_view(claims: pd.DataFrame, *, link_from: str | None = None) -> pd.DataFrame:
+    """The book's view of :func:`claims_table` rows: ``claim`` as markup (an anchor on the chapter's
+    page; with ``link_from``, the folder of the page showing it, a link to the claim there),
+    ``verdict``, ``paper``, ``ours`` (their texts), ``reason``, ``budget``, ``data``, ``seeds``.
+    Show it with ``html=["claim"]``."""
+    import html
+
+    def cell(line):
+        text = html.escape(line["claim"])
+        if link_from is None:
+            return f'<span id="{line["anchor"]}">{text}</span>'
+        page = f"{link_from.rstrip('/') + '/' if link_from else ''}experiments/{line['experiment']}.html"
+        return f'<a href="{page}#{line["anchor"]}">{text}</a>'
+
+    view = pd.DataFrame({"claim": [cell(line) for line in claims.to_dict("records")]}, index=claims.index)
+    view["verdict"] = claims["verdict"]
+    view["paper"] = claims["paper_text"]
+    view["ours"] = claims["ours_text"]
+    for column, source in (("reason", "reason"), ("budget", "budget"), ("data", "dataset"), ("seeds", "seeds")):
+        view[column] = claims[source]
+    return view.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,7 +396,7 @@ def complexity_table(entries: Sequence[dict]) -> pd.DataFrame:
         params_m = entry["params"] / 1e6
         gmacs = entry["macs"] / 1e9 if entry.get("macs") is not None else math.nan
         lines.append({
-            "model": name, "input": entry.get("input_size"),
+            "model": model_label(name), "name": name, "input": entry.get("input_size"),
             "params (M)": round(params_m, 3),
             "paper params (M)": paper_params,
             "Δ params vs paper (%)": _percent_delta(params_m, paper_params),
@@ -343,7 +435,7 @@ def complexity_claims(entries: Sequence[dict] | None) -> pd.DataFrame:
                 continue
             ours = entry[key] / scale if entry and entry.get(key) is not None else None
             verdict, reason = judge_complexity(ours, reference, tolerance)
-            lines.append(dict(experiment="models", claim=f"{name}: {what}", kind="complexity",
+            lines.append(dict(experiment="models", claim=f"{model_label(name)}: {what}", kind="complexity",
                               paper=reference, ours=ours if ours is not None else math.nan,
                               delta=ours - reference if ours is not None else math.nan,
                               verdict=verdict, reason=reason, budget="exact count",
@@ -432,6 +524,34 @@ def compute_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     return pd.concat([ledger, pd.DataFrame([total])], ignore_index=True)
 
 
+def chapter_title(name: str) -> str:
+    """An experiment's chapter title (``"Attention types (Table 1)"``); other names as they are."""
+    return EXPERIMENTS[name].title if name in EXPERIMENTS else {"models": "Model size and cost (Tables 2, 6, 7)",
+                                                                 "performance": "Performance"}.get(name, name)
+
+
+# Ledger columns as a public page names them: hours, not the ledger's minutes.
+_HOURS = {"gpu_minutes": "GPU-hours", "cpu_minutes": "CPU-hours", "device_minutes": "device-hours",
+          "wall_minutes": "wall-clock hours", "device minutes": "device-hours"}
+_NAMES = {"experiment": "chapter", "devices": "devices", "profiles": "budgets", "sittings": "campaign sessions",
+          "max_concurrent": "most at once", "device_name": "device", "sitting started (UTC)": "session started (UTC)"}
+
+
+def hours_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ledger table (:func:`compute_ledger`, :func:`campaign_ledger`, :func:`sittings_table`) as the
+    Compute page shows it: minutes as hours, chapters by their titles, columns in words."""
+    view = frame.copy()
+    for column in _HOURS:
+        if column in view:
+            view[column] = view[column].astype(float) / 60
+    if "experiment" in view:
+        view["experiment"] = view["experiment"].map(chapter_title)
+    return view.rename(columns={**_HOURS, **_NAMES})
+
+
+HOURS_FORMATS = {label: "{:.2f}" for label in _HOURS.values()}
+
+
 def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
     """Device time ``ranlib.campaign`` charged, per experiment and run status, from its ledger.
 
@@ -488,6 +608,43 @@ def jpeg_gap_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
                       "mean |pixel diff|": round(gap["mean_abs_pixel_difference"], 2),
                       "device": gap["provenance"].get("device_name")})
     return pd.DataFrame(lines, columns=columns)
+
+
+def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
+    """What the JPEG copy costs, for the caveat: measured (``results/jpeg_gap/*.json``, their mean)
+    or, without a measurement, the figure the copy's README quotes, labelled as quoted.
+
+    Returns ``{"source": "measured" | "quoted", "points", "low", "high", "text", "short"}`` (points of
+    top-1 error; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the
+    file's ``jpeg_minus_exact_interval`` when it has one, else a conservative one: the 95 % normal interval of the difference of two independent error rates on
+    ``num_images`` images each (the two evaluations share their images, which only narrows the true
+    interval, so this one is too wide rather than too narrow).
+    """
+    folder = resolve_path(results_root) / "jpeg_gap"
+    gaps = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    if not gaps:
+        return {"source": "quoted", "points": None, "low": 2.0, "high": 3.0,
+                "text": "2-3 points of top-1 error, as the copy's README quotes one public report (quoted, not "
+                        "measured here)",
+                "short": "2-3 points, quoted from the copy's README, not measured here"}
+    points, lows, highs = [], [], []
+    for gap in gaps:
+        n, exact, jpeg = gap["num_images"], gap["top1_error_exact"] / 100, gap["top1_error_jpeg"] / 100
+        interval = gap.get("jpeg_minus_exact_interval")
+        if interval is None:
+            half = 1.96 * math.sqrt(exact * (1 - exact) / n + jpeg * (1 - jpeg) / n) * 100
+            interval = (gap["jpeg_minus_exact"] - half, gap["jpeg_minus_exact"] + half)
+        points.append(gap["jpeg_minus_exact"])
+        lows.append(interval[0])
+        highs.append(interval[1])
+    mean = sum(points) / len(points)
+    models = sorted({f"{gap['model']} (iteration {gap['iteration']:,})" for gap in gaps})
+    text = (f"{mean:+.2f} points of top-1 error (95 % interval {min(lows):+.2f} to {max(highs):+.2f}), measured "
+            f"here on {', '.join(models)}: its error on the {gaps[0]['num_images']} exact official test images "
+            "against their JPEG versions (what JPEG at test time costs; training on JPEG images may cost more)")
+    short = f"{mean:+.2f} points measured here, 95 % interval {min(lows):+.2f} to {max(highs):+.2f}"
+    return {"source": "measured", "points": mean, "low": min(lows), "high": max(highs), "text": text,
+            "short": short}
 
 
 # Issue targets for the training step on one H100 (the Performance page checks the figures against them).
@@ -633,10 +790,10 @@ def missing_data_markdown(name: str, dataset: str, data_root: str | os.PathLike)
     return (f"**Not run here: no data.** `{dataset}` was expected at `{display_path(resolve_path(data_root))}`, "
             "which does not exist, so nothing was trained. Point `data_root` at the data (see "
             "`ranlib.data.DATASETS`), or render from existing results with `train=False`.\n\n"
-            + _commands_block(name))
+            + commands_block(name))
 
 
-def _commands_block(name: str) -> str:
+def commands_block(name: str) -> str:
     """The commands that produce ``name``'s results, folded (their lines are wider than a page)."""
     return ("<details class=\"ranlib-details\"><summary>Commands that produce these results</summary>\n\n"
             f"```bash\n{train_commands(name)}\n```\n\n</details>")
@@ -660,20 +817,39 @@ def glue_claims(name: str, records: Sequence[dict], claims: pd.DataFrame) -> Non
 
 
 def runs_summary(records: Sequence[dict]) -> str:
-    """``"4 runs (smoke; folder:tiny)"``, or ``"no runs yet"``."""
-    if not records:
-        return "no runs yet"
-    profiles = sorted({record_profile(r) for r in records}, key=lambda p: PROFILE_RANK.get(p, 9))
-    datasets = sorted({r["dataset"]["label"] for r in records})
-    minutes = sum(device_minutes(r) for r in records)
-    return (f"{len(records)} run{'s' * (len(records) != 1)} ({', '.join(profiles)} budget; "
-            f"{', '.join(datasets)}; {minutes:.1f} device minutes)")
+    """:func:`ranlib.labels.conditions` of the runs (how many, budget, device, precision, data,
+    seeds, CPU- or GPU-hours), or ``"no runs yet"``."""
+    return conditions(records) if records else "no runs yet"
 
 
-def no_results_markdown(name: str) -> str:
-    """What a page with no results says: plainly that, and the commands that produce them."""
-    shows = ("the table below shows the paper's numbers only" if any(r.paper_error is not None
-             for r in experiment(name).rows) else "the tables below have none of ours")
-    return (f"**No results yet for `{name}`** in this results folder: {shows} and every verdict is "
-            "*not run here*. The commands that produce them are folded below; the page *Rerun "
-            "anything* explains them.\n\n" + _commands_block(name))
+def show_results(name: str, records: Sequence[dict]) -> pd.DataFrame:
+    """Display a chapter's paper-vs-ours table and, under it, where our numbers come from; without
+    runs, the paper's columns only. Returns the whole table (for glue)."""
+    from IPython.display import Markdown, display
+
+    table = results_table(name, records)
+    ran = [r for _, r in experiment(name).runs_of(records)]
+    columns = result_columns(name)
+    if not ran:
+        columns = [c for c in columns if c == "network" or c.startswith("paper") or "crop" in c]
+    show(table, columns, details=RESULT_DETAILS if ran else None, summary="Data, seeds, hardware and cost",
+         formats=RESULT_FORMATS)
+    if ran:
+        display(Markdown(f"**Ours:** {conditions(ran)} Rows marked – are not run here."))
+    return table
+
+
+def show_claims(name: str, records: Sequence[dict], claims: pd.DataFrame,
+                results_root: str | os.PathLike = "results") -> None:
+    """Display a chapter's verdicts: the rule in one sentence (with its numbers), what the columns
+    mean, and the claims table (the verdict beside the claim); without runs, the claims and the
+    paper's numbers only, since every verdict would read *not run here*."""
+    from IPython.display import Markdown, display
+
+    rule = rule_sentence(claims["kind"], jpeg_cost=jpeg_cost(results_root)["short"])
+    display(Markdown(f"**Rule.** {rule}\n\n{claim_units(claims['kind'])}"))
+    view = claims_view(claims)
+    if any(True for _ in experiment(name).runs_of(records)):
+        show(view, CLAIM_COLUMNS, details=CLAIM_DETAILS, summary="Budgets, data and seeds", html=["claim"])
+    else:
+        show(view, ["claim", "paper"], html=["claim"])

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranlib import paper, planning, report
+from ranlib import paper, planning, report, status, verdicts
+from ranlib.experiments import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,6 +53,12 @@ def page_text(path: Path) -> str:
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", markup)))
 
 
+def says(words: str, text: str) -> bool:
+    """Whether ``words`` appear in ``text``, with straight or typographic apostrophes (Sphinx
+    curls those of the prose, not those of raw HTML tables)."""
+    return words in text or words.replace("'", "’") in text
+
+
 def shows(value: float, text: str) -> bool:
     """Whether ``value`` appears in ``text`` as pandas or a person would print it."""
     return any(re.search(rf"(?<![\d.]){re.escape(form)}(?!\d)", text)
@@ -63,12 +70,13 @@ def shows(value: float, text: str) -> bool:
 
 
 def test_toc_lists_every_notebook_and_page_reproduce_writes():
-    expected = ["intro", *[f"experiments/{n}" for n in reproduce.NOTEBOOKS], *reproduce.PAGES, "rerun"]
+    expected = [*[f"experiments/{n}" for n in reproduce.NOTEBOOKS], *reproduce.PAGES, "rerun"]
     assert sorted(toc_files()) == sorted(expected)
+    assert toc_files()[0] == "intro" and "intro" in reproduce.PAGES  # the first page opens with the status
     for name in reproduce.PAGES:
         assert (REPO / "book" / "pages" / f"{name}.md").is_file(), f"book/pages/{name}.md is missing"
-    for name in ("intro", "rerun"):
-        assert (REPO / "book" / f"{name}.md").is_file()
+    assert (REPO / "book" / "rerun.md").is_file()
+    assert not (REPO / "book" / "intro.md").exists(), "a static intro.md would shadow the rendered one"
 
 
 def test_config_is_found_from_book_and_keeps_execution_off():
@@ -267,14 +275,30 @@ def test_every_toc_page_is_built(built_book):
         assert (built_book / f"{name}.html").is_file(), f"{name}.html was not built"
 
 
+@pytest.mark.parametrize("page", ["intro", "summary"])
+def test_the_intro_and_the_summary_open_with_the_status_box(built_book, page):
+    claims = report.claims_summary(REPO / "results")
+    groups = status.split_claims(claims)
+    markup = _article(built_book / f"{page}.html")
+    box = markup.index("Where the study stands")
+    assert box < markup.index("reproducibility study" if page == "intro" else "What the verdicts mean")
+    assert re.search(r'<div class="(important admonition|admonition important)">\s*'
+                     r'<p class="admonition-title">Where the study stands',
+                     markup), f"{page}: the status box is not an admonition"
+    text = page_text(built_book / f"{page}.html")
+    # what was run, how many claims were judged and how, what is not run and what it needs
+    assert "Run:" in text and "Judged:" in text and "Not run:" in text
+    assert says(f"of the paper's {len(groups['paper'])} claims ({status.counts_text(groups['paper'])})", text)
+    assert says(f"{len(groups['proxy'])} claims of Table 7's orderings on the Imagewoof proxy", text)
+    assert f"{len(groups['facts'])} architecture counts" in text
+
+
 def test_summary_holds_every_claim_with_the_papers_number_and_ours(built_book):
     claims = report.claims_summary(REPO / "results")
     text = page_text(built_book / "summary.html")
-    # Architecture facts (parameter and multiply-add counts) are counted apart from the claims
-    # of the paper's experiments.
-    facts = int((claims["kind"] == "complexity").sum())
-    assert facts and f"Of the {len(claims) - facts} claims of the paper’s experiments checked" in text
-    assert f"Apart from them, {facts} architecture facts" in text
+    assert "What the verdicts mean" in text
+    for verdict, meaning in verdicts.LEGEND.items():
+        assert verdict in text and says(meaning, text)
     for claim in claims.to_dict("records"):
         assert claim["claim"] in text, f"claim {claim['claim']!r} missing from the summary"
         for column in ("paper", "ours"):
@@ -308,7 +332,8 @@ def test_experiment_pages_show_our_runs_or_say_there_are_none(built_book, name):
     text = page_text(built_book / "experiments" / f"{name}.html")
     records = planning.load_records(REPO / "results", name)
     if not records:
-        assert f"No results yet for {name}" in text and "make reproduce" in text
+        assert "Not run here: no results for this chapter" in text and "make reproduce" in text
+        assert "Running it needs" in text
         return
     for record in records:
         if record["dataset"]["id"].startswith("cifar10-jpeg"):
@@ -336,7 +361,7 @@ def test_open_choices_page_lists_every_choice(built_book):
     text = page_text(built_book / "open_choices.html")
     assert OPEN_CHOICES, "ranlib.models.choices.OPEN_CHOICES is empty"
     for choice in OPEN_CHOICES:
-        assert choice["topic"] in text
+        assert says(choice["topic"], text)
 
 
 def test_no_page_shows_the_building_machines_absolute_paths(built_book):
@@ -364,3 +389,56 @@ def test_chapters_fold_their_parameters_and_show_tables_without_an_index(built_b
             f"{name}: a table shows its index"
         assert "relative ones are taken from the repository root" not in markup, name
     assert "relative ones are taken from the repository root" in page_text(built_book / "rerun.html")
+
+
+def test_every_verdict_row_shows_the_papers_number(built_book):
+    """In every chapter and on the summary, each claim's row carries the paper's number as printed,
+    whether or not it has been run."""
+    summary = page_text(built_book / "summary.html")
+    for name, exp in EXPERIMENTS.items():
+        if not exp.claims:
+            continue
+        text = page_text(built_book / "experiments" / f"{name}.html")
+        claims = report.claims_table(name, planning.load_records(REPO / "results", name))
+        for line in claims.to_dict("records"):
+            shown = line["paper_text"]
+            assert shown != report.MISSING and says(shown, text), f"{name}: {line['claim']!r} lacks {shown!r}"
+            assert says(shown, summary), f"summary: {line['claim']!r} lacks {shown!r}"
+
+
+def test_summary_rows_link_to_their_claim_in_the_chapter(built_book):
+    markup = (built_book / "summary.html").read_text(encoding="utf8")
+    links = re.findall(r'<a href="experiments/(\w+)\.html#(claim-[\w-]+)">', markup)
+    claims = report.claims_summary(REPO / "results")
+    assert len(links) == int((claims["kind"] != "complexity").sum())
+    for page, anchor in links:
+        chapter = (built_book / "experiments" / f"{page}.html").read_text(encoding="utf8")
+        assert f'id="{anchor}"' in chapter, f"{page}.html has no {anchor}"
+
+
+def _article(path: Path) -> str:
+    markup = path.read_text(encoding="utf8")
+    start = markup.find("<article")
+    return markup[start:markup.find("</article>", start)] if start >= 0 else markup
+
+
+def test_rerun_anything_is_a_link_wherever_it_is_named(built_book):
+    for page in sorted(built_book.rglob("*.html")):
+        if page.name in ("rerun.html", "search.html", "genindex.html") or "_static" in page.parts:
+            continue
+        article = _article(page)
+        for found in re.finditer("Rerun anything", article):
+            before = article[:found.start()]
+            assert before.rfind("<a ") > before.rfind("</a>"), f"{page.name}: 'Rerun anything' is not a link"
+
+
+def test_public_pages_speak_of_gpu_hours_not_of_our_machinery(built_book):
+    """"lease", "sitting" and "device min" are the tooling's words; outside code (command names)
+    the book says GPU-hours and a time-limited GPU slot."""
+    for page in sorted(built_book.rglob("*.html")):
+        if "_static" in page.parts or page.name in ("search.html", "genindex.html"):
+            continue
+        article = re.sub(r"<(code|pre)\b.*?</\1>", " ", _article(page), flags=re.S)
+        text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", article))).lower()
+        for word in ("lease", "sitting", "device min"):
+            assert not re.search(rf"\b{word}", text), f"{page.relative_to(built_book)} says {word!r}"

@@ -125,7 +125,6 @@ def _check_glue_references_resolve(nb):
     referenced = {key for cell in nb.cells if cell.cell_type == "markdown"
                   for key in GLUE_REFERENCE.findall(cell.source)}
     glued = _glued_keys(nb)
-    assert referenced, "the prose cites no glued numbers"
     assert referenced <= glued, f"glue keys cited but never glued: {sorted(referenced - glued)}"
 
 
@@ -207,7 +206,7 @@ def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_p
         assert "Not run here" not in text
     else:
         assert "not run here (smoke only)" in text
-        assert "No results yet" not in text
+        assert "Not run here: no results" not in text
     if name == "label_noise":
         assert record["noise"]["level"] == 0.7
 
@@ -224,9 +223,8 @@ def test_notebook_without_results_says_so_and_gives_the_command(name, tiny_data,
     if name == "models":
         assert "computed live" in text  # no counts file: counted in the notebook, and said so
         return
-    if name == "attention_masks":
-        assert "Not run here" in text
-    assert "No results yet" in text
+    # Said once, with what running the chapter needs, not in every table.
+    assert text.count("Not run here") == 1 and "Running it needs" in text
     assert f"make reproduce PROFILE=quick NOTEBOOKS={name}" in text
     assert f"python -m ranlib train --experiment {name}" in text
 

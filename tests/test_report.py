@@ -19,7 +19,7 @@ JPEG = verdicts.JPEG_LABEL
 
 def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", kwargs=None,
                 dataset="cifar10-jpeg", label=JPEG, noise_level=None, stage_response=(1.0, 0.5, 0.3),
-                device_type="cuda", wall_time_s=600.0, iterations=16000):
+                device_type="cuda", wall_time_s=600.0, iterations=8000, batch_size=128):
     """A schema-1 results record as ranlib.train.run writes it (values made up)."""
     noise = None
     if noise_level:
@@ -30,7 +30,8 @@ def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", 
                  "transition_matrix": q.tolist(), "counts": [[0] * k] * k}
     return {
         "schema": 1, "experiment": experiment, "run_name": run_name,
-        "config": {"profile": profile, "seed": seed, "iterations": iterations, "model": model,
+        "config": {"profile": profile, "seed": seed, "iterations": iterations, "batch_size": batch_size,
+                   "model": model,
                    "model_kwargs": kwargs or {}, "noise_level": noise_level or 0.0,
                    "dataset": dataset},
         "model": {"name": model, "kwargs": kwargs or {}, "params": 1_000_000, "macs": 2_000_000},
@@ -43,8 +44,8 @@ def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", 
                   for i in (1, 2)],
         "analysis": {"stage_response": list(stage_response)},
         "provenance": {"git_commit": "0" * 40, "git_dirty": False, "hostname": "h",
-                       "device_name": "NVIDIA H100" if device_type == "cuda" else "CPU",
-                       "device_type": device_type, "torch": "2.14.1", "cuda": None, "cudnn": None,
+                       "device_name": "NVIDIA H100" if device_type == "cuda" else "AMD EPYC",
+                       "device_type": device_type, "device_count": 1 if device_type == "cuda" else 2, "torch": "2.14.1", "cuda": None, "cudnn": None,
                        "python": "3.11", "precision": "bf16", "seed": seed,
                        "started_at": f"2026-11-22T00:0{seed}:00+00:00",
                        "finished_at": f"2026-11-22T01:0{seed}:00+00:00", "command": "test"},
@@ -100,16 +101,59 @@ def test_format_mean_std():
 
 # --- verdict rules ----------------------------------------------------------------------------
 
+def test_t_quantiles_are_students():
+    # Two-sided 95 % critical values from any t table.
+    for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (10, 2.228), (30, 2.042), (1e6, 1.960)):
+        assert verdicts.t_quantile(0.975, df) == pytest.approx(t, abs=1e-3), df
+    assert verdicts.t_quantile(0.95, 2) == pytest.approx(2.920, abs=1e-3)
+    with pytest.raises(ValueError):
+        verdicts.t_quantile(0.975, 0)
+
+
+def test_welch_gap_interval_and_degrees_of_freedom():
+    g = verdicts.welch_gap([5.0, 5.2], [6.0, 6.2])  # equal spreads, 2 + 2 seeds: df = 2
+    se = math.sqrt(0.02 / 2 + 0.02 / 2)  # each side: sample variance 0.02 over 2 seeds
+    assert g.gap == pytest.approx(1.0) and g.se == pytest.approx(se) and g.df == pytest.approx(2.0)
+    assert (g.low, g.high) == pytest.approx((1.0 - 4.3027 * se, 1.0 + 4.3027 * se), abs=1e-3)
+    assert verdicts.welch_gap([5.0, 5.2], [6.0, 6.0]).df == pytest.approx(1.0)  # one side without spread
+    assert verdicts.welch_gap([5.0], [6.0, 6.2]) is None  # one seed: no interval
+    flat = verdicts.welch_gap([5.0, 5.0], [6.0, 6.0])
+    assert (flat.low, flat.high) == (1.0, 1.0) and math.isnan(flat.t)
+
+
 def test_ordering_verdicts():
     q = dict(profile="quick")
     assert verdicts.judge_ordering([5.0, 5.1], [6.0, 6.1], **q)[0] == verdicts.REPRODUCED
-    # right direction, but within two standard errors of the gap
+    # right direction, 2.5 standard errors: enough for a normal 2-sigma rule, not for Welch's t at
+    # 2 degrees of freedom (4.30 standard errors)
+    verdict, reason = verdicts.judge_ordering([5.0, 5.2], [5.25, 5.45], **q)
+    assert verdict == verdicts.PARTLY and "t 4.30 at 2.0 df" in reason and "n = 2 + 2" in reason
     assert verdicts.judge_ordering([5.0, 6.0], [5.3, 6.3], **q)[0] == verdicts.PARTLY
     assert verdicts.judge_ordering([5.0], [6.0], **q)[0] == verdicts.PARTLY  # one seed: no spread
     assert verdicts.judge_ordering([6.0, 6.1], [5.0, 5.1], **q)[0] == verdicts.NOT_REPRODUCED
-    assert verdicts.judge_ordering([5.0, 5.0], [5.0, 5.0], **q)[0] == verdicts.NOT_REPRODUCED
+    # reversed, but inside the seed noise: no evidence either way
+    assert verdicts.judge_ordering([5.3, 6.3], [5.0, 6.0], **q)[0] == verdicts.INCONCLUSIVE
+    assert verdicts.judge_ordering([6.0], [5.0], **q)[0] == verdicts.INCONCLUSIVE  # one seed
+    assert verdicts.judge_ordering([5.0, 5.0], [5.0, 5.0], **q)[0] == verdicts.INCONCLUSIVE
     assert verdicts.judge_ordering([5.0], [6.0], profile="smoke")[0] == verdicts.NOT_RUN_SMOKE
     assert verdicts.judge_ordering([], [6.0], profile="paper")[0] == verdicts.NOT_RUN
+
+
+def test_parity_verdicts_use_the_welch_interval():
+    q = dict(profile="quick")
+    assert verdicts.judge_parity([21.0, 21.1], [21.2, 21.3], **q)[0] == verdicts.REPRODUCED
+    assert verdicts.judge_parity([21.0, 21.1], [24.0, 24.1], **q)[0] == verdicts.NOT_REPRODUCED
+    assert verdicts.judge_parity([20.0, 22.0], [20.5, 22.5], **q)[0] == verdicts.INCONCLUSIVE
+    assert verdicts.judge_parity([21.0], [21.2], **q)[0] == verdicts.INCONCLUSIVE  # one seed
+
+
+def test_every_verdict_has_a_legend_line_and_rules_state_their_numbers():
+    assert set(verdicts.LEGEND) == set(verdicts.VERDICTS[:6])  # the "not run here" kinds share a line
+    rule = verdicts.rule_sentence({"ordering", "parity", "absolute"}, jpeg_cost="2-3 points, quoted")
+    for number in ("95 %", "4.30", "12.71", "±1 point", "±0.5", "3 points", "2-3 points, quoted"):
+        assert number in rule, number
+    assert verdicts.CONSISTENT_JPEG in rule and verdicts.INCONCLUSIVE in rule
+    assert "tie" not in verdicts.rule_sentence({"ordering"})
 
 
 def test_absolute_verdicts_account_for_the_jpeg_copy_only_upwards():
@@ -117,8 +161,11 @@ def test_absolute_verdicts_account_for_the_jpeg_copy_only_upwards():
     assert verdicts.judge_absolute(5.0, [5.3], dataset="CIFAR-10", **p)[0] == verdicts.REPRODUCED
     assert verdicts.judge_absolute(5.0, [5.8], dataset="CIFAR-10", **p)[0] == verdicts.PARTLY
     assert verdicts.judge_absolute(5.0, [6.5], dataset="CIFAR-10", **p)[0] == verdicts.NOT_REPRODUCED
-    # the JPEG copy costs accuracy: +3.0 is inside the band on it, not on the official data
-    assert verdicts.judge_absolute(5.0, [8.0], dataset=JPEG, **p)[0] == verdicts.REPRODUCED
+    # the JPEG copy costs accuracy: +3.0 is inside the band on it, not on the official data, and a
+    # match that wide reads as consistent, not reproduced
+    assert verdicts.judge_absolute(5.0, [8.0], dataset=JPEG, **p)[0] == verdicts.CONSISTENT_JPEG
+    assert verdicts.judge_absolute(5.0, [5.1], dataset=JPEG, **p)[0] == verdicts.CONSISTENT_JPEG
+    assert verdicts.judge_absolute(5.0, [8.0], dataset=JPEG, allowance=1.0, **p)[0] == verdicts.PARTLY
     # ...but never excuses an error far *below* the paper's
     assert verdicts.judge_absolute(5.0, [3.8], dataset=JPEG, **p)[0] == verdicts.NOT_REPRODUCED
     # seed spread widens the band
@@ -152,11 +199,12 @@ def test_results_table_mean_std_delta_and_missing_rows():
     table = report.results_table("arl_vs_nal", records).set_index("row")
     arl = table.loc["attention56-arl"]
     assert arl["ours (%)"] == "5.50 ± 0.71 (n=2)"
-    assert arl["delta"] == pytest.approx(5.5 - paper.TABLE3_ARL_NAL["cifar_attention56"]["arl"])
-    assert arl["budget"] == "quick (16,000 it)"
-    assert arl["dataset"] == JPEG
+    assert arl[report.DELTA] == pytest.approx(5.5 - paper.TABLE3_ARL_NAL["cifar_attention56"]["arl"])
+    # the budget as a share of the paper's schedule: 8,000 iterations at batch 128 = 10 %
+    assert arl["budget"] == "quick, 20 of the paper's 205 epochs (10 %)"
+    assert arl["data"] == JPEG
     assert arl["seeds"] == "0, 1"
-    assert arl["device min"] == pytest.approx(20.0)
+    assert arl["trained on"] == "NVIDIA H100 GPU, bf16" and arl["cost"] == "0.33 GPU-hours"
     missing = table.loc["attention164-nal"]
     assert missing["ours (%)"] == "–" and missing["budget"] == "not run here"
     assert missing["paper (%)"] == paper.TABLE3_ARL_NAL["cifar_attention164"]["nal"]
@@ -199,10 +247,10 @@ def test_reversed_ordering_is_not_reproduced():
 
 def test_claims_use_the_largest_budget_present():
     records = arl_nal_records([6.0, 6.1], [5.0, 5.1], profile="quick")
-    records += arl_nal_records([5.0, 5.1], [6.0, 6.1], profile="paper", iterations=160000)
+    records += arl_nal_records([5.0, 5.1], [6.0, 6.1], profile="paper", iterations=160000, batch_size=64)
     line = claim(report.claims_table("arl_vs_nal", records), "Attention-56: ARL beats NAL")
     assert line["verdict"] == verdicts.REPRODUCED
-    assert line["budget"] == "paper (160,000 it)"
+    assert line["budget"] == "paper, 205 of the paper's 205 epochs (100 %)"
 
 
 def test_smoke_results_are_never_judged():
@@ -255,7 +303,7 @@ def test_cifar100_rows_only_match_cifar100_runs():
     table = report.results_table("cifar_sota", [c10, c100]).set_index("row")
     assert table.loc["attention92", "ours (%)"] == "5.00 (n=1)"
     assert table.loc["attention92-c100", "ours (%)"] == "22.00 (n=1)"
-    assert table.loc["attention92-c100", "delta"] == pytest.approx(
+    assert table.loc["attention92-c100", report.DELTA] == pytest.approx(
         22.0 - paper.TABLE6_CIFAR["cifar_attention92"][2])
 
 
@@ -288,8 +336,12 @@ def test_plan_runs_configs_are_valid_train_configs(tmp_path):
             assert resolved.run_name == config["run_name"]
 
 
-def test_no_results_page_gives_the_commands():
-    text = report.no_results_markdown("mask_structure")
+def test_no_results_page_says_so_once_with_what_running_needs_and_the_commands(tmp_path):
+    from ranlib import status
+
+    text = status.no_results_markdown("mask_structure", tmp_path)
+    assert text.count("Not run here") == 1 and "[Rerun anything](/rerun.md)" in text
+    assert "CIFAR-10 JPEG q75 copy (60,000 images" in text and "make device-data" in text
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
     import shlex
 
@@ -345,11 +397,13 @@ def test_complexity_claims_against_paper_and_deploy_files(tmp_path):
     path = tmp_path / "complexity.json"
     path.write_text(json.dumps({"models": entries}))
     claims = report.complexity_claims(report.read_complexity(path))
-    assert claim(claims, "attention56: params (M), official")["verdict"] == verdicts.REPRODUCED
-    assert claim(claims, "attention56: params (M), paper")["verdict"] == verdicts.REPRODUCED
-    assert claim(claims, "cifar_attention92: params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
-    assert claim(claims, "resnet152: params (M), paper")["verdict"] == verdicts.NOT_RUN
-    table = report.complexity_table(entries).set_index("model")
+    # paper names, not the registry's identifiers
+    assert claim(claims, "Attention-56 (ImageNet): params (M), official")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "Attention-56 (ImageNet): params (M), paper")["verdict"] == verdicts.REPRODUCED
+    assert claim(claims, "Attention-92 (CIFAR): params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
+    assert claim(claims, "ResNet-152 (ImageNet): params (M), paper")["verdict"] == verdicts.NOT_RUN
+    table = report.complexity_table(entries).set_index("name")
+    assert table.loc["cifar_attention92", "model"] == "Attention-92 (CIFAR)"
     assert table.loc["attention56", "official params (M)"] == pytest.approx(31.8)
     assert report.read_complexity(tmp_path / "absent.json") is None
 
@@ -455,18 +509,26 @@ def test_ledger_skips_files_that_are_not_run_records(tmp_path):
     assert ledger.loc["models", "runs"] == 0
 
 
-def test_runs_summary():
+def test_runs_summary_names_budget_device_precision_data_and_cost():
     assert report.runs_summary([]) == "no runs yet"
-    text = report.runs_summary(arl_nal_records([5.0], [6.0]))
-    assert text.startswith("2 runs (quick budget; CIFAR-10 (JPEG q75 copy);")
+    text = report.runs_summary(arl_nal_records([5.0], [6.0], device_type="cpu", wall_time_s=7200))
+    assert text == ("2 runs at quick, 20 of the paper's 205 epochs (10 %); trained on AMD EPYC CPU (2 cores) "
+                    "in bf16, on CIFAR-10 (JPEG q75 copy), seed 0; 4.0 CPU-hours in all.")
 
 
 def test_plots_render_with_and_without_results():
     import matplotlib
     matplotlib.use("Agg")
     records = arl_nal_records([5.0, 5.1], [6.0, 6.1])
-    assert plots.plot_learning_curves("arl_vs_nal", records) is not None
-    assert plots.plot_learning_curves("arl_vs_nal", []) is not None
+    ax = plots.plot_learning_curves("arl_vs_nal", records)
+    # the paper's final errors as reference lines, the legend outside the axes, a band: 2 seeds
+    assert {"paper, Attention-56 ARL (final)", "paper, Attention-56 NAL (final)"} <= {
+        line.get_label() for line in ax.get_lines()}
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
+    assert len(ax.collections) > 0
+    one_seed = plots.plot_learning_curves("arl_vs_nal", arl_nal_records([5.0], [6.0]))
+    assert len(one_seed.collections) == 0  # one seed: no spread band
+    assert plots.plot_learning_curves("arl_vs_nal", []) is None  # nothing to draw: no empty axes
     assert plots.plot_stage_responses("arl_vs_nal", records) is not None
     assert plots.plot_error_vs_noise([]) is not None
     noisy = make_record("label_noise", "r", "cifar_resnet164", error=6.0, noise_level=0.3)
@@ -538,6 +600,9 @@ def test_sittings_table_gives_each_sittings_device_minutes(tmp_path):
     assert table["sitting started (UTC)"].tolist() == [first, second]
     assert table["device minutes"].tolist() == [7.0, 1.0]
     assert table[["finished", "interrupted", "failed"]].values.tolist() == [[1, 1, 0], [1, 0, 0]]
+    view = report.hours_view(table)  # as the Compute page shows it: hours, no machinery words
+    assert view["device-hours"].tolist() == pytest.approx([7 / 60, 1 / 60])
+    assert not any("sitting" in column or "minutes" in column for column in view.columns)
 
 
 def test_the_full_profile_judges_orderings_but_not_absolute_errors():
@@ -546,3 +611,143 @@ def test_the_full_profile_judges_orderings_but_not_absolute_errors():
     assert verdict == verdicts.NOT_RUN_BUDGET and "batch of 64" in reason
     assert verdicts.judge_ordering([5.0, 5.1], [6.0, 6.1], profile="full")[0] == verdicts.REPRODUCED
     assert verdicts.PROFILE_RANK["quick"] < verdicts.PROFILE_RANK["full"] < verdicts.PROFILE_RANK["paper"]
+
+
+# --- what a reader meets: the paper's number always, claims as the paper states them ---------
+
+def test_every_claim_row_shows_the_papers_number_even_without_results():
+    for name, exp in experiments.EXPERIMENTS.items():
+        for line in report.claims_table(name, []).to_dict("records"):
+            assert math.isfinite(line["paper"]) and line["paper_text"] != report.MISSING, (name, line["claim"])
+            if line["kind"] != "absolute" and line["kind"] != "response":  # the two errors beside the gap
+                assert " vs " in line["paper_text"] and "%" in line["paper_text"], line["paper_text"]
+    proxy = report.claims_table("imagewoof", [])
+    assert proxy["paper_text"].str.contains("on ImageNet").all()  # the proxy's paper number is ImageNet's
+
+
+def test_the_papers_own_numbers_support_every_claim_it_is_checked_for():
+    for name, exp in experiments.EXPERIMENTS.items():
+        claims = report.claims_table(name, [])
+        for line in claims.to_dict("records"):
+            if line["kind"] in ("ordering", "response"):
+                assert line["paper"] > 0, (name, line["claim"])
+            if line["kind"] == "parity":
+                assert abs(line["paper"]) <= verdicts.PARITY_MARGIN, (name, line["claim"])
+
+
+def test_table6_headline_and_claims_match_the_papers_table():
+    exp = experiments.experiment("cifar_sota")
+    t6 = paper.TABLE6_CIFAR
+    assert "similar or larger size" not in exp.claim
+    # The exceptions the headline states hold in the paper's own table...
+    assert t6["cifar_resnet1001"][1] < t6["cifar_attention92"][1]
+    assert t6["cifar_wrn16_8"][1] < t6["cifar_attention92"][1]
+    assert t6["cifar_wrn28_10"][2] < t6["cifar_attention236"][2]
+    assert all(s in exp.claim for s in ("ResNet-1001", "WRN-16-8", "WRN-28-10"))
+    # ...Attention-236 has about half ResNet-1001's parameters, and beats it on both data sets...
+    assert 0.4 < t6["cifar_attention236"][0] / t6["cifar_resnet1001"][0] < 0.6
+    texts = [c.text for c in exp.claims if c.kind == "ordering"]
+    assert sum("Attention-236 beats ResNet-1001 with about half its parameters" in t for t in texts) == 2
+    # ...and "Attention-452 beats every baseline" is judged against the best baseline of each data set.
+    baselines = ("cifar_resnet164", "cifar_resnet1001", "cifar_wrn16_8", "cifar_wrn28_10")
+    for column, suffix in ((1, ""), (2, "-c100")):
+        best = min(baselines, key=lambda m: t6[m][column])
+        [claim] = [c for c in exp.claims if c.kind == "ordering" and c.rows[0] == "attention452" + suffix]
+        assert claim.rows[1] == best.removeprefix("cifar_") + suffix
+        assert t6["cifar_attention452"][column] < t6[best][column]
+
+
+def test_table7_judges_its_tie_and_shows_test_crops_and_top5():
+    exp = experiments.experiment("imagenet")
+    [tie] = [c for c in exp.claims if c.kind == "parity"]
+    assert tie.rows == ("attentionnext56", "resnext101")
+    table = report.results_table("imagenet", []).set_index("row")
+    assert {"test crop (px)", "paper top-5 (%)"} <= set(report.result_columns("imagenet"))
+    for name, spec in paper.TABLE7_IMAGENET.items():
+        if name in table.index:
+            assert table.loc[name, "test crop (px)"] == spec["test_size"]
+            assert table.loc[name, "paper top-5 (%)"] == spec["top5"]
+
+
+def test_table3_states_the_gap_growth_as_the_papers_observation():
+    exp = experiments.experiment("arl_vs_nal")
+    gaps = [f"{e['nal'] - e['arl']:.2f}" for e in paper.TABLE3_ARL_NAL.values()]
+    assert ", ".join(gaps) in exp.claim and "observes" in exp.claim
+    assert not any("grow" in c.text or "widen" in c.text for c in exp.claims)
+
+
+def test_claims_view_anchors_each_claim_and_links_to_it_from_another_page():
+    claims = report.claims_table("attention_types", [])
+    here = report.claims_view(claims)
+    assert here.loc[0, "claim"] == '<span id="claim-attention_types-0">mixed attention beats channel attention</span>'
+    there = report.claims_view(claims, link_from="")
+    assert there.loc[0, "claim"].startswith('<a href="experiments/attention_types.html#claim-attention_types-0">')
+    assert list(here.columns[:2]) == ["claim", "verdict"]  # the verdict next to the claim (phones)
+
+
+# --- labels, the status box, estimates, the JPEG caveat ----------------------------------------
+
+def test_budget_labels_name_the_share_of_the_papers_schedule():
+    from ranlib import labels
+
+    assert labels.budget_text("quick", 8000, 128, "cifar_attention56", "cifar10-jpeg") == \
+        "quick, 20 of the paper's 205 epochs (10 %)"
+    assert labels.budget_text("quick", 5300, 256, "attention56", "imagenet-folder") == \
+        "quick, 1.1 of the paper's 106 epochs (1 %)"
+    assert labels.budget_text("quick", 705, 256, "attention56", "imagewoof") == "quick, 20 epochs"
+    assert labels.budget_text("smoke", 6, 8, "cifar_attention56", "folder") == "smoke (6 it)"
+    assert labels.budget_phrase("quick", "cifar_attention92", "cifar10-jpeg") == \
+        "the quick budget (20 of the paper's 205 epochs, 10 %)"
+    cpu = arl_nal_records([5.0], [6.0], device_type="cpu", wall_time_s=1800)
+    assert labels.hours_text(cpu) == "1.0 CPU-hours"
+    assert labels.hours_text(cpu + arl_nal_records([5.0], [6.0])) == "0.33 GPU-hours and 1.0 CPU-hours"
+
+
+def test_status_box_says_what_ran_what_was_judged_and_what_is_left(tmp_path):
+    from ranlib import status
+
+    empty = status.status_markdown(tmp_path)
+    assert empty.startswith(":::{admonition} Where the study stands")
+    assert "no training at a judged budget yet" in empty and "Judged:** 0 of the paper's" in empty
+    assert "Tables 1, 3 and 4" in empty  # one training serves three tables: said, not counted thrice
+    for record in arl_nal_records([5.0, 5.1], [6.0, 6.1], device_type="cpu", wall_time_s=3600):
+        write_results(record, tmp_path)
+    text = status.status_markdown(tmp_path)
+    assert "4 runs at quick, 20 of the paper's 205 epochs (10 %)" in text
+    assert "AMD EPYC CPU (2 cores) in bf16" in text and "CIFAR-10 (JPEG q75 copy)" in text
+    assert "4.0 CPU-hours" in text
+    assert "1 reproduced" in text and "at quick, 20 of the paper's 205 epochs (10 %)" in text
+    assert "Not run:**" in text and "[Rerun anything](/rerun.md)" in text
+
+
+def test_what_running_a_chapter_needs_is_estimated_from_the_planner_and_measured_rates(tmp_path):
+    from ranlib import status
+
+    (tmp_path / "models").mkdir()
+    entries = [{"name": "cifar_attention56", "params": 1e6, "macs": 1e8}]
+    (tmp_path / "models" / "complexity.json").write_text(json.dumps({"models": entries}))
+    line = status.needs_markdown("mask_structure", tmp_path)
+    assert "2 networks × 2 seeds" in line and "GPU-hours at the quick budget" in line
+    assert "assumed" in line and "CPU-hours" not in line  # no CPU rate measured yet
+    # A CPU run measures the rate: 8000 it x 128 images x 3 x 1e8 multiply-adds x 2 FLOPs in an hour.
+    cpu = make_record("attention_types", "attention56-mixed-quick-s0", "cifar_attention56", error=14.0,
+                      device_type="cpu", wall_time_s=3600)
+    cpu["model"]["macs"] = 1e8
+    write_results(cpu, tmp_path)
+    line = status.needs_markdown("mask_structure", tmp_path)  # the local-mask row is left
+    assert "1 network × 2 seeds" in line and "or 2.0 CPU-hours at the quick budget" in line
+
+
+def test_the_jpeg_caveat_reads_a_measured_cost_or_labels_the_quoted_one(tmp_path):
+    quoted = report.jpeg_cost(tmp_path)
+    assert quoted["source"] == "quoted" and "quoted, not measured here" in quoted["text"]
+    (tmp_path / "jpeg_gap").mkdir()
+    (tmp_path / "jpeg_gap" / "a.json").write_text(json.dumps({
+        "checkpoint": "checkpoints/attention_types/attention56-mixed-quick-s0/last.pt", "model": "cifar_attention56",
+        "iteration": 8000, "num_images": 846, "top1_error_exact": 14.0, "top1_error_jpeg": 15.0,
+        "jpeg_minus_exact": 1.0, "mean_abs_pixel_difference": 5.8, "provenance": {"device_name": "AMD EPYC"}}))
+    measured = report.jpeg_cost(tmp_path)
+    half = 1.96 * math.sqrt(0.14 * 0.86 / 846 + 0.15 * 0.85 / 846) * 100
+    assert measured["source"] == "measured" and measured["points"] == 1.0
+    assert (measured["low"], measured["high"]) == pytest.approx((1.0 - half, 1.0 + half))
+    assert "+1.00 points" in measured["text"] and "measured here" in measured["text"]

@@ -53,7 +53,7 @@ train_overrides = {{}}  # extra ranlib.train.TrainConfig fields for every run, e
     return new_code_cell(source, metadata={"tags": ["parameters", "hide-cell"]})
 
 
-def setup_cell(name: str, modules: str = "planning, plots, report") -> nbformat.NotebookNode:
+def setup_cell(name: str, modules: str = "planning, plots, report, status") -> nbformat.NotebookNode:
     return new_code_cell(f'''\
 import sys
 from pathlib import Path
@@ -89,7 +89,7 @@ elif train:
                               overrides=train_overrides)
 records = planning.load_records(RESULTS, EXPERIMENT)
 if not records:
-    display(Markdown(report.no_results_markdown(EXPERIMENT)))''', metadata={"tags": ["hide-input"]})
+    display(Markdown(status.no_results_markdown(EXPERIMENT, RESULTS)))''', metadata={"tags": ["hide-input"]})
 
 
 def intro(name: str) -> nbformat.NotebookNode:
@@ -98,38 +98,24 @@ def intro(name: str) -> nbformat.NotebookNode:
         f"# {exp.title}\n\n**Claim checked.** {exp.claim}\n\n"
         "Paper numbers come from `ranlib.paper` and are labelled as the paper's. Ours come from "
         f"the results files in `results/{name}/`, written by `ranlib.train.run` (final model, never "
-        "the best epoch). Every number measured on the JPEG copy of CIFAR-10 is labelled "
-        f"*{JPEG_LABEL}*. The verdict rules are written down in `ranlib.verdicts`' "
-        "docstring.")
+        "the best epoch), each with its budget, hardware, precision, data and cost. Every number "
+        f"measured on the JPEG copy of CIFAR-10 is labelled *{JPEG_LABEL}*. The rule each verdict "
+        "follows is stated beside the verdicts.")
 
 
 def table_cells(name: str) -> list[nbformat.NotebookNode]:
-    exp = EXPERIMENTS[name]
-    bullets = "\n".join(f"- {c.text}: {{glue:md}}`{name}_claim{i}`"
-                        for i, c in enumerate(exp.claims) if c.kind != "absolute")
     return [
-        new_markdown_cell("## Paper vs ours\n\nOne line per row of the paper's table and budget "
-                          "we ran it at: mean ± sample std over seeds, delta = ours − paper (points "
-                          "of top-1 error), the budget (profile, iterations), the data and the "
-                          "device minutes it cost."),
-        new_code_cell(f"table = report.results_table(EXPERIMENT, records)\n"
-                      f"glue(\"{name}_table\", table, display=False)\n"
-                      "report.show(table, report.RESULT_COLUMNS, details=report.RESULT_DETAILS,\n"
-                      "            summary=\"Rows, data, seeds and devices\")", metadata=CODE_FOLDED),
-        new_markdown_cell("## Verdicts\n\nEach claim is judged on the largest budget we have "
-                          "for it; orderings against the seed spread, absolute errors only at the "
-                          "paper's budget."),
+        new_markdown_cell("## Paper vs ours\n\nOne line per row of the paper's table and budget we ran "
+                          "it at: top-1 error in %, ours as the mean ± sample std over seeds (n seeds), "
+                          "and ours − paper in points of top-1 error."),
+        new_code_cell(f"table = report.show_results(EXPERIMENT, records)\n"
+                      f"glue(\"{name}_table\", table, display=False)", metadata=CODE_FOLDED),
+        new_markdown_cell("## Verdicts"),
         new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
-                      "report.show(claims, report.CLAIM_COLUMNS, details=report.CLAIM_DETAILS,\n"
-                      "            summary=\"Deltas, budgets and seeds\")", metadata=CODE_FOLDED),
-        new_markdown_cell(f"What we have: {{glue:md}}`{name}_runs`. Verdicts: "
-                          f"{{glue:md}}`{name}_verdicts`.\n\n{bullets}\n\nAbsolute errors are "
-                          "listed in the table above; with the JPEG copy they can only be "
-                          "compared with the paper's within the allowance the verdict rule "
-                          "states."),
-        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()",
-                      metadata=CODE_FOLDED),
+                      "report.show_claims(EXPERIMENT, records, claims, RESULTS)", metadata=CODE_FOLDED),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\n"
+                      "if ax is not None:\n    plt.show()", metadata=CODE_FOLDED),
     ]
 
 
@@ -143,15 +129,15 @@ def experiment_notebook(name: str, extra_cells: list | None = None, *, extra_par
 def arl_vs_nal() -> nbformat.NotebookNode:
     return experiment_notebook("arl_vs_nal", [
         new_markdown_cell("## Stage responses (Figure 4)\n\nMean absolute response of each "
-                          "stage's output on a fixed batch of test images, normalised to stage 1, "
-                          "for every run we have (log scale), beside the values read off the "
-                          "paper's Figure 4 (Attention-164 ARL and NAL, ResNet-164). NAL's "
-                          "products of masks should make the later stages' responses collapse."),
+                          "stage's output on a fixed batch of test images, normalised to stage 1 (log "
+                          "scale): the values read off the paper's Figure 4 (Attention-164 ARL and NAL, "
+                          "ResNet-164), and ours for every row we trained, named with its depth and "
+                          "budget (the paper's curves are Attention-164; ours are the depths we ran). "
+                          "NAL's products of masks should make the later stages' responses collapse."),
         new_code_cell("responses = plots.responses_frame(EXPERIMENT, records)\n"
                       "ax = plots.plot_stage_responses(EXPERIMENT, records)\nplt.show()\n"
                       "if not responses.empty:\n"
-                      '    report.show(responses.pivot_table(index=["network", "source"], columns="stage", '
-                      'values="response").reset_index())', metadata=CODE_FOLDED),
+                      '    report.show(plots.responses_table(responses), digits=3)', metadata=CODE_FOLDED),
     ])
 
 
@@ -160,16 +146,21 @@ def label_noise() -> nbformat.NotebookNode:
         new_markdown_cell("## Error vs noise level\n\nTable 5 as a plot: ours (mean ± sd over "
                           "seeds, per budget) beside the paper's. The test set stays clean."),
         new_code_cell("ax = plots.plot_error_vs_noise(records)\nplt.show()", metadata=CODE_FOLDED),
-        new_markdown_cell("## The noise we injected\n\nRequested vs achieved flip rate of every "
-                          "run (labels are drawn per sample from Q, so the achieved rate scatters "
-                          "around the requested one), and the empirical transition matrix of the "
-                          "noisiest run."),
+        new_markdown_cell("## The noise we injected"),
         new_code_cell("noise = plots.noise_frame(records)\n"
-                      "if not noise.empty:\n"
-                      "    noisiest = max((r for r in records if r.get(\"noise\")), "
-                      "key=lambda r: r[\"noise\"][\"level\"])\n"
+                      "if noise.empty:\n"
+                      "    display(Markdown(\"Once a label-noise run exists, this section shows each run's requested \"\n"
+                      "                     \"vs achieved flip rate and the noisiest run's transition matrix.\"))\n"
+                      "else:\n"
+                      "    display(Markdown(\"Requested vs achieved flip rate of every run (labels are drawn per \"\n"
+                      "                     \"sample from Q, so the achieved rate scatters around the requested \"\n"
+                      "                     \"one), and the empirical transition matrix of the noisiest run.\"))\n"
+                      "    noisiest = max((r for r in records if r.get(\"noise\")), key=lambda r: r[\"noise\"][\"level\"])\n"
                       "    plots.plot_transition_matrix(noisiest)\n"
-                      "    plt.show()\n    report.show(noise)", metadata=CODE_FOLDED),
+                      "    plt.show()\n"
+                      "    report.show(noise.rename(columns={\"level\": \"requested\", \"achieved_rate\": \"achieved\"}),\n"
+                      "                [\"network\", \"seed\", \"requested\", \"achieved\"], formats=plots.NOISE_FORMATS)",
+                      metadata=CODE_FOLDED),
     ])
 
 
@@ -227,33 +218,28 @@ glue("imagewoof_recipe", Markdown(
 cost = imagewoof_report.cost_table({budget}, seeds=2)
 estimates = [c for c in cost.columns if c.startswith("est.")]
 glue("imagewoof_estimate", Markdown(
-    f"about {{cost[estimates[0]].iloc[-1] / 60:.1f}} device minutes at "
-    f"{{imagewoof_report.ASSUMED_MFU:.0%}} of the peak, {{cost[estimates[1]].iloc[-1] / 60:.1f}} at "
-    f"{{imagewoof_report.PESSIMISTIC_MFU:.0%}}"), display=False)
-report.show(cost)''', metadata=CODE_FOLDED),
+    f"about {{cost[estimates[0]].iloc[-1] / 3600:.2f}} GPU-hours at "
+    f"{{100 * imagewoof_report.ASSUMED_MFU:.0f}} % of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
+    f"{{100 * imagewoof_report.PESSIMISTIC_MFU:.0f}} %"), display=False)
+report.show(cost, formats=imagewoof_report.FORMATS)''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
                           "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
-                          "classifier) and multiply-adds at the input size, epochs, the device "
-                          "minutes it cost. The paper's ImageNet parameters and error stand beside "
+                          "classifier) and multiply-adds at the input size, epochs, the CPU- or "
+                          "GPU-hours it cost. The paper's ImageNet parameters and error stand beside "
                           "as context for the orderings only."),
         new_code_cell('table = imagewoof_report.results_table(records)\n'
                       'glue("imagewoof_table", table, display=False)\n'
                       'report.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
-                      '            details=["network", "input", "epochs", "seeds", "device min", "device",\n'
+                      '            details=["network", "input", "epochs", "seeds", "cost", "trained on",\n'
                       '                     "paper ImageNet params (M)", "paper ImageNet top-1 (%)"],\n'
-                      '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures")',
+                      '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures",\n'
+                      '            formats=imagewoof_report.FORMATS)',
                       metadata=CODE_FOLDED),
-        new_markdown_cell("## Verdicts\n\nOrderings against the seed spread; the parity claim by "
-                          "an equivalence rule (the gap's interval within ±1 point of top-1 error); "
-                          "no absolute claims, since the paper gives no Imagewoof numbers."),
+        new_markdown_cell("## Verdicts\n\nNo absolute claims: the paper gives no Imagewoof numbers. Its "
+                          "*paper* column is the ImageNet gap of Table 7, for the ordering it claims."),
         new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
-                      'report.show(claims, ["claim", "ours", "verdict", "reason"], details=report.CLAIM_DETAILS,\n'
-                      '            summary="Deltas, budgets and seeds")', metadata=CODE_FOLDED),
-        new_markdown_cell("What we have: {glue:md}`imagewoof_runs`. Verdicts: "
-                          "{glue:md}`imagewoof_verdicts`.\n\n" + "\n".join(
-                              f"- {c.text}: {{glue:md}}`imagewoof_claim{i}`"
-                              for i, c in enumerate(exp.claims))),
+                      "report.show_claims(EXPERIMENT, records, claims, RESULTS)", metadata=CODE_FOLDED),
         new_markdown_cell("## Context: a public yardstick\n\nfast.ai's leaderboard trains Imagewoof "
                           "at 128 px with its own recipe and tricks; its error at the epoch count "
                           "nearest ours ({glue:md}`imagewoof_leaderboard`) is context, not a target."),
@@ -266,10 +252,11 @@ glue("imagewoof_leaderboard", Markdown(
 report.show(context, ["our epochs", "our top-1 error (%), best – worst network", "leaderboard epochs",
                       "leaderboard top-1 error (%)"], details=["best", "worst", "leaderboard"],
             summary="Networks and source")''', metadata=CODE_FOLDED),
-        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\nplt.show()", metadata=CODE_FOLDED),
+        new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\n"
+                      "if ax is not None:\n    plt.show()", metadata=CODE_FOLDED),
     ]
     return new_notebook(cells=[intro_cell, parameters_cell("imagewoof"),
-                               setup_cell("imagewoof", "imagewoof_report, planning, plots, report"),
+                               setup_cell("imagewoof", "imagewoof_report, planning, plots, report, status"),
                                train_cell("imagewoof", guard), *body],
                         metadata={"kernelspec": KERNEL})
 
@@ -321,68 +308,69 @@ report.show(claims, ["claim", "paper", "ours", "verdict", "reason"], details=["c
 def attention_masks() -> nbformat.NotebookNode:
     exp = EXPERIMENTS["attention_masks"]
     intro_cell = new_markdown_cell(
-        f"# {exp.title}\n\n**Idea checked.** {exp.claim}\n\nThe masks come from a checkpoint "
-        "(`checkpoint`), or else from the model this notebook's own run trains (`train=True`) "
-        "or trained before (its `last.pt` under `checkpoint_dir`). Each picture shows a test "
-        "image and, left to right, every attention module's soft mask M(x) averaged over "
-        "channels and upsampled to the image.")
+        f"# {exp.title}\n\n**Idea checked.** {exp.claim}\n\nEach picture shows a test image and, left to "
+        "right, every attention module's soft mask M(x) averaged over channels and upsampled to the image. "
+        "A figure's data is kept as a small file under `results/attention_masks/`, written from the trained "
+        "checkpoint where it was trained (`plots.write_checkpoint_masks`), so the book shows it without "
+        "the checkpoint (hundreds of MB, never committed).")
     params = parameters_cell("attention_masks", '''\
-checkpoint = None  # a ranlib checkpoint (last.pt) of a CIFAR attention model; None: this notebook's run
+checkpoint = None  # a CIFAR Attention-56 last.pt; None: the latest under checkpoint_dir, if any
+masks_file = None  # the CIFAR figure's data, kept; None: <results_dir>/attention_masks/cifar_attention56_masks.npz
 num_images = 4
 woof_checkpoint = None  # an Imagewoof Attention-56 last.pt; None: the imagewoof chapter's run, if any
-woof_masks_file = "results/attention_masks/imagewoof_attention56_masks.npz"  # the figure's data, kept
+woof_masks_file = None  # the Imagewoof figure's data; None: <results_dir>/attention_masks/imagewoof_attention56_masks.npz
 woof_num_images = 6
 ''')
     body = [
+        new_markdown_cell("## On CIFAR-10 test images"),
         new_code_cell('''\
-path = resolve_path(checkpoint) if checkpoint else plots.latest_checkpoint(checkpoint_dir, records)
-where = display_path(path) if path else "none found under " + display_path(resolve_path(checkpoint_dir))
-glue("attention_masks_runs", Markdown(report.runs_summary(records)), display=False)
-if path is None or not path.is_file():
-    glue("attention_masks_source", Markdown("no checkpoint: not run here"), display=False)
-    display(Markdown(f"**Not run here:** no checkpoint ({where}). "
-                     "Pass `checkpoint=...`, or run with `train=True`."))
+masks_file = resolve_path(masks_file) if masks_file else RESULTS / "attention_masks" / plots.CIFAR_MASKS_NAME
+path = (resolve_path(checkpoint) if checkpoint
+        else plots.latest_checkpoint(checkpoint_dir, records, model="cifar_attention56"))
+if path is not None and path.is_file() and (train or checkpoint or not masks_file.is_file()):
+    plots.write_checkpoint_masks(path, masks_file, num_images=num_images, device=device)
+cifar = plots.read_masks(masks_file)
+if cifar is None:
+    display(Markdown("Once an Attention-56 is trained on CIFAR-10, this shows its masks on the first test "
+                     f"images. It needs that run's checkpoint and one command:\\n\\n```bash\\n"
+                     f"{plots.masks_command(display_path(masks_file))}\\n```"))
 else:
-    glue("attention_masks_source", Markdown(f"`{where}`"), display=False)
-    images, masks = plots.checkpoint_masks(path, num_images=num_images, device=device)
+    images, masks, source = cifar
+    display(Markdown(f"Masks of `{source}`: {plots.masks_label(source, records)}. Each panel is scaled to its "
+                     "own range (printed under it). A mask near 1 passes the trunk's features through; with "
+                     "attention residual learning the output is (1 + M)·T, so a mask never suppresses them "
+                     "below the trunk."))
     fig = plots.plot_masks(images, masks, max_images=num_images)
     glue("attention_masks_figure", fig, display=False)
     plt.show()''', metadata=CODE_FOLDED),
-        new_markdown_cell("Masks from {glue:md}`attention_masks_source`; runs of this notebook: "
-                          "{glue:md}`attention_masks_runs`. A mask near 1 passes the trunk's "
-                          "features through (with attention residual learning the output is "
-                          "(1 + M)·T, so a mask never suppresses them below the trunk)."),
         new_markdown_cell("## On real photos (Imagewoof)\n\nFigure 1 is about real photos: a sky "
                           "mask and a balloon mask. Masks on 32 × 32 CIFAR images say little, so here "
                           "is an Attention-56 trained in the Imagewoof chapter (ImageNet layout, "
                           "112 px) with each stage's soft mask beside a validation photo (the first "
-                          "photo of each breed in turn, at the test crop). The figure's data is kept "
-                          "as a small file (`woof_masks_file`), written from the checkpoint where it "
-                          "was trained, so the book shows it without the checkpoint."),
+                          "photo of each breed in turn, at the test crop)."),
         new_code_cell('''\
 from ranlib import imagewoof_report
 
+woof_masks_file = (resolve_path(woof_masks_file) if woof_masks_file
+                   else RESULTS / "attention_masks" / plots.WOOF_MASKS_NAME)
 woof_records = planning.load_records(RESULTS, "imagewoof")
 woof_path = (resolve_path(woof_checkpoint) if woof_checkpoint
              else plots.latest_checkpoint(checkpoint_dir, woof_records, model="attention56"))
 if woof_path is not None and woof_path.is_file() and (
-        train or woof_checkpoint or not resolve_path(woof_masks_file).is_file()):
+        train or woof_checkpoint or not woof_masks_file.is_file()):
     plots.write_checkpoint_masks(woof_path, woof_masks_file, num_images=woof_num_images, device=device)
 woof = plots.read_masks(woof_masks_file)
 if woof is None:
-    glue("attention_masks_woof_source", Markdown("no Imagewoof checkpoint yet"), display=False)
-    display(Markdown("**No Imagewoof checkpoint yet**, so no masks on photos. To produce them (about a "
-                     "GPU minute), train Attention-56 on Imagewoof and write its masks:\\n\\n"
+    display(Markdown("Once an Attention-56 is trained on Imagewoof (about a GPU minute), this shows its masks "
+                     "on photos. It needs that run and its masks written:\\n\\n"
                      f"```bash\\n{imagewoof_report.masks_commands()}\\n```"))
 else:
     images, masks, woof_source = woof
-    glue("attention_masks_woof_source", Markdown(f"`{woof_source}` (Imagewoof, 10 ImageNet dog classes)"),
-         display=False)
+    display(Markdown(f"Masks of `{woof_source}`: {plots.masks_label(woof_source, woof_records)}. Each panel "
+                     "is scaled to its own range (printed under it)."))
     fig = plots.plot_masks(images, masks, max_images=woof_num_images)
     glue("attention_masks_woof_figure", fig, display=False)
     plt.show()''', metadata=CODE_FOLDED),
-        new_markdown_cell("Masks on photos from {glue:md}`attention_masks_woof_source`; each panel "
-                          "is scaled to its own range (printed under it)."),
     ]
     return new_notebook(cells=[intro_cell, params, setup_cell("attention_masks"),
                                train_cell("attention_masks"), *body],

@@ -45,7 +45,7 @@ NOTEBOOKS = (
 )
 # The book's own generated pages, each with the options it takes (open_choices reads no results);
 # they only read results, so they run after the experiments.
-PAGES = {"summary": ("results_dir",), "setup": ("results_dir",), "performance": ("results_dir",),
+PAGES = {"intro": ("results_dir",), "summary": ("results_dir",), "setup": ("results_dir",), "performance": ("results_dir",),
          "open_choices": (), "compute": ("results_dir",)}
 PROFILES = ("smoke", "quick", "full", "paper")
 LEDGER_FIELDS = (

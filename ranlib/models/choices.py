@@ -116,7 +116,7 @@ OPEN_CHOICES = [
         paper_says="Batch 64, lr 0.1, 160k iterations, lr / 10 at 64k and 96k (CIFAR).",
         we_chose="At batch B: lr 0.1 * B / 64, iterations and milestones * 64 / B (same epochs), and a linear "
                  "warm-up over 5 epochs when B > 64. The `paper` profile keeps batch 64; the `full` profile is "
-                 "the paper's 205 epochs at the smallest batch a GPU sitting can finish (512 by default), "
+                 "the paper's 205 epochs at the smallest batch a time-limited GPU slot can finish (512 by default), "
                  "judged on orderings only.",
         why="Goyal et al. (2017)'s linear scaling rule with gradual warm-up; every results file records the rule "
             "and the resolved schedule.",
@@ -147,7 +147,7 @@ OPEN_CHOICES = [
             "leaderboard's second epoch count, so its figure stands beside ours. Cost: 6 multiply-add "
             "FLOPs per training image (1.6 GMACs for Attention-56 to 3.8 for ResNet-200 at 112 px), at an "
             "assumed 30 % of the H200's 989 TFLOP/s dense bf16 peak plus 25 s start-up per process, is "
-            "37-54 s per network with 2 seeds, about 5 minutes for all seven (7 at 15 %): one lease. The "
-            "throughput is an assumption until ranlib.bench measures it.",
+            "37-54 s per network with 2 seeds, about 5 minutes for all seven (7 at 15 %): one time-limited "
+            "GPU slot. The throughput is an assumption until ranlib.bench measures it.",
     ),
 ]
