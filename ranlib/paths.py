@@ -45,3 +45,11 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
         except ValueError:
             pass
     return f"…/{path.name}"
+
+
+def cache_dir() -> Path:
+    """ranlib's folder in the user's cache (the XDG base directory rule): ``$XDG_CACHE_HOME/ranlib``,
+    else ``~/.cache/ranlib``. It outlives any checkout: the background campaign keeps its pinned
+    worktrees, checkpoints, state and log there (:mod:`ranlib.background`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "ranlib"
