@@ -36,6 +36,13 @@ of all K together against one process's rate: whether packing small trainings on
 raises total throughput. Without CUDA MPS (``nvidia-cuda-mps-control -d``) the processes'
 kernels time-slice rather than overlap.
 
+``--device cpu`` alone (no ``--precision``, ``--channels-last``, ``--image-size`` or other mode)
+prints the CPU's figures instead (issue 18, :mod:`ranlib.cpu_bench`): the training step's images/s
+per precision and memory format, the bf16 and fp32 matrix-product peaks and the step's share of
+them, and with ``--dataset``/``--data-root`` the real loop's share of the bare step, written to
+``--out DIR/cpu-<model>.json``; ``--precision-check`` trains fp32 seeds 0 and 1 and bf16 seed 0
+alike and compares their loss curves (``--out DIR/precision-check-<model>-b<batch>.json``).
+
 ``--fused`` (issue 10, item 5) measures horizontal fusion instead, in one process::
 
     python -m ranlib.bench --fused --budget-seconds 60 --out results/performance

@@ -34,14 +34,14 @@ WARMUP_STEPS = 1
 TIMED_STEPS = 3
 
 
-def step_images_per_s(model: str, *, batch_size: int, precision: str, channels_last: bool,
-                      steps: int = TIMED_STEPS, warmup: int = WARMUP_STEPS, input_size: int = 32,
-                      num_classes: int = 10, seed: int = 0) -> float:
-    """Images/s of the training loop's step on this CPU: :class:`ranlib.step.TrainStep` of the model
-    as the loop builds it (one member, :func:`ranlib.models.fused.fuse`), Nesterov SGD, bf16 autocast
-    or fp32, channels_last or NCHW, deterministic algorithms as ``ranlib train`` uses them on a CPU,
-    on synthetic ``(batch_size, 3, input_size, input_size)`` batches: ``batch_size`` over the median
-    wall-clock time of ``steps`` steps after ``warmup`` untimed ones."""
+def step_seconds(model: str, *, batch_size: int, precision: str, channels_last: bool, steps: int = TIMED_STEPS,
+                 warmup: int = WARMUP_STEPS, input_size: int = 32, num_classes: int = 10, seed: int = 0) -> dict:
+    """Seconds of the training loop's step on this CPU, ``{"wall": [...], "cpu": [...]}`` (wall clock and
+    the process's CPU time) for each of ``steps`` steps after ``warmup`` untimed ones:
+    :class:`ranlib.step.TrainStep` of the model as the loop builds it (one member,
+    :func:`ranlib.models.fused.fuse`), Nesterov SGD, bf16 autocast or fp32, channels_last or NCHW,
+    deterministic algorithms as ``ranlib train`` uses them on a CPU, on synthetic
+    ``(batch_size, 3, input_size, input_size)`` batches."""
     import ranlib
     from .models.fused import fuse
     from .step import TrainStep
@@ -53,14 +53,20 @@ def step_images_per_s(model: str, *, batch_size: int, precision: str, channels_l
     step = TrainStep(net, net, optimizer, windows=[torch.zeros(1, 3, dtype=torch.float64)], precision=precision)
     x = torch.randn(batch_size, 3, input_size, input_size).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch_size, 1))
-    times = []
+    times = {"wall": [], "cpu": []}
     with algorithms(True):
         for i in range(warmup + steps):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step(x, y)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
+                times["wall"].append(time.perf_counter() - wall)
+                times["cpu"].append(time.process_time() - cpu)
+    return times
+
+
+def step_images_per_s(model: str, *, batch_size: int, **kwargs) -> float:
+    """Images/s of :func:`step_seconds`'s steps: ``batch_size`` over the median wall-clock step."""
+    return batch_size / statistics.median(step_seconds(model, batch_size=batch_size, **kwargs)["wall"])
 
 
 def cache_key(model: str, precision: str, channels_last: bool) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from . import provenance
-from .cpu_batch import step_images_per_s
+from .cpu_batch import step_images_per_s, step_seconds
 from .runtime import matmul_peak, native_bf16
 
 FORMATS = (False, True)  # channels_last off, on
@@ -90,23 +90,41 @@ def window_rates(lines: list[dict], batch_size: int) -> list[float]:
     return [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(points, points[1:])]
 
 
+def cpu_time_rates(lines: list[dict], batch_size: int) -> list[float]:
+    """Images per second of the process's CPU time in each log window after the first
+    (``process_cpu_s`` of successive ``train`` lines)."""
+    return [(b["iteration"] - a["iteration"]) * batch_size / (b["process_cpu_s"] - a["process_cpu_s"])
+            for a, b in zip(lines, lines[1:])]
+
+
+def _bare_rates(model: str, batch_size: int, **settings) -> dict:
+    times = step_seconds(model, batch_size=batch_size, **settings)
+    return {clock: batch_size / statistics.median(seconds) for clock, seconds in times.items()}
+
+
 def loop_share(model: str, *, dataset: str, data_root: str, batch_size: int, precision: str, channels_last: bool,
                iterations: int, max_test_samples: int, steps: int, warmup: int) -> dict:
-    """The real loop's images/s against the bare step's (measured before and after it)."""
-    bare = [step_images_per_s(model, batch_size=batch_size, precision=precision, channels_last=channels_last,
-                              steps=steps, warmup=warmup)]
+    """The real loop's images/s against the bare step's (measured before and after it), by the wall
+    clock and by the process's CPU time (which a busy machine's other work does not count)."""
+    settings = dict(precision=precision, channels_last=channels_last, steps=steps, warmup=warmup)
+    bare = [_bare_rates(model, batch_size, **settings)]
     with tempfile.TemporaryDirectory(prefix="ranlib-bench-loop-") as folder:
         config = _train_config(model, dataset, data_root, Path(folder), iterations=iterations, run_name="loop",
                                batch_size=batch_size, precision=precision, channels_last=channels_last,
                                max_test_samples=max_test_samples)
         record, lines = _train(config)
-    bare.append(step_images_per_s(model, batch_size=batch_size, precision=precision, channels_last=channels_last,
-                                  steps=steps, warmup=warmup))
+    bare.append(_bare_rates(model, batch_size, **settings))
     windows = window_rates(lines, batch_size)[1:]  # the first window holds the loop's warm-up
+    cpu_windows = cpu_time_rates(lines, batch_size)
     loop = statistics.fmean(windows) if windows else record["cost"]["images_per_s"]
+    loop_cpu = statistics.fmean(cpu_windows) if cpu_windows else None
+    bare_wall, bare_cpu = (statistics.fmean(b[clock] for b in bare) for clock in ("wall", "cpu"))
     return {"batch_size": batch_size, "precision": precision, "channels_last": channels_last,
             "iterations": iterations, "log_every": config.log_every, "dataset": record["dataset"],
-            "loop_images_per_s": loop, "loop_window_images_per_s": windows, "bare_step_images_per_s": bare, "share": loop / statistics.fmean(bare)}
+            "loop_images_per_s": loop, "loop_window_images_per_s": windows,
+            "bare_step_images_per_s": [b["wall"] for b in bare], "share": loop / bare_wall,
+            "loop_images_per_cpu_s": loop_cpu, "bare_step_images_per_cpu_s": [b["cpu"] for b in bare],
+            "share_cpu_time": loop_cpu / bare_cpu if loop_cpu else None}
 
 
 def cpu_figures(model: str, *, batch_size: int | None, steps: int, warmup: int, peak_size: int | None,
@@ -170,7 +188,9 @@ def cpu_report(record: dict) -> str:
         lines.append(f"loop ({loop['dataset']['label']}, batch {loop['batch_size']}, {loop['iterations']} it): "
                      f"{loop['loop_images_per_s']:.1f} images/s against the bare step's "
                      f"{' and '.join(f'{r:.1f}' for r in loop['bare_step_images_per_s'])} (before, after): "
-                     f"{100 * loop['share']:.0f} %")
+                     f"{100 * loop['share']:.0f} %" + (f"; by CPU time {loop['loop_images_per_cpu_s']:.1f} against "
+                     f"{' and '.join(f'{r:.1f}' for r in loop['bare_step_images_per_cpu_s'])}: "
+                     f"{100 * loop['share_cpu_time']:.0f} %" if loop["share_cpu_time"] else ""))
     return "\n".join(lines)
 
 

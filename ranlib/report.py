@@ -597,7 +597,10 @@ def loop_share_table(records: Sequence[dict]) -> pd.DataFrame:
               "data": r["loop"]["dataset"]["label"], "iterations": r["loop"]["iterations"],
               "loop images/s": round(r["loop"]["loop_images_per_s"], 1),
               "bare step images/s": " / ".join(f"{v:.1f}" for v in r["loop"]["bare_step_images_per_s"]),
-              "loop share %": round(100 * r["loop"]["share"], 1), "device": r["device_name"]}
+              "loop share %": round(100 * r["loop"]["share"], 1),
+              "loop share by CPU time %": round(100 * r["loop"]["share_cpu_time"], 1)
+              if r["loop"].get("share_cpu_time") else None,
+              "threads": r["conditions"]["start"]["threads"], "device": r["device_name"]}
              for r in records if r.get("loop")]
     return pd.DataFrame(lines)
 

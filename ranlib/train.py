@@ -852,7 +852,8 @@ class _GroupTraining:
         for m, (loss_sum, correct, count) in zip(self.members, sums):
             m.metrics.write({"event": "train", "iteration": self.iteration, "epoch": self._epoch(), "lr": lr,
                              "train_loss": loss_sum / max(count, 1),
-                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
+                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate,
+                             "process_cpu_s": time.process_time()})  # beside wall time: a shared CPU's share
 
     def _evaluate(self, lr: float) -> None:
         """A learning-curve point per member: training figures since the last point, the test set now."""

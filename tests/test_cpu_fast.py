@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ranlib import bench, cpu_batch, cpu_bench, runtime, train
+from ranlib import bench, cpu_batch, cpu_bench, report, runtime, train
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
 RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # issue 18's Attention-56 figures: 128 is fastest
@@ -186,29 +186,39 @@ def test_the_cpus_figures_in_one_run(tmp_path, capsys, one_thread, cpu_caps, mon
 
 def test_the_loops_share_of_the_bare_step(tmp_path, one_thread):
     root = make_folder_dataset(tmp_path / "data", n_train=16, n_test=4)
-    out = tmp_path / "cpu.json"
+    out = tmp_path / "results" / "performance" / "cpu.json"
     assert bench.main(["--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--peak-size", "32",
                        "--dataset", "folder", "--data-root", str(root), "--iterations", "8", "--max-test-samples", "4",
                        "--json", str(out)]) == 0
     record = json.loads(out.read_text())
+    [read] = report.read_performance("cpu", tmp_path / "results")  # what the Performance page reads
+    assert len(report.cpu_table([read])) == 4 and report.loop_share_table([read])["loop share %"].item() == \
+        round(100 * record["loop"]["share"], 1)
     assert {r["batch_size"] for r in record["step"]} == {2} and len(record["step"]) == 4
     loop = record["loop"]
     assert loop["iterations"] == 8 and loop["log_every"] == 2 and len(loop["loop_window_images_per_s"]) == 3
     assert len(loop["bare_step_images_per_s"]) == 2 and loop["dataset"]["num_train"] == 16
     assert loop["share"] == pytest.approx(loop["loop_images_per_s"] / (sum(loop["bare_step_images_per_s"]) / 2))
+    assert len(loop["bare_step_images_per_cpu_s"]) == 2 and loop["share_cpu_time"] == pytest.approx(
+        loop["loop_images_per_cpu_s"] / (sum(loop["bare_step_images_per_cpu_s"]) / 2))
 
 
 def test_window_rates_undo_the_cumulative_rate():
-    # 10 images in 1 s, then 10 in 2 s: the cumulative rates are 10 and 20 / 3
-    lines = [{"iteration": 5, "images_per_s": 10.0}, {"iteration": 10, "images_per_s": 20.0 / 3}]
+    # 10 images in 1 s, then 10 in 2 s: the cumulative rates are 10 and 20 / 3; CPU time 0.5 s, then 4 s
+    lines = [{"iteration": 5, "images_per_s": 10.0, "process_cpu_s": 3.5},
+             {"iteration": 10, "images_per_s": 20.0 / 3, "process_cpu_s": 7.5}]
     assert cpu_bench.window_rates(lines, batch_size=2) == pytest.approx([10.0, 5.0])
+    assert cpu_bench.cpu_time_rates(lines, batch_size=2) == pytest.approx([2.5])
 
 
 def test_bf16_against_two_fp32_seeds(tmp_path, capsys, one_thread):
     root = make_folder_dataset(tmp_path / "data", n_train=16, n_test=4)
+    out = tmp_path / "results" / "performance"
     assert bench.main(["--precision-check", "--batch-size", "2", "--dataset", "folder", "--data-root", str(root),
-                       "--iterations", "4", "--max-test-samples", "4", "--out", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / f"precision-check-{TINY_MODEL}-b2.json").read_text())
+                       "--iterations", "4", "--max-test-samples", "4", "--out", str(out)]) == 0
+    record = json.loads((out / f"precision-check-{TINY_MODEL}-b2.json").read_text())
+    table = report.precision_check_table(report.read_performance("precision_check", tmp_path / "results"))
+    assert table["bf16 trains like fp32"].tolist() == ["yes" if record["agree"] else "no"]  # the open-choices page
     assert [(r["precision"], r["seed"]) for r in record["runs"]] == [("fp32", 0), ("fp32", 1), ("bf16", 0)]
     assert all(r["iterations"] == [1, 2, 3, 4] and len(r["train_loss"]) == 4 for r in record["runs"])
     fp32_0, fp32_1, bf16_0 = (r["train_loss"] for r in record["runs"])
