@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -92,6 +93,8 @@ def fastest_batch(model: str, *, precision: str, channels_last: bool, candidates
         entry = entries.get(key) or {"images_per_s": {}}
         missing = [b for b in candidates if str(b) not in entry["images_per_s"]]
         if missing:
+            print(f"ranlib: timing {model}'s training step at batch {', '.join(map(str, missing))} on this CPU, "
+                  f"once (cached in {path})", file=sys.stderr, flush=True)
             for batch in missing:
                 entry["images_per_s"][str(batch)] = measure(model, batch_size=batch, precision=precision,
                                                             channels_last=channels_last)
