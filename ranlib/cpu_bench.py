@@ -2,12 +2,13 @@
 (``python -m ranlib.bench --precision-check``), issue 18.
 
 :func:`cpu_figures` measures, in one process: the training step's images/s
-(:func:`ranlib.cpu_batch.step_images_per_s`, the loop's own step on synthetic batches) per
+(:func:`ranlib.cpu_batch.step_seconds`, the loop's own step on synthetic batches) per
 precision (fp32, bf16 autocast) and memory format (NCHW, channels_last) at one batch, and at the
 candidate batches of the CPU profiles for the default precision and format (the choice
 ``ranlib.train.resolve`` makes); the bf16 and fp32 matrix-product peaks
 (:func:`ranlib.runtime.matmul_peak`) and each step's share of its precision's peak (a step costs
-about 6 x the multiply-adds of a forward pass); and, with a data set, the real loop
+about 6 x the multiply-adds of a forward pass), by the wall clock and per second of the process's
+CPU time; and, with a data set, the real loop
 (``ranlib.train.run``: augmentation, the loss windows, logging, one evaluation) against the bare
 step at the same settings, measured before and after it: the loop's images/s from the second
 log window on (training time, as the run's metrics report it) over the bare step's.
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import provenance
-from .cpu_batch import step_images_per_s, step_seconds
+from .cpu_batch import step_seconds
 from .runtime import matmul_peak, native_bf16
 
 FORMATS = (False, True)  # channels_last off, on
@@ -47,15 +48,19 @@ def _conditions() -> dict:
 
 
 def step_rows(model: str, macs: int, peaks: dict, *, batches: dict, steps: int, warmup: int) -> list[dict]:
-    """One row per (precision, channels_last, batch) of ``batches`` (``{(precision, channels_last): [batch, ...]}``)."""
+    """One row per (precision, channels_last, batch) of ``batches`` (``{(precision, channels_last): [batch, ...]}``):
+    images/s by the wall clock (the median step) and per second of CPU time, and each one's share of
+    the precision's matrix peak measured the same way."""
     rows = []
     for (precision, channels_last), sizes in batches.items():
         for batch in sizes:
-            rate = step_images_per_s(model, batch_size=batch, precision=precision, channels_last=channels_last,
-                                     steps=steps, warmup=warmup)
-            tflops = TRAIN_FLOPS_PER_MAC * macs * rate / 1e12
+            rates = _bare_rates(model, batch, precision=precision, channels_last=channels_last, steps=steps,
+                                warmup=warmup)
+            tflops, cpu_tflops = (TRAIN_FLOPS_PER_MAC * macs * rates[clock] / 1e12 for clock in ("wall", "cpu"))
             rows.append({"precision": precision, "channels_last": channels_last, "batch_size": batch,
-                         "images_per_s": rate, "achieved_tflops": tflops, "peak_share": tflops / peaks[precision]["tflops"]})
+                         "images_per_s": rates["wall"], "achieved_tflops": tflops,
+                         "peak_share": tflops / peaks[precision]["tflops"], "images_per_cpu_s": rates["cpu"],
+                         "peak_share_cpu_time": cpu_tflops / peaks[precision]["cpu_tflops"]})
     return rows
 
 
@@ -171,11 +176,13 @@ def cpu_report(record: dict) -> str:
              f"{record['conditions']['start']['load_average'][0]:.1f} at the start, "
              f"{record['conditions']['end']['load_average'][0]:.1f} at the end; native bf16: "
              f"{'yes' if record['conditions']['start']['native_bf16'] else 'no'}"]
-    lines += [f"matrix-product peak {p['dtype']}: {1e3 * p['tflops']:.0f} GFLOP/s ({p['size']}^3)"
-              for p in record["matmul_peak"].values()]
-    lines.append(f"{'precision':<10} {'format':<14} {'batch':>5} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8}")
+    lines += [f"matrix-product peak {p['dtype']}: {1e3 * p['tflops']:.0f} GFLOP/s ({p['size']}^3), "
+              f"{1e3 * p['cpu_tflops']:.0f} per CPU-second" for p in record["matmul_peak"].values()]
+    lines.append(f"{'precision':<10} {'format':<14} {'batch':>5} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8}"
+                 f" {'per CPU-s':>10} {'of peak':>8}")
     lines += [f"{r['precision']:<10} {'channels_last' if r['channels_last'] else 'NCHW':<14} {r['batch_size']:>5} "
               f"{r['images_per_s']:>9.1f} {1e3 * r['achieved_tflops']:>8.0f} {100 * r['peak_share']:>7.1f} %"
+              f" {r['images_per_cpu_s']:>10.1f} {100 * r['peak_share_cpu_time']:>7.1f} %"
               for r in record["step"]]
     d = record["default"]
     lines.append(f"default on this CPU: {d['precision']}, {'channels_last' if d['channels_last'] else 'NCHW'}, "

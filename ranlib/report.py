@@ -584,7 +584,10 @@ def cpu_table(records: Sequence[dict]) -> pd.DataFrame:
     lines = [{"model": r["model"], "precision": s["precision"], "format": "channels_last" if s["channels_last"] else "NCHW",
               "batch": s["batch_size"], "images/s": round(s["images_per_s"], 1),
               "GFLOP/s": round(1e3 * s["achieved_tflops"]), "% of peak": round(100 * s["peak_share"], 1),
+              "images per CPU-s": round(s["images_per_cpu_s"], 1),
+              "% of peak (CPU time)": round(100 * s["peak_share_cpu_time"], 1),
               "peak GFLOP/s": round(1e3 * r["matmul_peak"][s["precision"]]["tflops"]),
+              "peak GFLOP per CPU-s": round(1e3 * r["matmul_peak"][s["precision"]]["cpu_tflops"]),
               "threads": r["conditions"]["start"]["threads"], "load": round(r["conditions"]["start"]["load_average"][0], 1),
               "device": r["device_name"]}
              for r in records for s in r["step"]]

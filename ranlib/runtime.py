@@ -181,7 +181,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16, size:
                 repeats: int = PEAK_MATMUL_REPEATS) -> dict:
     """The device's matrix throughput in ``dtype``, measured: ``repeats`` products of two ``size`` x
     ``size`` matrices after three untimed ones (CUDA events on GPU, ``perf_counter`` on CPU);
-    TFLOP/s = 2 size^3 / seconds per product."""
+    TFLOP/s = 2 size^3 / seconds per product. On a CPU also ``cpu_tflops``, per second of the
+    process's CPU time (all its threads): what the cores did while they ran this, on a shared machine."""
     size = size or (PEAK_MATMUL_SIZE if device.type == "cuda" else PEAK_MATMUL_SIZE_CPU)
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, generator=generator).to(dtype)
@@ -194,15 +195,17 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16, size:
 
     for _ in range(3):
         torch.matmul(a, b, out=out)
+    cpu_tflops = None
     if device.type == "cuda":
         seconds = cuda_time_s(products, warmup=0, repeats=1) / repeats
     else:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         products()
         seconds = (time.perf_counter() - start) / repeats
+        cpu_tflops = 2 * size**3 * repeats / (time.process_time() - cpu) / 1e12
     return {"dtype": str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32"),
             "size": size, "repeats": repeats, "ms_per_matmul": 1e3 * seconds, "tflops": 2 * size**3 / seconds / 1e12,
-            "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
+            "cpu_tflops": cpu_tflops, "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

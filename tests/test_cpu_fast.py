@@ -163,9 +163,15 @@ def fake_step(model, *, batch_size, precision, channels_last, **_):
     return RATES.get(batch_size, 10.0) * (2.0 if precision == "bf16" else 1.0) * (1.5 if channels_last else 1.0)
 
 
+def fake_seconds(model, *, batch_size, **settings):
+    """Steps at fake_step's rate by the wall clock, twice as fast per CPU-second."""
+    seconds = batch_size / fake_step(model, batch_size=batch_size, **settings)
+    return {"wall": [seconds] * 3, "cpu": [seconds / 2] * 3}
+
+
 def test_the_cpus_figures_in_one_run(tmp_path, capsys, one_thread, cpu_caps, monkeypatch):
     cpu_caps(True)
-    monkeypatch.setattr(cpu_bench, "step_images_per_s", fake_step)
+    monkeypatch.setattr(cpu_bench, "step_seconds", fake_seconds)
     monkeypatch.setattr(cpu_batch, "step_images_per_s", fake_step)
     assert bench.main(["--device", "cpu", "--peak-size", "32", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / f"cpu-{TINY_MODEL}.json").read_text())
@@ -176,7 +182,11 @@ def test_the_cpus_figures_in_one_run(tmp_path, capsys, one_thread, cpu_caps, mon
                                                                                          ("bf16", True, 128)}
     for r in record["step"]:
         assert r["achieved_tflops"] == pytest.approx(6 * record["macs"] * r["images_per_s"] / 1e12)
-        assert r["peak_share"] == pytest.approx(r["achieved_tflops"] / record["matmul_peak"][r["precision"]]["tflops"])
+        peak = record["matmul_peak"][r["precision"]]
+        assert r["peak_share"] == pytest.approx(r["achieved_tflops"] / peak["tflops"])
+        assert r["images_per_cpu_s"] == pytest.approx(2 * r["images_per_s"])
+        assert r["peak_share_cpu_time"] == pytest.approx(6 * record["macs"] * r["images_per_cpu_s"] / 1e12
+                                                         / peak["cpu_tflops"])
     assert record["default"] == {"precision": "bf16", "channels_last": True, "batch_size": 128, "cached_choice": 128}
     assert record["conditions"]["start"]["threads"] == 1 and record["provenance"]["device_type"] == "cpu"
     out = capsys.readouterr().out
