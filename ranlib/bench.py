@@ -36,6 +36,13 @@ of all K together against one process's rate: whether packing small trainings on
 raises total throughput. Without CUDA MPS (``nvidia-cuda-mps-control -d``) the processes'
 kernels time-slice rather than overlap.
 
+``--device cpu`` alone (no ``--precision``, ``--channels-last``, ``--image-size`` or other mode)
+prints the CPU's figures instead (issue 18, :mod:`ranlib.cpu_bench`): the training step's images/s
+per precision and memory format, the bf16 and fp32 matrix-product peaks and the step's share of
+them, and with ``--dataset``/``--data-root`` the real loop's share of the bare step, written to
+``--out DIR/cpu-<model>.json``; ``--precision-check`` trains fp32 seeds 0 and 1 and bf16 seed 0
+alike and compares their loss curves (``--out DIR/precision-check-<model>-b<batch>.json``).
+
 ``--fused`` (issue 10, item 5) measures horizontal fusion instead, in one process::
 
     python -m ranlib.bench --fused --budget-seconds 60 --out results/performance
@@ -85,6 +92,7 @@ import torch.nn.functional as F
 from . import provenance
 from .errors import RanlibError, ResultsExistError, print_error
 from .models.fused import grouped_1x1_as_bmm, grouped_as_dense
+from .runtime import PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE_CPU, matmul_peak
 from .train import COMPILE_MODES
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity), matched on the
@@ -432,9 +440,6 @@ FUSED_MODELS = ("cifar_attention92", "cifar_resnet164")
 FUSED_MEMBERS = (1, 2, 4, 8, 16)
 FUSED_KEY_MEMBERS = 8  # the K the targets speak of
 FUSED_FILE = "fused.json"  # in --out DIR
-PEAK_MATMUL_SIZE = 8192  # the bf16 matrix-peak measurement: (n x n) @ (n x n), on CUDA
-PEAK_MATMUL_SIZE_CPU = 256
-PEAK_MATMUL_REPEATS = 20
 LAYER_REPEATS = 10  # timed forward+backward passes per convolution and implementation
 # The issue's targets for fused K = 8 cifar_attention92 with CUDA graphs.
 TARGET_FUSED_VS_BASELINE = 10.0
@@ -457,21 +462,6 @@ def _elapsed_seconds(fn: Callable[[], object], repeats: int, device: torch.devic
         fn()
     timer.mark()
     return timer.step_seconds()[0] / repeats
-
-
-def measure_matmul_peak(device: torch.device, size: int | None = None, repeats: int = PEAK_MATMUL_REPEATS) -> dict:
-    """The device's bf16 matrix throughput, measured: ``repeats`` products of two ``size`` x ``size``
-    bf16 matrices after three untimed ones; TFLOP/s = 2 size^3 / seconds per product."""
-    size = size or (PEAK_MATMUL_SIZE if device.type == "cuda" else PEAK_MATMUL_SIZE_CPU)
-    generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, generator=generator).to(torch.bfloat16)
-    b = torch.randn(size, size, device=device, generator=generator).to(torch.bfloat16)
-    out = torch.empty(size, size, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        torch.matmul(a, b, out=out)
-    seconds = _elapsed_seconds(lambda: torch.matmul(a, b, out=out), repeats, device)
-    return {"dtype": "bf16", "size": size, "repeats": repeats, "ms_per_matmul": 1e3 * seconds,
-            "tflops": 2 * size**3 / seconds / 1e12, "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
 
 
 def _fused_batches(model_name: str, members: int, batch_size: int, device: torch.device, memory_format, seed: int):
@@ -813,7 +803,7 @@ def run_fused(args: argparse.Namespace, clock_start: float, save: Callable[[dict
         raise RanlibError("need --steps >= 1, --members >= 1 and --fused-batches >= 1")
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    channels_last = True if args.channels_last is None else args.channels_last
     if device.type == "cuda":  # as ranlib.train._configure_backends (TF32 flags left at torch's defaults, as
         torch.backends.cudnn.benchmark = True  # the plain baseline has them; the fused steps run in bf16)
     warmup = args.warmup if args.warmup is not None else 5
@@ -828,7 +818,7 @@ def run_fused(args: argparse.Namespace, clock_start: float, save: Callable[[dict
               "models": list(args.fused_models), "batches": list(args.fused_batches), "members": sorted(set(args.members)),
               "graphs": graphs, "precision": precision, "channels_last": channels_last, "seed": args.seed,
               "budget_seconds": budget, "plan": [plan_label(item) for item in plan]}
-    record["matmul_peak"] = measure_matmul_peak(device, args.peak_size)
+    record["matmul_peak"] = matmul_peak(device, size=args.peak_size)
     early_provenance = provenance.collect(device, precision=precision, seed=args.seed, started_at=started)
     print(f"measuring on {name} ({len(plan)} configurations planned): bf16 matrix peak {record['matmul_peak']['tflops']:.1f} TFLOP/s "
           f"({record['matmul_peak']['size']}^3)", flush=True)
@@ -1023,18 +1013,18 @@ SUITE = (
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ranlib.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="cifar_attention92")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--model", help="default cifar_attention92 (cifar_attention56 for the CPU's figures)")
+    p.add_argument("--batch-size", type=int, help="default 64 (the CPU's figures: the candidates of the CPU profiles)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                   help="auto: bf16 autocast on CUDA and on a CPU with native bf16, else fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on for CUDA")
+                   help="default: on")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
     p.add_argument("--compile-mode", choices=COMPILE_MODES,
                    help="torch.compile mode (implies --compile), e.g. reduce-overhead: CUDA graphs, less Python per step")
-    p.add_argument("--steps", type=int, default=50, help="timed steps")
+    p.add_argument("--steps", type=int, help="timed steps (default 50; the CPU's figures: 5)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 10; with --fused 5, and at least "
-                   "the CUDA graph's warm-up and capture)")
+                   "the CUDA graph's warm-up and capture; the CPU's figures: 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--image-size", type=int, help="input resolution of a 224 model (e.g. 320, the paper's "
                    "Attention-92 test size); default: the model's training size")
@@ -1051,6 +1041,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"then profile {PROFILE_STEPS} more steps: where the time goes, in DIR/<name>-profile.json")
     p.add_argument("--processes", type=int, metavar="K",
                    help="also run K copies of ranlib's measurement at once on the device; total images/s vs one")
+    cpu = p.add_argument_group("the CPU's figures (--device cpu alone) and the bf16 check (--precision-check)")
+    cpu.add_argument("--precision-check", action="store_true",
+                     help="train fp32 seeds 0 and 1 and bf16 seed 0 alike on the CPU and compare their loss curves")
+    cpu.add_argument("--dataset", help="the real loop's data set (e.g. cifar10-jpeg); without it the CPU's figures "
+                     "leave the loop out")
+    cpu.add_argument("--data-root")
+    cpu.add_argument("--iterations", type=int, help="training iterations of each run (default 40; --precision-check 200)")
+    cpu.add_argument("--max-test-samples", type=int, default=1000, help="test images of each run's evaluation")
     fused = p.add_argument_group("horizontal fusion (--fused)")
     fused.add_argument("--fused", action="store_true",
                        help="measure K fused members (ranlib.models.fused, ranlib.step.TrainStep) against solo "
@@ -1067,7 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     fused.add_argument("--seconds-per-config", type=float, default=1.5, metavar="S",
                        help="time at most --steps steps, fewer if they would take longer than S (at least 3)")
     fused.add_argument("--peak-size", type=int, metavar="N",
-                       help=f"bf16 matrix-peak measurement size (default {PEAK_MATMUL_SIZE} on CUDA, "
+                       help=f"matrix-peak measurement size (default {PEAK_MATMUL_SIZE} on CUDA, "
                             f"{PEAK_MATMUL_SIZE_CPU} on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the figures with provenance to this file")
@@ -1108,7 +1106,7 @@ def bench_one(case: Case, args: argparse.Namespace, *, baseline: bool) -> dict:
         raise RanlibError(f"{model_name} is a 32x32 CIFAR model; --image-size applies to the 224 models")
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    channels_last = True if args.channels_last is None else args.channels_last
     num_images = args.num_images or (50_000 if device.type == "cuda" else 4 * batch_size)
     started = provenance.utc_now()
     common = dict(batch_size=batch_size, device=device, steps=args.steps, warmup=args.warmup,
@@ -1187,7 +1185,12 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     clock_start = time.perf_counter() if started is None else started
     args = build_parser().parse_args(argv)
     if args.fused:
+        args.steps = 50 if args.steps is None else args.steps
         return main_fused(args, clock_start)
+    if args.precision_check or _cpu_figures_asked(args):
+        return main_cpu(args)
+    args.model, args.batch_size = args.model or "cifar_attention92", args.batch_size or 64
+    args.steps = 50 if args.steps is None else args.steps
     if args.warmup is None:
         args.warmup = 10
     configurations = SUITE if args.suite else (Case(args.model, args.batch_size, args.grad_checkpointing),)
@@ -1208,6 +1211,52 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
                 context = {k: record[k] for k in ("benchmark", "model", "input_size", "batch_size", "device_name")}
                 _write(args.profile / (file_name(record)[:-len(".json")] + "-profile.json"),
                        {**context, "setup": setup_text(record["ranlib"]), **profiled}, args.overwrite)
+    except RanlibError as exc:
+        print_error(exc)
+        return 1
+    return 0
+
+
+def _cpu_figures_asked(args: argparse.Namespace) -> bool:
+    """``--device cpu`` without a precision, memory format or another benchmark: the CPU's figures."""
+    single = (args.precision != "auto" or args.channels_last is not None or args.suite or args.processes
+              or args.profile or args.baseline or args.compile or args.compile_mode or args.grad_checkpointing
+              or args.image_size or args.num_images)
+    return args.device == "cpu" and not single
+
+
+def main_cpu(args: argparse.Namespace) -> int:
+    """The CPU's figures or, with ``--precision-check``, the bf16-vs-fp32 training check (:mod:`ranlib.cpu_bench`)."""
+    from . import cpu_bench
+
+    try:
+        if (args.dataset is None) != (args.data_root is None):
+            raise RanlibError("--dataset and --data-root go together: give both (e.g. --dataset cifar10-jpeg "
+                              "--data-root ../shared/data/cifar10-jpeg) or neither")
+        if args.precision_check and args.dataset is None:
+            raise RanlibError("--precision-check trains on real data: add --dataset and --data-root")
+        model = args.model or "cifar_attention56"
+        if args.precision_check:
+            batch = args.batch_size or 64
+            name = cpu_bench.file_name({"benchmark": "precision_check", "model": model, "batch_size": batch})
+        else:
+            name = cpu_bench.file_name({"benchmark": "cpu", "model": model})
+        path = args.out / name if args.out else args.json
+        if path is not None and path.exists() and not args.overwrite:  # before minutes of measuring
+            raise ResultsExistError(f"{path} already exists; pass --overwrite to replace it or choose another path")
+        if args.precision_check:
+            record = cpu_bench.precision_check(model, dataset=args.dataset, data_root=args.data_root, batch_size=batch,
+                                               iterations=args.iterations or 200,
+                                               max_test_samples=args.max_test_samples)
+            print(cpu_bench.precision_report(record), flush=True)
+        else:
+            record = cpu_bench.cpu_figures(model, batch_size=args.batch_size, steps=args.steps or 5,
+                                           warmup=2 if args.warmup is None else args.warmup, peak_size=args.peak_size,
+                                           dataset=args.dataset, data_root=args.data_root,
+                                           iterations=args.iterations or 40, max_test_samples=args.max_test_samples,
+                                           seed=args.seed)
+            print(cpu_bench.cpu_report(record), flush=True)
+        _write(path, record, overwrite=True)
     except RanlibError as exc:
         print_error(exc)
         return 1

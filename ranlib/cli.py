@@ -28,7 +28,9 @@ TRAIN_HELP = {
                "large-batch rule) or paper (the paper's schedule)",
     "seed": "seed for initialisation, data order, augmentation and label noise",
     "noise_level": "fraction of training labels corrupted by the paper's Q (Table 5), in [0, 1)",
-    "batch_size": "global batch size; lr, iterations, milestones follow the large-batch rule unless given",
+    "batch_size": "global batch size; lr, iterations, milestones follow the large-batch rule unless given "
+                  "(default: the profile's; on a CPU, the quick profile's is the fastest of 64/128/256 measured "
+                  "there once)",
     "lr": "peak learning rate (default: 0.1 x batch / reference batch)",
     "momentum": "SGD momentum (default 0.9)",
     "nesterov": "Nesterov momentum (default: on for CIFAR as in the paper, off for ImageNet)",
@@ -44,8 +46,8 @@ TRAIN_HELP = {
     "results_dir": "where results files go (default: results)",
     "checkpoint_dir": "where checkpoints and metrics.jsonl go (default: checkpoints)",
     "device": "auto, cpu, cuda or cuda:N",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
-    "channels_last": "channels_last memory format (default: on for CUDA)",
+    "precision": "auto (bf16 autocast on CUDA and on a CPU with native bf16, else fp32), fp32 or bf16",
+    "channels_last": "channels_last memory format (default: on)",
     "compile": "torch.compile the model",
     "compile_mode": "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune, "
                     "max-autotune-no-cudagraphs",

@@ -722,11 +722,62 @@ def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=["target", "model", "batch", "setup", "measured", "met", "device"])
 
 
-def read_fused_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
-    """The files ``python -m ranlib.bench --fused --out results/performance`` wrote."""
+def read_performance(benchmark: str, results_root: str | os.PathLike = "results") -> list[dict]:
+    """The files of one kind (their ``"benchmark"``: ``fused``, ``cpu``, ``precision_check``) that
+    ``python -m ranlib.bench ... --out results/performance`` wrote."""
     folder = resolve_path(results_root) / "performance"
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-    return [r for r in records if r.get("benchmark") == "fused"]
+    return [r for r in records if r.get("benchmark") == benchmark]
+
+
+def read_fused_benchmarks(results_root: str | os.PathLike = "results") -> list[dict]:
+    """The files ``python -m ranlib.bench --fused --out results/performance`` wrote."""
+    return read_performance("fused", results_root)
+
+
+def cpu_table(records: Sequence[dict]) -> pd.DataFrame:
+    """The CPU's training-step figures (``python -m ranlib.bench --device cpu``): one line per precision,
+    memory format and batch, with the share of that precision's measured matrix peak."""
+    lines = [{"model": r["model"], "precision": s["precision"], "format": "channels_last" if s["channels_last"] else "NCHW",
+              "batch": s["batch_size"], "images/s": round(s["images_per_s"], 1),
+              "GFLOP/s": round(1e3 * s["achieved_tflops"]), "% of peak": round(100 * s["peak_share"], 1),
+              "images per CPU-s": round(s["images_per_cpu_s"], 1),
+              "% of peak (CPU time)": round(100 * s["peak_share_cpu_time"], 1),
+              "peak GFLOP/s": round(1e3 * r["matmul_peak"][s["precision"]]["tflops"]),
+              "peak GFLOP per CPU-s": round(1e3 * r["matmul_peak"][s["precision"]]["cpu_tflops"]),
+              "threads": r["conditions"]["start"]["threads"], "load": round(r["conditions"]["start"]["load_average"][0], 1),
+              "device": r["device_name"]}
+             for r in records for s in r["step"]]
+    return pd.DataFrame(lines)
+
+
+def loop_share_table(records: Sequence[dict]) -> pd.DataFrame:
+    """The real loop against the bare step at the same settings (``python -m ranlib.bench --device cpu --dataset ...``)."""
+    lines = [{"model": r["model"], "batch": r["loop"]["batch_size"], "precision": r["loop"]["precision"],
+              "data": r["loop"]["dataset"]["label"], "iterations": r["loop"]["iterations"],
+              "loop images/s": round(r["loop"]["loop_images_per_s"], 1),
+              "bare step images/s": " / ".join(f"{v:.1f}" for v in r["loop"]["bare_step_images_per_s"]),
+              "loop share %": round(100 * r["loop"]["share"], 1),
+              "loop share by CPU time %": round(100 * r["loop"]["share_cpu_time"], 1)
+              if r["loop"].get("share_cpu_time") else None,
+              "threads": r["conditions"]["start"]["threads"], "device": r["device_name"]}
+             for r in records if r.get("loop")]
+    return pd.DataFrame(lines)
+
+
+def precision_check_table(records: Sequence[dict]) -> pd.DataFrame:
+    """bf16 against two fp32 seeds (``python -m ranlib.bench --precision-check``): one line per check."""
+    lines = [{"model": r["model"], "batch": r["batch_size"], "iterations": r["iterations"],
+              "data": r["runs"][0]["dataset"]["label"],
+              "mean |loss gap| bf16 vs fp32, seed 0": round(r["mean_abs_gap"]["bf16_vs_fp32_same_seed"], 4),
+              "mean |loss gap| fp32 seed 1 vs 0": round(r["mean_abs_gap"]["fp32_seeds"], 4),
+              "test error % (fp32 s0, fp32 s1, bf16 s0)": ", ".join(f"{x['test_top1_error']:.1f}" for x in r["runs"]),
+              "test images": r["runs"][0]["num_test"],
+              "images/s (fp32 s0, fp32 s1, bf16 s0)": ", ".join(f"{x['images_per_s']:.0f}" for x in r["runs"]),
+              "bf16 trains like fp32": "yes" if r["agree"] else "no", "device": r["device_name"],
+              "threads": r["conditions"]["start"]["threads"]}
+             for r in records]
+    return pd.DataFrame(lines)
 
 
 def fused_table(records: Sequence[dict]) -> pd.DataFrame:

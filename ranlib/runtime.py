@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 import resource
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,18 +66,53 @@ def select_device(request: str, d: Dist) -> torch.device:
     return device
 
 
-def device_kind(request: str) -> str:
-    """The type ("cpu", "cuda") of the device ``request`` names, without claiming it."""
+def device_type(request: str) -> str:
+    """``"cuda"`` or ``"cpu"``: the kind of device a request (``auto``, ``cpu``, ``cuda``, ``cuda:1``)
+    trains on, known before any process group is joined (:func:`select_device` checks the rest)."""
     if request == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(request).type
+    try:
+        return torch.device(request).type
+    except RuntimeError:
+        raise ConfigError(f"unknown device {request!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast on CUDA, plain fp32 on CPU."""
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: AVX-512 BF16 or AMX-BF16 on x86, the BF16 or SVE-BF16
+    extension on Arm, as ``torch.cpu.get_capabilities()`` reports them (cpuinfo), with oneDNN there
+    to use them. Without them bf16 is emulated and slower than fp32."""
+    caps = torch.cpu.get_capabilities()
+    native = any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+    return native and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """'auto' -> bf16 autocast on CUDA and on a CPU with native bf16 (:func:`native_bf16`), else fp32;
+    'fp32' and 'bf16' as given."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        kind = torch.device(device).type
+        return "bf16" if kind == "cuda" or (kind == "cpu" and native_bf16()) else "fp32"
     return precision
+
+
+@contextlib.contextmanager
+def algorithms(deterministic: bool):
+    """torch's deterministic algorithms on or off inside (warnings, not errors, for ops without one),
+    the previous setting restored on exit. Fresh memory is not filled with NaN meanwhile: that is a
+    debugging aid of ``torch.use_deterministic_algorithms`` (``torch.utils.deterministic.
+    fill_uninitialized_memory``) which changes no result of a correct kernel and costs a CPU
+    training step about 10 % (issue 18's profile)."""
+    import torch.utils.deterministic as det
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              det.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    det.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        det.fill_uninitialized_memory = before[2]
 
 
 def autocast(device: torch.device, precision: str):
@@ -137,6 +173,42 @@ def cuda_time_s(work, *, warmup: int = 2, repeats: int = 5) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return sorted(times)[len(times) // 2]
+
+
+PEAK_MATMUL_SIZE = 8192  # the matrix-peak measurement: (n x n) @ (n x n), on CUDA
+PEAK_MATMUL_SIZE_CPU = 1024  # large enough for a CPU's peak (issue 18: 907 GFLOP/s bf16 on 2 cores)
+PEAK_MATMUL_REPEATS = 20
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
+                repeats: int = PEAK_MATMUL_REPEATS) -> dict:
+    """The device's matrix throughput in ``dtype``, measured: ``repeats`` products of two ``size`` x
+    ``size`` matrices after three untimed ones (CUDA events on GPU, ``perf_counter`` on CPU);
+    TFLOP/s = 2 size^3 / seconds per product. On a CPU also ``cpu_tflops``, per second of the
+    process's CPU time (all its threads): what the cores did while they ran this, on a shared machine."""
+    size = size or (PEAK_MATMUL_SIZE if device.type == "cuda" else PEAK_MATMUL_SIZE_CPU)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def products():
+        for _ in range(repeats):
+            torch.matmul(a, b, out=out)
+
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    cpu_tflops = None
+    if device.type == "cuda":
+        seconds = cuda_time_s(products, warmup=0, repeats=1) / repeats
+    else:
+        start, cpu = time.perf_counter(), time.process_time()
+        products()
+        seconds = (time.perf_counter() - start) / repeats
+        cpu_tflops = 2 * size**3 * repeats / (time.process_time() - cpu) / 1e12
+    return {"dtype": str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32"),
+            "size": size, "repeats": repeats, "ms_per_matmul": 1e3 * seconds, "tflops": 2 * size**3 / seconds / 1e12,
+            "cpu_tflops": cpu_tflops, "timer": "cuda_events" if device.type == "cuda" else "perf_counter"}
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -20,6 +20,11 @@ Profiles scale the whole schedule to a budget: ``paper`` is the recipe itself; `
 tenth of the CIFAR schedule (a hundredth of ImageNet's) at a GPU-friendly batch with the
 large-batch rule; ``smoke`` is a few iterations on a tiny subset, seconds on a CPU.
 
+On a CPU the ``quick`` profile's batch is the fastest of ``CPU_BATCHES`` on that machine, measured
+once and cached (:mod:`ranlib.cpu_batch`), and recorded in the run's ``batch_rule``; the schedule
+follows from it by the large-batch rule. ``precision="auto"`` is bf16 autocast on CUDA and on a
+CPU with native bf16, and ``channels_last`` is on by default everywhere (issue 18).
+
 Imagewoof (``dataset="imagewoof"``) has a recipe and profiles of its own (``RECIPES`` and
 ``PROFILES`` are keyed by the dataset there, by the model's family "cifar"/"imagenet" otherwise):
 the ImageNet recipe's optimiser and the shape of its step schedule (lr / 10 at 200k/530k,
@@ -68,7 +73,7 @@ from .models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fu
                            member_optimizer_state, member_state_dict, shared_inputs)
 from .options import DEVICE, check_all, options_from_hints
 from .results import SCHEMA_VERSION, check_name, results_path, write_record, write_results
-from .runtime import (Dist, all_reduce, autocast, average_bn_running_stats, cuda_time_s, device_kind,
+from .runtime import (Dist, algorithms, all_reduce, autocast, average_bn_running_stats, cuda_time_s, device_type,
                       init_distributed, peak_memory_bytes, resolve_precision, seed_everything, select_device,
                       synchronize)
 from .splits import IMAGENET_STYLE_DATASETS, load_split
@@ -150,13 +155,16 @@ class Profile:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     train_size: int | None = None  # crop size (Imagewoof: default IMAGEWOOF_SIZE)
+    cpu_batches: tuple[int, ...] | None = None  # on a CPU: the fastest of these, measured (ranlib.cpu_batch)
 
 
+CPU_BATCHES = (64, 128, 256)  # the batches issue 18 measured on the project's CPU
 PROFILES: dict[str, dict[str, Profile]] = {
     "cifar": {
         "smoke": Profile(batch_size=8, iterations=6, eval_points=2, checkpoint_every=3, log_every=1,
                          max_train_samples=64, max_test_samples=32),
-        "quick": Profile(batch_size=256, fraction=0.1, eval_points=10, checkpoint_every=1000, log_every=50),
+        "quick": Profile(batch_size=256, fraction=0.1, eval_points=10, checkpoint_every=1000, log_every=50,
+                         cpu_batches=CPU_BATCHES),
         "paper": Profile(batch_size=64, eval_points=40, checkpoint_every=4000, log_every=100),
         # The paper's epochs (about 205) at a larger batch under the large-batch rule: what a short
         # GPU lease can finish. A GPU sitting picks the smallest batch that does (ranlib.sitting).
@@ -268,6 +276,7 @@ class TrainConfig:
     test_size: int | None = None
     progress: bool | None = None  # tqdm bar; None: only when stderr is a terminal
     schedule_rule: str | None = None  # filled by resolve(): how lr/iterations were chosen
+    batch_rule: str | None = None  # filled by resolve(): how the batch size was chosen
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -311,7 +320,7 @@ TRAIN_OPTIONS = options_from_hints(TrainConfig, {
 # Fields that may change between an interrupted run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"resume", "overwrite", "progress", "num_workers", "data_root", "results_dir",
                      "checkpoint_dir", "eval_every", "checkpoint_every", "log_every", "compile", "download",
-                     "grad_checkpointing", "compile_mode", "cuda_graphs", "conv_autotune"}
+                     "grad_checkpointing", "compile_mode", "cuda_graphs", "conv_autotune", "batch_rule"}
 
 
 def _model_info(name: str):
@@ -358,7 +367,7 @@ def identity_suffix(c: TrainConfig) -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in IDENTITY_FIELDS}
     baseline = resolve(dataclasses.replace(c, **defaults, run_name="unnamed"))
     differ = {k: getattr(c, k) for k in IDENTITY_FIELDS if getattr(c, k) != getattr(baseline, k)}
-    if c.precision != "auto" and c.precision != resolve_precision("auto", torch.device(device_kind(c.device))):
+    if c.precision != "auto" and c.precision != resolve_precision("auto", device_type(c.device)):
         differ["precision"] = c.precision
     if differ:
         parts.append("c" + hashlib.sha256(json.dumps(differ, sort_keys=True).encode()).hexdigest()[:6])
@@ -389,6 +398,19 @@ def _check_model_kwargs(model: str, kwargs: dict) -> None:
     check_all(kwargs, model_switches(model), f"{model} switch ")
 
 
+def _batch_size(c: TrainConfig, profile: Profile, kind: str) -> tuple[int, str]:
+    """The run's batch and how it was chosen: as given; on a CPU (one process) the fastest of the
+    profile's ``cpu_batches`` on this machine (:func:`ranlib.cpu_batch.fastest_batch`); else the profile's."""
+    if c.batch_size is not None:
+        return int(c.batch_size), "explicit"
+    if kind == "cpu" and profile.cpu_batches and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from .cpu_batch import fastest_batch, rule_text
+        choice = fastest_batch(c.model, precision=c.precision, channels_last=c.channels_last,
+                               candidates=profile.cpu_batches)
+        return choice["batch_size"], rule_text(choice)
+    return profile.batch_size, f"the {c.profile} profile's"
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` filled from the recipe and profile, validated."""
     from .noise import check_noise_level
@@ -416,8 +438,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.compile_mode is not None and not c.compile:
         raise ConfigError(f"compile mode {c.compile_mode!r} given without --compile; add --compile or drop the mode")
     profile, recipe = profiles[c.profile], RECIPES[key]
-
-    c.batch_size = int(c.batch_size or profile.batch_size)
+    kind = device_type(c.device)
+    c.precision = resolve_precision(c.precision, kind)
+    if c.channels_last is None:
+        c.channels_last = True  # faster on CUDA and on a CPU alike (issue 18)
+    c.batch_size, c.batch_rule = _batch_size(c, profile, kind)
     if c.batch_size < 1 or c.accum_steps < 1 or c.batch_size % c.accum_steps:
         raise ConfigError(f"batch size {c.batch_size} must be a positive multiple of accum_steps {c.accum_steps}")
     rule = scaled_schedule(recipe, c.batch_size, profile.fraction,
@@ -692,10 +717,8 @@ def _resume_point(members: Sequence[_Member]) -> int:
 
 
 def _settle_runtime(c: TrainConfig, device: torch.device, d: Dist) -> None:
-    """Fill the device-dependent settings (precision, memory format, determinism, CUDA graphs)."""
-    c.precision = resolve_precision(c.precision, device)
-    if c.channels_last is None:
-        c.channels_last = device.type == "cuda"
+    """Fill the device-dependent settings (determinism, convolution timing, CUDA graphs) and check them."""
+    c.precision = resolve_precision(c.precision, device)  # resolve() did, for the device type it expected
     if c.deterministic is None:
         c.deterministic = device.type == "cpu"
     if c.batch_size % (d.world_size * c.accum_steps):
@@ -743,13 +766,12 @@ def run_group(configs: Sequence[TrainConfig]) -> list[dict]:
         raise ConfigError("a group needs at least one run")
     started_at = provenance.utc_now()
     d = init_distributed(configs[0].device)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        return _train_group(configs, d, started_at)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        if d.enabled:
-            torch.distributed.destroy_process_group()
+    with algorithms(torch.are_deterministic_algorithms_enabled()):  # torch's settings come back on exit
+        try:
+            return _train_group(configs, d, started_at)
+        finally:
+            if d.enabled:
+                torch.distributed.destroy_process_group()
 
 
 def _train_group(configs: Sequence[TrainConfig], d: Dist, started_at: str) -> list[dict]:
@@ -932,7 +954,8 @@ class _GroupTraining:
         for m, (loss_sum, correct, count) in zip(self.members, sums):
             m.metrics.write({"event": "train", "iteration": self.iteration, "epoch": self._epoch(), "lr": lr,
                              "train_loss": loss_sum / max(count, 1),
-                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate})
+                             "train_top1_error": 100.0 * (1 - correct / max(count, 1)), "images_per_s": rate,
+                             "process_cpu_s": time.process_time()})  # beside wall time: a shared CPU's share
 
     def _evaluate(self, lr: float) -> None:
         """A learning-curve point per member: training figures since the last point, the test set now."""
@@ -1124,7 +1147,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, dataset: str | None = None, 
     info = _check_dataset(c.model, c.dataset)
     dev = select_device(device, Dist())
     prec = resolve_precision(precision, dev)
-    c.channels_last = dev.type == "cuda"
+    c.channels_last = True
     split = load_split([c], dev, info.input_size, Dist(), train=False, eval_batch_size=batch_size,
                        mean=saved.get("data_mean"))
     num_classes = saved.get("num_classes") or _num_classes_of(saved["model"])

@@ -234,7 +234,8 @@ def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread)
     from ranlib import bench
 
     assert bench.main(["--model", "attention56", "--image-size", "64", "--batch-size", "1", "--steps", "1",
-                       "--warmup", "0", "--device", "cpu", "--out", str(tmp_path)]) == 0
+                       "--warmup", "0", "--device", "cpu", "--precision", "fp32", "--no-channels-last",
+                       "--out", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["attention56-64-b1-fp32-nchw.json"]
     printed = capsys.readouterr().out
     assert "at 64x64" in printed and "synthetic_device" in printed and "data loading is not measured" in printed

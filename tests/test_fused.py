@@ -160,7 +160,7 @@ def group_and_solo(tmp_path_factory, data_root):
     hundredfold per step (float64 equality over two steps is tested above)."""
     tmp = tmp_path_factory.mktemp("group")
     variants = [dict(seed=0), dict(seed=1, noise_level=0.3), dict(seed=0, model_kwargs={"residual_attention": False})]
-    variants = [dict(v, iterations=1, eval_every=1) for v in variants]
+    variants = [dict(v, iterations=1, eval_every=1, precision="fp32") for v in variants]
     with single_thread():
         group = train.run_group([tiny_config(tmp / "fused", data_root, **v) for v in variants])
         solo = [train.run(tiny_config(tmp / "solo", data_root, **v)) for v in variants]
@@ -203,7 +203,7 @@ def test_a_member_checkpoint_loads_and_evaluates_alone(group_and_solo, data_root
     model = ranlib.create_model(config.model, num_classes=3, **config.model_kwargs)
     model.load_state_dict(saved["model"], strict=True)
     with single_thread():
-        result = train.evaluate_checkpoint(path, device="cpu")
+        result = train.evaluate_checkpoint(path, device="cpu", precision="fp32")  # as it was trained
     assert result["top1_error"] == pytest.approx(record["final"]["top1_error"])
     assert result["test_loss"] == pytest.approx(record["final"]["test_loss"], rel=1e-5)
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ranlib import splits, train
-from ranlib.runtime import Dist
+from ranlib.runtime import Dist, native_bf16
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.results import load_results
 
@@ -172,11 +172,12 @@ def test_run_writes_a_complete_results_file(noisy_run):
     assert all(r > 0 for r in loaded["analysis"]["stage_response"])
     assert loaded["model"]["params"] > 1e5 and loaded["model"]["macs"] > 1e7
     prov = loaded["provenance"]
-    assert prov["device_type"] == "cpu" and prov["precision"] == "fp32" and prov["seed"] == 3
+    assert prov["device_type"] == "cpu" and prov["seed"] == 3
+    assert prov["precision"] == ("bf16" if native_bf16() else "fp32") == loaded["config"]["precision"]  # "auto"
     assert prov["torch"] == torch.__version__ and prov["started_at"] <= prov["finished_at"]
     assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
     assert loaded["cost"]["images_per_s"] > 0 and loaded["cost"]["peak_memory_bytes"] > 0
-    assert loaded["config"]["schedule_rule"]
+    assert loaded["config"]["schedule_rule"] and loaded["config"]["batch_rule"] == "explicit"
 
 
 def test_metrics_jsonl_and_lr_schedule(noisy_run):
