@@ -91,6 +91,7 @@ import torch.nn.functional as F
 
 from . import provenance
 from .errors import RanlibError, ResultsExistError, print_error
+from .files import atomic_write
 from .models.fused import grouped_1x1_as_bmm, grouped_as_dense
 from .runtime import PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE_CPU, matmul_peak
 from .train import COMPILE_MODES
@@ -1264,10 +1265,8 @@ def main_cpu(args: argparse.Namespace) -> int:
 
 
 def _write_atomic(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    partial.replace(path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(record, indent=1) + "\n")
 
 
 def main_fused(args: argparse.Namespace, clock_start: float) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import provenance
+from .files import atomic_write
 from .paths import cache_dir
 from .runtime import algorithms
 
@@ -133,6 +133,5 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, entries: dict) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    partial.replace(path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(entries, indent=1, sort_keys=True) + "\n")
