@@ -158,8 +158,10 @@ def train_commands(name: str, *, profile: str = "quick", seed: int = 0) -> str:
              f"python -m ranlib.campaign run --experiments {name} --profile {profile} --dataset {exp.dataset} "
              f"--data-root {exp.data_root} --device cuda --concurrent 4",
              "# or, run by run:"]
+    # Planned as for a GPU, as the campaign line above: on a CPU, resolving would time each model's
+    # batch (ranlib.cpu_batch), and the book's commands would change with the machine that renders it.
     for config in plan_runs(name, profile=profile, seeds=[seed], dataset=exp.dataset,
-                            data_root=exp.data_root):
+                            data_root=exp.data_root, device="cuda"):
         # plan_runs resolves folders to absolute paths; the commands keep the defaults.
         shown = {k: v for k, v in config.items()
                  if k not in ("results_dir", "checkpoint_dir", "device") and v != {}}

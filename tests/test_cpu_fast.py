@@ -137,6 +137,15 @@ def test_no_measurement_where_the_batch_is_not_the_cpus_to_choose(measured, over
     assert (c.batch_size, c.batch_rule, measured) == (batch, rule, [])
 
 
+def test_the_books_commands_time_no_batch_and_read_the_same_on_any_machine(measured, monkeypatch):
+    """Rendering a chapter's commands never times a CPU batch: the book must not change with the machine."""
+    from ranlib import planning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as in CI: device auto is the CPU
+    text = planning.train_commands("attention_types", profile="quick")
+    assert measured == [] and "attention56-mixed-quick-s0" in text and "-b128" not in text
+
+
 def test_processes_of_a_multi_process_run_keep_the_profiles_batch(measured, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process must resolve the same batch
     assert train.resolve(quick()).batch_size == 256 and measured == []
