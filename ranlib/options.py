@@ -158,8 +158,10 @@ COMMON_NOTEBOOK_PARAMETERS = {
 NOTEBOOK_PARAMETERS = {  # a notebook's own, besides the common ones
     "models": {"complexity_file": Option(str, path=True), "model_names": Option(list, items=str)},
     "attention_masks": {"checkpoint": Option(str, optional=True, path=True), "num_images": Option(int, minimum=1),
+                        "masks_file": Option(str, optional=True, path=True),
                         "woof_checkpoint": Option(str, optional=True, path=True),
-                        "woof_masks_file": Option(str, path=True), "woof_num_images": Option(int, minimum=1)},
+                        "woof_masks_file": Option(str, optional=True, path=True),
+                        "woof_num_images": Option(int, minimum=1)},
 }
 # The book's own pages (book/pages/*.md) that take parameters: they only read results.
 PAGE_PARAMETERS = {name: {"results_dir": Option(str, path=True)}
