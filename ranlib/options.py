@@ -165,7 +165,7 @@ NOTEBOOK_PARAMETERS = {  # a notebook's own, besides the common ones
 }
 # The book's own pages (book/pages/*.md) that take parameters: they only read results.
 PAGE_PARAMETERS = {name: {"results_dir": Option(str, path=True)}
-                   for name in ("summary", "setup", "performance", "compute")}
+                   for name in ("intro", "summary", "setup", "performance", "compute")}
 
 
 def notebook_parameters(name: str) -> dict[str, Option]:

@@ -225,8 +225,9 @@ def test_a_group_refuses_members_that_differ_in_more_than_seed_noise_and_arl(tmp
 
 def test_a_finished_group_says_so_and_how_to_train_it_again(group_and_solo, data_root):
     tmp, group, _ = group_and_solo
-    configs = [tiny_config(tmp / "fused", data_root, seed=0, iterations=1, eval_every=1),
-               tiny_config(tmp / "fused", data_root, seed=1, noise_level=0.3, iterations=1, eval_every=1)]
+    configs = [tiny_config(tmp / "fused", data_root, seed=0, iterations=1, eval_every=1, precision="fp32"),
+               tiny_config(tmp / "fused", data_root, seed=1, noise_level=0.3, iterations=1, eval_every=1,
+                           precision="fp32")]  # the group's own runs (their names carry the explicit precision)
     with pytest.raises(ResultsExistError, match="is finished: its results file .* already exists and is kept; "
                                                 "give a new training another --run-name") as info:
         train.run_group(configs)

@@ -143,19 +143,31 @@ def smoke_run(tmp_path_factory):
     records = planning.train_experiment(
         "imagewoof", profile="smoke", seeds=[0], dataset="imagewoof", data_root=str(REAL_ROOT),
         results_dir=root / "results", checkpoint_dir=root / "checkpoints", device="cpu", rows=["attention56"],
-        overrides={"iterations": 2, "batch_size": 2, "max_train_samples": 10, "max_test_samples": 10,
-                   "num_workers": 0})
+        overrides=SMOKE_OVERRIDES)
     return root, records
+
+
+SMOKE_OVERRIDES = {"iterations": 2, "batch_size": 2, "max_train_samples": 10, "max_test_samples": 10,
+                   "num_workers": 0}
+
+
+def _smoke_name() -> str:
+    """The smoke run's planned name: batch 2 is not the smoke profile's, so it carries -b2 and a digest."""
+    [config] = planning.plan_runs("imagewoof", profile="smoke", seeds=[0], dataset="imagewoof",
+                                  data_root=str(REAL_ROOT), device="cpu", rows=["attention56"],
+                                  overrides=SMOKE_OVERRIDES)
+    assert config["run_name"].startswith("attention56-smoke-s0-b2-c")
+    return config["run_name"]
 
 
 def test_smoke_training_on_a_tiny_real_slice_through_the_chapters_plan(smoke_run):
     root, records = smoke_run
     (rec,) = records
-    assert rec["run_name"] == "attention56-smoke-s0" and rec["dataset"]["name"] == "imagewoof"
+    assert rec["run_name"] == _smoke_name() and rec["dataset"]["name"] == "imagewoof"
     assert rec["dataset"]["num_train"] == 10 and rec["final"]["num_test"] == 10
     assert rec["config"]["train_size"] == 64 and math.isfinite(rec["final"]["top1_error"])
     loaded = planning.load_records(root / "results", "imagewoof")
-    assert [r["run_name"] for r in loaded] == ["attention56-smoke-s0"]
+    assert [r["run_name"] for r in loaded] == [_smoke_name()]
     assert verdicts_of(loaded)["Attention-56/ordering"] == verdicts.NOT_RUN  # ResNet-152 has no run
 
 
@@ -171,7 +183,7 @@ def test_masks_on_real_photos_from_a_smoke_checkpoint(smoke_run, tmp_path):
     assert out.stat().st_size < 1_000_000, "the kept figure data must stay small"
     images, masks, source = plots.read_masks(out)
     assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8 and images.std() > 10
-    assert list(masks) == ["stages.0.1", "stages.1.1", "stages.2.1"] and source == "imagewoof/attention56-smoke-s0"
+    assert list(masks) == ["stages.0.1", "stages.1.1", "stages.2.1"] and source == f"imagewoof/{_smoke_name()}"
     assert [m.shape for m in masks.values()] == [(3, 1, 16, 16), (3, 1, 8, 8), (3, 1, 4, 4)]
     assert all(((m > 0) & (m < 1)).all() for m in masks.values()), "sigmoid masks"
     fig = plots.plot_masks(images, masks, max_images=3)

@@ -250,7 +250,7 @@ def test_every_training_field_is_either_named_or_provenance():
     provenance = {"experiment", "run_name", "data_root", "download", "results_dir", "checkpoint_dir", "device",
                   "channels_last", "compile", "compile_mode", "grad_checkpointing", "cuda_graphs", "conv_autotune",
                   "deterministic", "resume", "overwrite", "eval_every", "checkpoint_every", "log_every",
-                  "num_workers", "progress", "schedule_rule"}
+                  "num_workers", "progress", "schedule_rule", "batch_rule"}
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     assert named | provenance | set(train.IDENTITY_FIELDS) == fields  # a new field must be sorted into one
     assert not (named | provenance) & set(train.IDENTITY_FIELDS)
