@@ -121,7 +121,7 @@ def t_quantile(p: float, df: float) -> float:
     degrees of freedom: ``t_quantile(0.975, 2)`` = 4.303.
 
     Solved from the t distribution's CDF, ``1 - I_x(df/2, 1/2) / 2`` with ``x = df / (df + t**2)``
-    (the regularised incomplete beta of mpmath, which torch installs through sympy), for
+    (the regularised incomplete beta of mpmath, a declared dependency that torch installs anyway), for
     ``t`` up to 10,000 (p below 1 - 3e-5 at one degree of freedom). Above 10,000 degrees of freedom
     the quantile is taken at 10,000, where it differs from the normal's by under 1e-4.
     """
