@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import RanlibError, ResultsExistError, print_error
+from .paths import cache_dir
 
 # One line of help per TrainConfig field; every field gets a flag (--field-name).
 TRAIN_HELP = {
@@ -224,7 +225,7 @@ def _complexity_cache() -> Path:
     digest = hashlib.sha256(torch.__version__.encode())
     for source in sorted([*package.joinpath("models").glob("*.py"), package / "complexity.py"]):
         digest.update(source.name.encode() + source.read_bytes())
-    root = Path(os.environ.get("RANLIB_CACHE_DIR", Path.home() / ".cache" / "ranlib"))
+    root = Path(os.environ.get("RANLIB_CACHE_DIR") or cache_dir())
     return root / f"complexity-{digest.hexdigest()[:16]}.json"
 
 

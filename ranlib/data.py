@@ -36,6 +36,7 @@ from torchvision.transforms import v2
 
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, DataNotFoundError, UnknownNameError
 from ranlib.files import atomic_write
+from ranlib.paths import cache_dir as user_cache_dir
 
 __all__ = [
     "DATASETS",
@@ -421,8 +422,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def _cache_file(cache_dir, root_dir: Path, stem: str, source: str) -> Path:
     if cache_dir is None:
         local = root_dir / ".ranlib-cache"
-        cache_dir = local if _writable(local if local.is_dir() else root_dir) else \
-            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ranlib"
+        cache_dir = local if _writable(local if local.is_dir() else root_dir) else user_cache_dir()
     return Path(cache_dir).expanduser() / f"{stem}-{source[:16]}.npz"
 
 
