@@ -50,7 +50,7 @@ reproduce: $(STAMP)
 		$(if $(DATASET),--dataset $(DATASET)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 # A GPU machine reached through a file-copying tool gets the data as one ignored folder: the JPEG
-# copy (53 MiB) and, for ranlib.jpeg_gap, only the test part of the exact subset (2.5 MiB of 15).
+# copy (53 MiB) and, for ranlib.study.jpeg_gap, only the test part of the exact subset (2.5 MiB of 15).
 # Train from ../shared here, not from .data: the decode cache written beside the data is 180 MB.
 SHARED_DATA ?= ../shared/data/cifar10-jpeg
 device-data: $(STAMP)

@@ -1,7 +1,7 @@
 """ranlib: a reproducibility study of Residual Attention Network for Image Classification
 (Wang et al., CVPR 2017)."""
 
-from .complexity import complexity
+from .models.complexity import complexity
 from .models import ModelInfo, UnknownModelError, create_model, list_models, model_info, model_variants
 
 __version__ = "0.1.0"

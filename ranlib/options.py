@@ -8,7 +8,7 @@ value is never coerced (``bool("no")`` is True, which once trained ARL under a N
 
 Declared here: the notebooks' and the book pages' parameters (:func:`notebook_parameters`, checked
 by each one's set-up cell through :func:`check_notebook_parameters`). The training options are declared beside
-:class:`ranlib.train.TrainConfig` (``TRAIN_OPTIONS``), the model switches with each model
+:class:`ranlib.training.train.TrainConfig` (``TRAIN_OPTIONS``), the model switches with each model
 (``ranlib.models``' ``register_model(switches=...)``).
 """
 
@@ -24,7 +24,7 @@ from .errors import ConfigError
 
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "an object of key: value pairs"}
-# What --device takes (ranlib.runtime.select_device).
+# What --device takes (ranlib.training.runtime.select_device).
 DEVICE = dict(pattern=r"auto|cpu|cuda(:\d+)?", spelled="auto, cpu, cuda or cuda:N")
 
 

@@ -50,6 +50,6 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None = None)
 def cache_dir() -> Path:
     """ranlib's folder in the user's cache (the XDG base directory rule): ``$XDG_CACHE_HOME/ranlib``,
     else ``~/.cache/ranlib``. It outlives any checkout: the background campaign keeps its pinned
-    worktrees, checkpoints, state and log there (:mod:`ranlib.background`)."""
+    worktrees, checkpoints, state and log there (:mod:`ranlib.campaign.background`)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "ranlib"

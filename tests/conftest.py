@@ -1,6 +1,6 @@
 """Every test: the user cache in a temporary folder, and no timing of CPU batch sizes.
 
-``ranlib.train.resolve`` measures the fastest batch of a CPU profile (``ranlib.cpu_batch``);
+``ranlib.training.train.resolve`` measures the fastest batch of a CPU profile (``ranlib.training.cpu_batch``);
 outside the tests that ask for ``real_step_timing`` the measurement answers at once, the
 largest candidate fastest, so a CPU resolves the profiles' own batches as before.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ranlib import cpu_batch
+from ranlib.training import cpu_batch
 
 STEP_IMAGES_PER_S = cpu_batch.step_images_per_s
 
@@ -22,5 +22,5 @@ def _user_cache_and_no_batch_timing(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def real_step_timing(monkeypatch):
-    """``ranlib.cpu_batch.step_images_per_s`` times real steps again."""
+    """``ranlib.training.cpu_batch.step_images_per_s`` times real steps again."""
     monkeypatch.setattr(cpu_batch, "step_images_per_s", STEP_IMAGES_PER_S)

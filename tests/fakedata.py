@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ranlib.data import CIFAR10_CLASSES
+from ranlib.data.cifar import CIFAR10_CLASSES
 
 
 def random_images(n, seed=0, size=32):

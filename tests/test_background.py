@@ -1,5 +1,5 @@
-"""The background campaign (ranlib.background, ranlib.pinned) and the CPU's plan (ranlib.planning.cpu_order,
-ranlib.estimates): detach, status, stop and resume from a pinned commit; the lock; the order and CPU-hours."""
+"""The background campaign (ranlib.campaign.background, ranlib.campaign.pinned) and the CPU's plan (ranlib.study.planning.cpu_order,
+ranlib.campaign.estimates): detach, status, stop and resume from a pinned commit; the lock; the order and CPU-hours."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ranlib import background, campaign, estimates, planning
-from ranlib.results import load_results
-from ranlib.sitting import GROUP_STARTUP_S
+from ranlib.campaign import background, estimates, runner as campaign
+
+from ranlib.study import planning
+from ranlib.training.results import load_results
+from ranlib.campaign.sitting import GROUP_STARTUP_S
 from test_train import REPO, make_folder_dataset, subprocess_env
 
 TINY = {"batch_size": 4, "iterations": 40, "eval_every": 20, "checkpoint_every": 40, "log_every": 1,
@@ -227,7 +229,7 @@ def test_a_killed_campaign_s_training_checkpoints_and_the_next_takes_its_lock_ov
 def test_uncommitted_code_or_no_git_is_refused_in_one_line(tmp_path, data_root, monkeypatch, capsys):
     import shutil
 
-    from ranlib import pinned
+    from ranlib.campaign.runner import pinned
 
     repo = checkout(tmp_path)
     monkeypatch.chdir(repo)
@@ -247,7 +249,7 @@ def test_uncommitted_code_or_no_git_is_refused_in_one_line(tmp_path, data_root, 
 
 
 def test_a_run_resumes_on_the_commit_it_started_on(tmp_path, caches):
-    from ranlib import pinned
+    from ranlib.campaign.runner import pinned
 
     repo = checkout(tmp_path)
     first = git(repo, "rev-parse", "HEAD")

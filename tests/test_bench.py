@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ranlib import bench, train
+from ranlib.bench import suite as bench
+
+from ranlib.training import train
 from ranlib.models import fused
 from ranlib.errors import CheckpointError, ConfigError, RanlibError
 from test_cli import error_line
@@ -25,7 +27,7 @@ TINY = ["--model", TINY_MODEL, "--batch-size", "4", "--num-images", "8", "--step
 
 @pytest.fixture
 def checkpointed(monkeypatch) -> list:
-    """The models that ranlib.train.enable_grad_checkpointing was called on (and really changed)."""
+    """The models that ranlib.training.train.enable_grad_checkpointing was called on (and really changed)."""
     models, enable = [], train.enable_grad_checkpointing
 
     def spy(model, name):
@@ -57,7 +59,7 @@ def test_bench_without_grad_checkpointing_leaves_it_off(tmp_path, one_thread, ch
     out = tmp_path / "plain.json"
     assert bench.main([*TINY, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["ranlib"]["grad_checkpointing"] is False and not checkpointed
-    assert bench.file_name(json.loads(out.read_text())) == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
+    assert benchmark_file_name(json.loads(out.read_text())) == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
 
 
 def test_suite_measures_attention56_with_and_without_grad_checkpointing():
@@ -233,7 +235,7 @@ def test_train_compile_mode_is_checked_and_reaches_torch_compile(tmp_path, one_t
 # --- the Performance page's tables ------------------------------------------------------------------
 
 def test_performance_tables_read_the_figures_and_profiles_bench_wrote(tmp_path, one_thread):
-    from ranlib import report
+    from ranlib.study import report
 
     out = tmp_path / "performance"
     assert bench.main([*TINY, "--baseline", "--out", str(out), "--profile", str(out / "profiles")]) == 0
@@ -249,7 +251,7 @@ def test_performance_tables_read_the_figures_and_profiles_bench_wrote(tmp_path, 
 
 
 def test_performance_targets_are_judged_on_the_right_configurations(tmp_path, one_thread):
-    from ranlib import report
+    from ranlib.study import report
 
     out = tmp_path / "figures.json"
     assert bench.main([*TINY, "--baseline", "--json", str(out)]) == 0
@@ -280,7 +282,7 @@ def test_performance_targets_are_judged_on_the_right_configurations(tmp_path, on
 def test_a_concurrent_measurement_gets_a_file_of_its_own():
     record = {"model": "m", "input_size": 32, "batch_size": 4, "concurrent": {"processes": 4},
               "ranlib": {"precision": "bf16", "channels_last": True, "grad_checkpointing": False, "compile": False}}
-    assert bench.file_name(record) == "m-32-b4-bf16-cl-x4.json"
+    assert benchmark_file_name(record) == "m-32-b4-bf16-cl-x4.json"
 
 
 # --- horizontal fusion (--fused) ----------------------------------------------------------------------
@@ -290,7 +292,7 @@ FUSED_TINY = ["--fused", "--fused-models", TINY_MODEL, "--members", "1", "2", "-
 
 
 def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both(tmp_path, capsys, one_thread):
-    from ranlib import report
+    from ranlib.study import report
 
     out = tmp_path / "performance"
     assert bench.main([*TINY, "--baseline", "--out", str(out)]) == 0  # an ordinary figures file beside it

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranlib import paper, planning, report, status, verdicts
-from ranlib.experiments import EXPERIMENTS
+from ranlib.study import paper, planning, report, status, verdicts
+from ranlib.study.experiments import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

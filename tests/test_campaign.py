@@ -1,4 +1,4 @@
-"""ranlib.campaign: planning without duplicates, concurrent trainings, the budget's stop and resume,
+"""ranlib.campaign.runner: planning without duplicates, concurrent trainings, the budget's stop and resume,
 the ledger, and carrying results between machines (real CPU trainings on tiny data)."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ranlib import campaign, planning
+from ranlib.campaign import runner as campaign
+
+from ranlib.study import planning
 from ranlib.errors import RanlibError, ResultsExistError
-from ranlib.results import load_results
+from ranlib.training.results import load_results
 from test_train import REPO, make_folder_dataset, subprocess_env
 
 TINY = {"batch_size": 4, "iterations": 2, "eval_every": 2, "checkpoint_every": 2,
@@ -96,7 +98,7 @@ def test_plan_rows_and_bad_selections(tmp_path):
 def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
     """Issue 21 (kind 1): a batch other than the profile's now shows in the name (-b128), but a run
     trained before under the plain name is matched by its configuration, not by its name."""
-    from ranlib.results import write_results
+    from ranlib.training.results import write_results
     from test_results import make_record
 
     def plan():
@@ -122,7 +124,7 @@ def test_training_size_counts_the_variant_and_the_scaled_schedule():
                                   data_root="d", rows=["attention92-noise10"])
     size = campaign.training_size(config)
     assert (size["iterations"], size["batch_size"]) == (4000, 256)  # a tenth of 160k at batch 64, x 64/256
-    from ranlib.cli import model_counts
+    from ranlib.models.complexity import model_counts
     assert size["train_macs"] == 3 * model_counts("cifar_attention92")["macs"] * 4000 * 256
 
 
@@ -308,7 +310,7 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
 
 def _a_run_at(root: Path, iteration: int, log: str) -> Path:
     """A run's checkpoint, metrics and log as a training leaves them at ``iteration``."""
-    from ranlib import checkpoint
+    from ranlib.training import checkpoint
 
     run = root / "mask_structure" / "attention56-local-smoke-s0"
     checkpoint.save_checkpoint(run / "last.pt", {"model": {}, "iteration": iteration})
@@ -321,7 +323,7 @@ def _a_run_at(root: Path, iteration: int, log: str) -> Path:
 def test_unpack_never_replaces_a_newer_checkpoint_or_metrics(tmp_path):
     """Issue 21 (kind 6): unpack replaced a local checkpoint at iteration 30 with the archive's at 4
     and shortened metrics.jsonl."""
-    from ranlib import checkpoint
+    from ranlib.training import checkpoint
 
     there, here = tmp_path / "there", tmp_path / "here"
     _a_run_at(there, 4, "there: started\n")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranlib import checkpoint as ckpt
+from ranlib.training import checkpoint as ckpt
 from ranlib.errors import CheckpointError
 
 

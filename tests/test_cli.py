@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ranlib import checkpoint as ckpt
+from ranlib.training import checkpoint as ckpt
 from ranlib.cli import main
 from test_train import (REPO, TINY_MODEL, make_folder_dataset, one_thread, single_thread,  # noqa: F401 (fixture)
                         subprocess_env)
@@ -207,7 +207,7 @@ def test_python_dash_m_exits_without_traceback():
 # --- benchmark ------------------------------------------------------------------------------------------
 
 def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
-    from ranlib import bench
+    from ranlib.bench import suite as bench
 
     out = tmp_path / "bench.json"
     argv = ["--model", TINY_MODEL, "--batch-size", "2", "--steps", "2", "--warmup", "0", "--device", "cpu",
@@ -231,7 +231,7 @@ def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
 
 
 def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread):
-    from ranlib import bench
+    from ranlib.bench import suite as bench
 
     assert bench.main(["--model", "attention56", "--image-size", "64", "--batch-size", "1", "--steps", "1",
                        "--warmup", "0", "--device", "cpu", "--precision", "fp32", "--no-channels-last",
@@ -244,7 +244,7 @@ def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread)
 
 
 def test_bf16_peaks_by_gpu_name():
-    from ranlib.bench import bf16_peak_tflops
+    from ranlib.bench.suite import bf16_peak_tflops
 
     assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
@@ -263,8 +263,8 @@ BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet
 
 def _bad_train_options():
     """(option, extra argv, exit status, what the error must name) for every `ranlib train` option."""
-    from ranlib.cli import TRAIN_HELP
-    from ranlib.train import TRAIN_OPTIONS
+    from ranlib.training.flags import TRAIN_HELP
+    from ranlib.training.train import TRAIN_OPTIONS
 
     cases = []
     for name in TRAIN_HELP:
@@ -314,7 +314,7 @@ def test_every_train_option_rejects_a_value_of_the_wrong_type(name, extra, statu
 
 
 def test_every_train_option_has_a_wrong_type_case():
-    from ranlib.cli import TRAIN_HELP
+    from ranlib.training.flags import TRAIN_HELP
 
     assert {c[0] for c in TRAIN_CASES} == set(TRAIN_HELP) | {"seeds", "noise_levels"}
 
@@ -329,7 +329,7 @@ def test_eval_options_are_checked_before_anything_loads(trained, extra, named, c
 
 
 def _typed_campaign_options():
-    from ranlib.campaign import build_parser
+    from ranlib.campaign.runner import build_parser
 
     cases = []
     for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
@@ -341,7 +341,7 @@ def _typed_campaign_options():
 
 @pytest.mark.parametrize("command, flag", _typed_campaign_options())
 def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
-    from ranlib import campaign
+    from ranlib.campaign import runner as campaign
 
     required = {"sitting": ["--minutes", "1", "--out", "x"], "pack": ["--out", "x"]}.get(command, [])
     with pytest.raises(SystemExit) as exit_info:
@@ -352,7 +352,7 @@ def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
 @pytest.mark.parametrize("setting, named", [("iterations=abc", "iterations"), ("resume=no", "resume"),
                                             ("batch_size=0", "batch_size"), ("device=gpu", "gpu")])
 def test_campaign_set_is_typed(setting, named, tmp_path, capsys):
-    from ranlib import campaign
+    from ranlib.campaign import runner as campaign
 
     assert campaign.main(["plan", "--experiments", "label_noise", "--profile", "smoke", "--seeds", "0",
                           "--results-dir", str(tmp_path), "--set", setting]) == 1

@@ -8,7 +8,11 @@ import json
 import pytest
 import torch
 
-from ranlib import bench, cpu_batch, cpu_bench, report, runtime, train
+from ranlib.bench import suite as bench, cpu as cpu_bench
+
+from ranlib.training import cpu_batch, runtime, train
+
+from ranlib.study import report
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
 RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # issue 18's Attention-56 figures: 128 is fastest
@@ -139,7 +143,7 @@ def test_no_measurement_where_the_batch_is_not_the_cpus_to_choose(measured, over
 
 def test_the_books_commands_time_no_batch_and_read_the_same_on_any_machine(measured, monkeypatch):
     """Rendering a chapter's commands never times a CPU batch: the book must not change with the machine."""
-    from ranlib import planning
+    from ranlib.study import planning
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as in CI: device auto is the CPU
     text = planning.train_commands("attention_types", profile="quick")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ranlib import data
-from ranlib.data import (
+from ranlib.data import cifar as data
+from ranlib.data.cifar import (
     CIFAR10_CLASSES,
     JPEG_COPY_ID,
     JPEG_COPY_LABEL,
@@ -619,7 +619,7 @@ def _damaged(path: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_a_damaged_npz_is_one_line_naming_it(fake_copy, tmp_path, how, capsys):
     """It was a BadZipFile or EOFError traceback (the JPEG copy; Imagewoof reads through the same code)."""
-    from ranlib import imagewoof
+    from ranlib.data.cifar import imagewoof
     from ranlib.errors import print_error
 
     folder, _, _ = fake_copy
@@ -694,7 +694,7 @@ def test_a_file_named_like_the_copy_is_not_labelled_the_copy(fake_copy, tmp_path
 
 @pytest.mark.skipif(not REAL_NPZ.is_file(), reason="the shared JPEG copy is not on this machine")
 def test_the_shared_copy_has_the_digests_its_readme_gives():
-    from ranlib import jpeg_gap
+    from ranlib.study import jpeg_gap
 
     readme = (REAL_NPZ.parent / "README.md").read_text()
     assert data.JPEG_COPY_SHA256 in readme and jpeg_gap.EXACT_SUBSET_SHA256 in readme

@@ -11,10 +11,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import ranlib
-from ranlib import data, imagewoof
-from ranlib.data import IMAGENET_MEAN, IMAGENET_STD
+from ranlib.data import cifar as data, imagewoof
+from ranlib.data.cifar import IMAGENET_MEAN, IMAGENET_STD
 from ranlib.errors import ConfigError, DataFormatError, DataNotFoundError, RanlibError, print_error
-from ranlib.imagewoof import RandomResizedCropBatches, load_imagewoof, load_imagewoof_split
+from ranlib.data.imagewoof import RandomResizedCropBatches, load_imagewoof, load_imagewoof_split
 
 REAL_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagewoof" / imagewoof.NPZ_NAME
 PER_CLASS = {"train": 3, "val": 2}

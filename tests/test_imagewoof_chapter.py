@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ranlib import imagewoof_report, planning, plots, report, verdicts
-from ranlib.experiments import EXPERIMENTS, experiment
+from ranlib.study import imagewoof, planning, plots, report, verdicts
+from ranlib.study.experiments import EXPERIMENTS, experiment
 from ranlib.errors import UnknownNameError
-from ranlib.train import (IMAGEWOOF_TRAIN_IMAGES, PROFILES, RECIPES, TrainConfig, resolve, scaled_schedule,
+from ranlib.training.train import (IMAGEWOOF_TRAIN_IMAGES, PROFILES, RECIPES, TrainConfig, resolve, scaled_schedule,
                           schedule_key)
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagewoof"
@@ -65,7 +65,7 @@ def test_orderings_and_parity_on_synthetic_records():
     assert set(verdicts_of(smoke).values()) == {verdicts.NOT_RUN_SMOKE}
     assert report.runs_frame("imagenet", records).empty
     assert report.runs_frame("imagewoof", [record("attention56", 20.0, dataset="imagenet-folder")]).empty
-    table = imagewoof_report.results_table(records)
+    table = imagewoof.results_table(records)
     assert table.loc[0, "top-1 error (%)"] == "30.20 ± 0.28 (n=2)" and table.loc[0, "epochs"] == 20.0
     assert list(table["network"]) == [r.label for r in experiment("imagewoof").rows]
 
@@ -109,12 +109,12 @@ def test_imagewoof_recipe_counts_its_own_epochs_and_warms_up():
 
 
 def test_each_network_costs_about_a_minute_and_all_fit_one_call():
-    cost = imagewoof_report.cost_table("quick", seeds=2)
+    cost = imagewoof.cost_table("quick", seeds=2)
     assumed, pessimistic = [c for c in cost.columns if c.startswith("est.")]
     per_network = cost[assumed].iloc[:-1]
     assert per_network.between(20, 90).all(), per_network
     assert cost[pessimistic].iloc[-1] < 10 * 60, "all rows, 2 seeds, must fit one 10-minute device call"
-    assert imagewoof_report.nearest_leaderboard_epochs(imagewoof_report.schedule()["epochs"]) == 20
+    assert imagewoof.nearest_leaderboard_epochs(imagewoof.schedule()["epochs"]) == 20
 
 
 def test_plan_lists_every_row_and_seed_for_the_sitting(tmp_path):
@@ -124,7 +124,7 @@ def test_plan_lists_every_row_and_seed_for_the_sitting(tmp_path):
     assert [(c["model"], c["seed"]) for c in plan] == [(m, s) for m in TABLE7_REGISTERED for s in (0, 1)]
     assert {c["dataset"] for c in plan} == {"imagewoof"} and {c["profile"] for c in plan} == {"quick"}
     assert all(resolve(TrainConfig(**c)).iterations == 705 for c in plan)
-    from ranlib.campaign import plan_campaign
+    from ranlib.campaign.runner import plan_campaign
 
     campaign = plan_campaign(["imagewoof"], profile="quick", seeds=[0, 1], dataset="imagewoof",
                              data_root="../shared/data/imagewoof", results_dir=tmp_path / "r",

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from fakedata import encode, pack_npz, random_images
-from ranlib import data, jpeg_gap, report, train
+from ranlib.data import cifar as data
+from ranlib.study import jpeg_gap, report
+from ranlib.training import train
 from ranlib.errors import DataFormatError, DataNotFoundError
 
 N_TEST = 10

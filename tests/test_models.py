@@ -15,8 +15,8 @@ from torch import nn
 
 import ranlib
 import ranlib.models
-from ranlib import paper
-from ranlib.analysis import capture_masks, stage_responses
+from ranlib.study import paper
+from ranlib.models.analysis import capture_masks, stage_responses
 from ranlib.models import UnknownModelError
 from ranlib.models.attention import (
     AttentionFusion,

@@ -192,7 +192,7 @@ def test_notebook_trains_and_renders_in_the_smoke_profile(name, tiny_data, tmp_p
         assert written["provenance"]["git_commit"]
         return
     written = sorted(p.stem for p in (results / name).glob("*.json"))
-    from ranlib import planning
+    from ranlib.study import planning
 
     planned = planning.plan_runs(name, profile="smoke", seeds=[0], dataset=params["dataset"],
                                  data_root=params["data_root"], rows=SMOKE_ROWS[name],

@@ -1,5 +1,5 @@
-"""The study layer on synthetic results records: verdict rules (ranlib.verdicts), mean ± std, deltas,
-missing data (ranlib.report), run planning (ranlib.planning) and plots (ranlib.plots)."""
+"""The study layer on synthetic results records: verdict rules (ranlib.study.verdicts), mean ± std, deltas,
+missing data (ranlib.study.report), run planning (ranlib.study.planning) and plots (ranlib.study.plots)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranlib import experiments, paper, paths, planning, plots, report, verdicts
-from ranlib.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
-from ranlib.results import write_results
+from ranlib.study import experiments, paper, planning, plots, report, verdicts
+
+from ranlib import paths
+from ranlib.study.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
+from ranlib.training.results import write_results
 
 JPEG = verdicts.JPEG_LABEL
 
@@ -20,7 +22,7 @@ JPEG = verdicts.JPEG_LABEL
 def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", kwargs=None,
                 dataset="cifar10-jpeg", label=JPEG, noise_level=None, stage_response=(1.0, 0.5, 0.3),
                 device_type="cuda", wall_time_s=600.0, iterations=8000, batch_size=128):
-    """A schema-1 results record as ranlib.train.run writes it (values made up)."""
+    """A schema-1 results record as ranlib.training.train.run writes it (values made up)."""
     noise = None
     if noise_level:
         k = 10
@@ -327,7 +329,7 @@ def test_plan_runs_names_every_run_and_uses_the_smoke_subset(tmp_path):
 
 
 def test_plan_runs_configs_are_valid_train_configs(tmp_path):
-    train = pytest.importorskip("ranlib.train")
+    train = pytest.importorskip("ranlib.training.train")
     for name in experiments.EXPERIMENTS:
         exp = experiments.experiment(name)
         for config in planning.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
@@ -337,7 +339,7 @@ def test_plan_runs_configs_are_valid_train_configs(tmp_path):
 
 
 def test_no_results_page_says_so_once_with_what_running_needs_and_the_commands(tmp_path):
-    from ranlib import status
+    from ranlib.study import status
 
     text = status.no_results_markdown("mask_structure", tmp_path)
     assert text.count("Not run here") == 1 and "[Rerun anything](/rerun.md)" in text
@@ -345,7 +347,7 @@ def test_no_results_page_says_so_once_with_what_running_needs_and_the_commands(t
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
     import shlex
 
-    from ranlib import campaign
+    from ranlib.campaign import runner as campaign
     [line] = [l for l in text.splitlines() if l.startswith("python -m ranlib.campaign")]
     args = campaign.build_parser().parse_args(shlex.split(line)[3:])
     assert (args.command, args.experiments, args.profile) == ("run", ["mask_structure"], "quick")
@@ -359,7 +361,8 @@ def test_no_results_page_says_so_once_with_what_running_needs_and_the_commands(t
 def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
     import shlex
 
-    cli = pytest.importorskip("ranlib.cli")
+    from ranlib import cli
+    from ranlib.training import flags
 
     lines = [l for l in planning.train_commands(name).splitlines() if l.startswith("python -m ranlib train")]
     exp = experiments.experiment(name)
@@ -368,7 +371,7 @@ def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
     assert len(lines) == len(plan)
     for line, config in zip(lines, plan):
         args = vars(cli.build_parser().parse_args(shlex.split(line)[3:]))
-        args["model_kwargs"] = cli._key_values(args.get("model_kwargs", []))
+        args["model_kwargs"] = flags.key_values(args.get("model_kwargs", []))
         assert args.pop("data_root") == exp.data_root
         for where in ("data_root", "results_dir", "checkpoint_dir", "device"):
             config.pop(where)
@@ -376,17 +379,19 @@ def test_train_commands_parse_with_the_cli_into_the_planned_configs(name):
 
 
 def test_train_argv_round_trips_every_kind_of_option():
-    cli = pytest.importorskip("ranlib.cli")
+    from ranlib import cli
+    from ranlib.training import flags
+
     config = {"model": "cifar_attention92", "model_kwargs": {"attention": "channel",
                                                              "residual_attention": False},
               "milestones": [10, 20], "lr": 0.05, "nesterov": False, "compile": True,
               "noise_level": 0.3, "seed": 2, "batch_size": None}
-    args = vars(cli.build_parser().parse_args(["train", *cli.train_argv(config)]))
-    args["model_kwargs"] = cli._key_values(args["model_kwargs"])
+    args = vars(cli.build_parser().parse_args(["train", *flags.train_argv(config)]))
+    args["model_kwargs"] = flags.key_values(args["model_kwargs"])
     assert {k: v for k, v in args.items() if k != "command"} == {
         k: v for k, v in config.items() if v is not None}
-    with pytest.raises(cli.RanlibError, match="'colour' is not a training option"):
-        cli.train_argv({"colour": "red"})
+    with pytest.raises(flags.RanlibError, match="'colour' is not a training option"):
+        flags.train_argv({"colour": "red"})
 
 
 # --- complexity -------------------------------------------------------------------------------
@@ -469,7 +474,7 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
     write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
                               error=5.0, kwargs={"residual_attention": True}), tmp_path)
     trained = []
-    monkeypatch.setattr("ranlib.train.run_group", lambda configs: [trained.append(c.run_name) or {} for c in configs])
+    monkeypatch.setattr("ranlib.training.train.run_group", lambda configs: [trained.append(c.run_name) or {} for c in configs])
     records = planning.train_experiment("mask_structure", profile="quick", seeds=[0],
                                       dataset="cifar10-jpeg", data_root="d",
                                       results_dir=tmp_path)
@@ -688,7 +693,7 @@ def test_claims_view_anchors_each_claim_and_links_to_it_from_another_page():
 # --- labels, the status box, estimates, the JPEG caveat ----------------------------------------
 
 def test_budget_labels_name_the_share_of_the_papers_schedule():
-    from ranlib import labels
+    from ranlib.study import labels
 
     assert labels.budget_text("quick", 8000, 128, "cifar_attention56", "cifar10-jpeg") == \
         "quick, 20 of the paper's 205 epochs (10 %)"
@@ -704,7 +709,7 @@ def test_budget_labels_name_the_share_of_the_papers_schedule():
 
 
 def test_status_box_says_what_ran_what_was_judged_and_what_is_left(tmp_path):
-    from ranlib import status
+    from ranlib.study import status
 
     empty = status.status_markdown(tmp_path)
     assert empty.startswith(":::{admonition} Where the study stands")
@@ -721,7 +726,7 @@ def test_status_box_says_what_ran_what_was_judged_and_what_is_left(tmp_path):
 
 
 def test_what_running_a_chapter_needs_is_estimated_from_the_planner_and_measured_rates(tmp_path):
-    from ranlib import status
+    from ranlib.study import status
 
     (tmp_path / "models").mkdir()
     entries = [{"name": "cifar_attention56", "params": 1e6, "macs": 1e8}]

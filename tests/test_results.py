@@ -10,7 +10,9 @@ import stat
 import numpy as np
 import pytest
 
-from ranlib import files, results
+from ranlib import files
+
+from ranlib.training import results
 from ranlib.errors import ResultsExistError, ResultsSchemaError
 
 
@@ -107,8 +109,8 @@ def test_results_and_checkpoints_get_the_mode_the_umask_gives(tmp_path, umask):
     readable by the group the umask lets read it."""
     import torch
 
-    from ranlib import checkpoint
-    from ranlib.data import _write_cache
+    from ranlib.training import checkpoint
+    from ranlib.data.cifar import _write_cache
 
     expected = 0o666 & ~umask
     written = [results.write_results(make_record(), tmp_path / "results"),

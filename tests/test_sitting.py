@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from ranlib import campaign, planning, report, sitting
-from ranlib.ledger import LEDGER_NAME, read_ledger
+from ranlib.campaign import runner as campaign, sitting
+
+from ranlib.study import planning, report
+from ranlib.study.ledger import LEDGER_NAME, read_ledger
 from test_notebooks import _execute, _text_outputs
 from test_train import REPO, make_folder_dataset, subprocess_env
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ranlib import splits, train
-from ranlib.runtime import Dist, native_bf16
+from ranlib.training import splits, train
+from ranlib.training.runtime import Dist, native_bf16
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
-from ranlib.results import load_results
+from ranlib.training.results import load_results
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = "cifar_attention56"

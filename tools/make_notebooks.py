@@ -3,10 +3,10 @@
     python tools/make_notebooks.py            # (re)write every notebook
     python tools/make_notebooks.py --check    # exit 1 if a committed notebook differs from this script
 
-The notebooks stay thin: every table and verdict is a call into ranlib.report and every plot into
-ranlib.plots (unit-tested in tests/test_report.py); training goes through ranlib.train.run via
+The notebooks stay thin: every table and verdict is a call into ranlib.study.report and every plot into
+ranlib.study.plots (unit-tested in tests/test_report.py); training goes through ranlib.training.train.run via
 planning.train_experiment. Paper numbers never appear here: claims and rows come from
-ranlib.experiments.EXPERIMENTS, built from ranlib.paper. Prose cites numbers and verdicts through myst-nb glue keys only.
+ranlib.study.experiments.EXPERIMENTS, built from ranlib.study.paper. Prose cites numbers and verdicts through myst-nb glue keys only.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ranlib.experiments import EXPERIMENTS  # noqa: E402
-from ranlib.verdicts import JPEG_LABEL  # noqa: E402
+from ranlib.study.experiments import EXPERIMENTS  # noqa: E402
+from ranlib.study.verdicts import JPEG_LABEL  # noqa: E402
 
 KERNEL = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
@@ -39,16 +39,16 @@ def parameters_cell(name: str, extra: str = "") -> nbformat.NotebookNode:
     dataset = exp.dataset if exp else "cifar10-jpeg"
     data_root = exp.data_root if exp else ".data/cifar10-jpeg"
     source = f'''\
-profile = "quick"  # training budget: "smoke" (seconds on a CPU) | "quick" | "paper" (ranlib.train.PROFILES)
+profile = "quick"  # training budget: "smoke" (seconds on a CPU) | "quick" | "paper" (ranlib.training.train.PROFILES)
 seeds = [0, 1]
-dataset = "{dataset}"  # a ranlib.data.DATASETS name
+dataset = "{dataset}"  # a ranlib.data.cifar.DATASETS name
 data_root = "{data_root}"
 device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 results_dir = "results"  # results/<experiment>/*.json are read from (and written to) here
 checkpoint_dir = "checkpoints"
-train = False  # True: train the runs that have no results yet (ranlib.train.run); False: report only
+train = False  # True: train the runs that have no results yet (ranlib.training.train.run); False: report only
 rows = None  # row keys to train (None: all rows; the smoke profile trains a small subset)
-train_overrides = {{}}  # extra ranlib.train.TrainConfig fields for every run, e.g. {{"iterations": 4}}
+train_overrides = {{}}  # extra ranlib.training.train.TrainConfig fields for every run, e.g. {{"iterations": 4}}
 ''' + extra
     return new_code_cell(source, metadata={"tags": ["parameters", "hide-cell"]})
 
@@ -67,7 +67,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ranlib import {modules}
+from ranlib.study import {modules}
 from ranlib.options import check_notebook_parameters
 from ranlib.paths import display_path, resolve_path
 
@@ -96,8 +96,8 @@ def intro(name: str) -> nbformat.NotebookNode:
     exp = EXPERIMENTS[name]
     return new_markdown_cell(
         f"# {exp.title}\n\n**Claim checked.** {exp.claim}\n\n"
-        "Paper numbers come from `ranlib.paper` and are labelled as the paper's. Ours come from "
-        f"the results files in `results/{name}/`, written by `ranlib.train.run` (final model, never "
+        "Paper numbers come from `ranlib.study.paper` and are labelled as the paper's. Ours come from "
+        f"the results files in `results/{name}/`, written by `ranlib.training.train.run` (final model, never "
         "the best epoch), each with its budget, hardware, precision, data and cost. Every number "
         f"measured on the JPEG copy of CIFAR-10 is labelled *{JPEG_LABEL}*. The rule each verdict "
         "follows is stated beside the verdicts.")
@@ -184,12 +184,12 @@ def imagewoof() -> nbformat.NotebookNode:
         "What can be shown honestly is Table 7's networks, with the ImageNet training pipeline "
         "(RandomResizedCrop, flips, PCA lighting; the single centre crop for testing), on real "
         "photos at small scale: Imagewoof, fast.ai's ten dog breeds of ImageNet with its official "
-        "split, at 112 px (`ranlib.imagewoof`). Every number here is labelled *Imagewoof (10 "
+        "split, at 112 px (`ranlib.data.imagewoof`). Every number here is labelled *Imagewoof (10 "
         "ImageNet dog classes, 112 px)*; the paper's ImageNet errors appear only as the paper's, "
         "for the ordering they claim, and are never compared with ours as numbers. "
         "Inception-ResNet-v1/v2 are left out: they are not ranlib models. Our results come from "
         "`results/imagewoof/` (final model, never the best epoch); the verdict rules are in "
-        "`ranlib.verdicts`' docstring.")
+        "`ranlib.study.verdicts`' docstring.")
     guard = ('\nelif train and dataset != "imagewoof":\n'
              '    display(Markdown(f"**Not run here:** this chapter trains on Imagewoof '
              '(`dataset=\\"imagewoof\\"`), not `{dataset}`."))\n'
@@ -203,37 +203,37 @@ def imagewoof() -> nbformat.NotebookNode:
                           "{glue:md}`imagewoof_recipe`. The estimate below is 6 FLOPs per multiply-add "
                           "per training image (forward and backward) at an assumed share of the "
                           "H200's dense bf16 peak, plus a start-up per training process: an "
-                          "assumption until `ranlib.bench` measures it (the open-choices page says "
+                          "assumption until `ranlib.bench.suite` measures it (the open-choices page says "
                           "why these numbers). Both seeds of a network train as one fused process "
                           "(`ranlib train --seeds 0 1`). All rows, 2 seeds: "
                           "{glue:md}`imagewoof_estimate`."),
         new_code_cell(f'''\
-plan = imagewoof_report.schedule({budget})
+plan = imagewoof.schedule({budget})
 glue("imagewoof_epochs", Markdown(f"{{plan['epochs']:.0f}}"), display=False)
 glue("imagewoof_recipe", Markdown(
     f"batch {{plan['batch_size']}}, lr {{plan['lr']:g}} (SGD, momentum {{plan['momentum']:g}}, weight decay "
     f"{{plan['weight_decay']:g}}), {{plan['iterations']}} iterations, lr / 10 at {{plan['milestones']}}, linear "
     f"warm-up over {{plan['warmup_iterations']}} iterations ({{plan['warmup_epochs']:.1f}} epochs), "
     f"{{plan['train_size']}} px crops"), display=False)
-cost = imagewoof_report.cost_table({budget}, seeds=2)
+cost = imagewoof.cost_table({budget}, seeds=2)
 estimates = [c for c in cost.columns if c.startswith("est.")]
 glue("imagewoof_estimate", Markdown(
     f"about {{cost[estimates[0]].iloc[-1] / 3600:.2f}} GPU-hours at "
-    f"{{100 * imagewoof_report.ASSUMED_MFU:.0f}} % of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
-    f"{{100 * imagewoof_report.PESSIMISTIC_MFU:.0f}} %"), display=False)
-report.show(cost, formats=imagewoof_report.FORMATS)''', metadata=CODE_FOLDED),
+    f"{{100 * imagewoof.ASSUMED_MFU:.0f}} % of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
+    f"{{100 * imagewoof.PESSIMISTIC_MFU:.0f}} %"), display=False)
+report.show(cost, formats=imagewoof.FORMATS)''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
                           "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
                           "classifier) and multiply-adds at the input size, epochs, the CPU- or "
                           "GPU-hours it cost. The paper's ImageNet parameters and error stand beside "
                           "as context for the orderings only."),
-        new_code_cell('table = imagewoof_report.results_table(records)\n'
+        new_code_cell('table = imagewoof.results_table(records)\n'
                       'glue("imagewoof_table", table, display=False)\n'
                       'report.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
                       '            details=["network", "input", "epochs", "seeds", "cost", "trained on",\n'
                       '                     "paper ImageNet params (M)", "paper ImageNet top-1 (%)"],\n'
                       '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures",\n'
-                      '            formats=imagewoof_report.FORMATS)',
+                      '            formats=imagewoof.FORMATS)',
                       metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts\n\nNo absolute claims: the paper gives no Imagewoof numbers. Its "
                           "*paper* column is the ImageNet gap of Table 7, for the ordering it claims."),
@@ -244,7 +244,7 @@ report.show(cost, formats=imagewoof_report.FORMATS)''', metadata=CODE_FOLDED),
                           "at 128 px with its own recipe and tricks; its error at the epoch count "
                           "nearest ours ({glue:md}`imagewoof_leaderboard`) is context, not a target."),
         new_code_cell(f'''\
-context = imagewoof_report.leaderboard_context(records, {budget})
+context = imagewoof.leaderboard_context(records, {budget})
 line = context.iloc[0]
 glue("imagewoof_leaderboard", Markdown(
     f"{{line['leaderboard top-1 error (%)']:.2f}} % top-1 error after {{line['leaderboard epochs']}} epochs; "
@@ -256,7 +256,7 @@ report.show(context, ["our epochs", "our top-1 error (%), best – worst network
                       "if ax is not None:\n    plt.show()", metadata=CODE_FOLDED),
     ]
     return new_notebook(cells=[intro_cell, parameters_cell("imagewoof"),
-                               setup_cell("imagewoof", "imagewoof_report, planning, plots, report, status"),
+                               setup_cell("imagewoof", "imagewoof, planning, plots, report, status"),
                                train_cell("imagewoof", guard), *body],
                         metadata={"kernelspec": KERNEL})
 
@@ -267,7 +267,7 @@ def models() -> nbformat.NotebookNode:
         "parameter counts and multiply-adds the paper gives (Tables 2, 6 and 7), and the ImageNet "
         "attention networks match the official Caffe deploy files' counts exactly (conv + FC + "
         "BN scale/shift; multiply-adds at 224×224).\n\nCounts are exact, so there are no seeds "
-        "and no training budget; the verdict rule for counts is in `ranlib.verdicts`.")
+        "and no training budget; the verdict rule for counts is in `ranlib.study.verdicts`.")
     params = parameters_cell("models", '''\
 complexity_file = "results/models/complexity.json"  # (re)written when train is True; else read if present
 model_names = []  # models to count (empty: every registered model)
@@ -349,7 +349,7 @@ else:
                           "112 px) with each stage's soft mask beside a validation photo (the first "
                           "photo of each breed in turn, at the test crop)."),
         new_code_cell('''\
-from ranlib import imagewoof_report
+from ranlib.study import imagewoof
 
 woof_masks_file = (resolve_path(woof_masks_file) if woof_masks_file
                    else RESULTS / "attention_masks" / plots.WOOF_MASKS_NAME)
@@ -363,7 +363,7 @@ woof = plots.read_masks(woof_masks_file)
 if woof is None:
     display(Markdown("Once an Attention-56 is trained on Imagewoof (about a GPU minute), this shows its masks "
                      "on photos. It needs that run and its masks written:\\n\\n"
-                     f"```bash\\n{imagewoof_report.masks_commands()}\\n```"))
+                     f"```bash\\n{imagewoof.masks_commands()}\\n```"))
 else:
     images, masks, woof_source = woof
     display(Markdown(f"Masks of `{woof_source}`: {plots.masks_label(woof_source, woof_records)}. Each panel "

@@ -194,7 +194,7 @@ def device_label(device: str) -> str:
     """The GPU (or CPU) name the notebooks will run on, as the results files record it."""
     import torch
 
-    from ranlib.provenance import device_name
+    from ranlib.training.provenance import device_name
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -205,7 +205,7 @@ def device_label(device: str) -> str:
 
 
 def append_ledger(ledger: Path, outcomes: list[Outcome], args, device_name: str) -> None:
-    from ranlib.provenance import git_state, utc_now
+    from ranlib.training.provenance import git_state, utc_now
 
     commit, dirty = git_state()
     new = not ledger.exists()
@@ -249,7 +249,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: re-render every page from the results already on disk")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dataset", default=None, help="dataset name passed to the notebooks (ranlib.data.DATASETS)")
+    parser.add_argument("--dataset", default=None, help="dataset name passed to the notebooks (ranlib.data.cifar.DATASETS)")
     parser.add_argument("--data-root", default=None, help="folder holding the dataset")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds passed to the notebooks")
     parser.add_argument("--results-dir", default="results", help="results folder (relative to the repository)")

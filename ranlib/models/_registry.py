@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from ..options import Option
+from ranlib.options import Option
 
 DEFAULT_NUM_CLASSES = {"cifar": 10, "imagenet": 1000}
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}

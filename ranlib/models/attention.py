@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..options import Option
+from ranlib.options import Option
 from ._registry import register_model
 from .network import ResidualNet, StageSpec
 from .units import UNITS

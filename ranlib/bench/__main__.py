@@ -1,0 +1,9 @@
+"""`python -m ranlib.bench ...`: see ranlib.bench.suite."""
+
+import time
+
+from .suite import main, process_age_seconds
+
+if __name__ == "__main__":
+    # --budget-seconds counts from the process's start, imports included
+    raise SystemExit(main(started=time.perf_counter() - process_age_seconds()))

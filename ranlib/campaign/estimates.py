@@ -1,0 +1,181 @@
+"""How long a planned run still takes on this machine, and how far it got.
+
+A campaign starts a run only if it fits what is left of its budget (or its checkpoint is kept for
+a later campaign), ``campaign plan --device cpu`` prints every run's CPU-hours, and ``campaign
+status`` gives the running one's ETA; all three ask :class:`Estimator`. Its figure for a run is,
+best first:
+
+1. the run's own images/s in its latest sitting (the ``train`` lines of the ``metrics.jsonl``
+   beside its checkpoint: what its first iterations measured);
+2. the multiply-add rate of the other runs in the same checkpoint folder that trained with the
+   same settings (device type, precision, memory format, batch): the rate fitted on this machine;
+3. on a CPU, the rate recorded on the project's machine (:data:`CPU_STEP_IMAGES_PER_S`);
+   on CUDA without a measurement there is no estimate (None).
+
+Each is the run's training steps and evaluations at that rate (:func:`ranlib.campaign.sitting.estimate_group_s`),
+less the share its checkpoint has already done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ranlib.training.checkpoint import CHECKPOINT_NAME
+
+# Attention-56's bare training step (Nesterov SGD, batch 128, synthetic 32x32 images) in images/s per
+# (precision, channels_last), measured on the project's machine: AMD EPYC, 2 cores with AVX-512 and
+# native bf16, torch 2.14.1, 2 threads (issue 18). Attention-92 (205 images/s) and ResNet-164 (186)
+# at bf16 and channels_last train at the same multiply-add rate within 4 % (130 and 138 against
+# 135 G multiply-adds/s), so one rate per multiply-add serves every CIFAR network; batch 64 and
+# 256 were within 14 % of batch 128.
+CPU_STEP_IMAGES_PER_S = {("fp32", False): 124.0, ("fp32", True): 177.0, ("bf16", False): 204.0,
+                         ("bf16", True): 366.0}
+CPU_RATE_MODEL = "cifar_attention56"
+# The real loop (`ranlib train ... --precision bf16 --channels-last --batch-size 128` on the JPEG
+# copy: augmentation, evaluation, logging) reached 290 images/s, this share of the bare step (issue 18).
+CPU_LOOP_SHARE = 290.0 / 366.0
+# Settings a measured rate is reused for: a run that trains with other ones runs at another speed.
+_SPEED_SETTINGS = ("precision", "channels_last", "batch_size")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a run's files say: the iteration its checkpoint resumes from, its length, and the
+    latest sitting's last logged iteration and images/s (None before its first ``train`` line)."""
+
+    checkpoint_iteration: int
+    iterations: int | None
+    iteration: int | None = None
+    images_per_s: float | None = None
+    settings: dict | None = None  # the latest sitting's resolved configuration
+
+
+def run_dir(config: dict) -> Path:
+    return Path(config["checkpoint_dir"]) / config["experiment"] / config["run_name"]
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The iteration the checkpoint at ``path`` resumes from; 0 without one (or an unreadable one:
+    the training itself then says what is wrong)."""
+    import torch
+
+    if not path.is_file():
+        return 0
+    try:  # mmap: the tensors are not read, only the small entries
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["iteration"])
+    except Exception:  # noqa: BLE001 - any damage means "nothing to resume" here
+        return 0
+
+
+def read_progress(folder: Path) -> Progress:
+    """A run folder's :class:`Progress` (its checkpoint and ``metrics.jsonl``)."""
+    done = checkpoint_iteration(folder / CHECKPOINT_NAME)
+    settings, last = None, None
+    metrics = folder / "metrics.jsonl"
+    lines = metrics.read_text(errors="replace").splitlines() if metrics.is_file() else []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if event.get("event") in ("start", "resume"):
+            settings, last = event.get("config"), None
+        elif event.get("event") == "train":
+            last = event
+    return Progress(done, (settings or {}).get("iterations"), last and last.get("iteration"),
+                    last and last.get("images_per_s"), settings)
+
+
+class Estimator:
+    """Seconds a planned run (a :func:`ranlib.study.planning.plan_runs` config) still needs on ``device``
+    (a ``torch.device``); see the module docstring for where the rate comes from. Figures are
+    cached until :meth:`forget` (call it when a run ends: the measurements change)."""
+
+    def __init__(self, device):
+        self.device = device
+        self._cache: dict[str, float | None] = {}
+        self._rates: dict[Path, list[tuple[dict, float]]] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
+        self._rates.clear()
+
+    def settled(self, config: dict):
+        """The config as the training will run it here (schedule and device defaults filled in)."""
+        from ranlib.training.runtime import Dist
+        from ranlib.training.train import TrainConfig, _settle_runtime, resolve
+
+        c = resolve(TrainConfig(**config))
+        _settle_runtime(c, self.device, Dist())
+        return c
+
+    def seconds(self, config: dict, *, iteration: int | None = None) -> float | None:
+        """Seconds the run still needs from its checkpoint (start-up included), or, for a run
+        training now, from ``iteration`` (its latest logged one)."""
+        key = json.dumps([config, iteration], sort_keys=True, default=str)
+        if key not in self._cache:
+            self._cache[key] = self._seconds(config, iteration)
+        return self._cache[key]
+
+    def group_s(self, group: Sequence[dict]) -> float | None:
+        """A fused group's members train in lockstep: the group takes as long as its first member."""
+        return self.seconds(group[0])
+
+    def _seconds(self, config: dict, iteration: int | None) -> float | None:
+        from ranlib.models.complexity import model_counts
+        from .sitting import GROUP_STARTUP_S, StepModel, estimate_group_s
+
+        c = self.settled(config)
+        macs = 3 * model_counts(c.model, c.model_kwargs, input_size=c.train_size)["macs"]  # per training image
+        progress = read_progress(run_dir(config))
+        mine = _speed(progress.settings) == _speed(c.to_dict()) and progress.images_per_s
+        rate = mine * macs if mine else self.macs_per_s(c, Path(config["checkpoint_dir"]))
+        if rate is None:
+            return None
+        whole = estimate_group_s([config], StepModel(0.0, rate)) - GROUP_STARTUP_S
+        done = progress.checkpoint_iteration if iteration is None else iteration
+        left = whole * (1.0 - min(done, c.iterations) / c.iterations)
+        return left if iteration is not None else GROUP_STARTUP_S + left
+
+    def macs_per_s(self, c, checkpoint_dir: Path) -> float | None:
+        """Training multiply-adds per second for settings ``c``: fitted to the runs measured in
+        ``checkpoint_dir`` with the same settings (their median), else the recorded CPU rate."""
+        from ranlib.models.complexity import model_counts
+
+        if checkpoint_dir not in self._rates:
+            measured = []
+            for folder in sorted(checkpoint_dir.glob("*/*")) if checkpoint_dir.is_dir() else []:
+                p = read_progress(folder)
+                if p.images_per_s and p.settings and p.settings.get("device", "auto") in ("auto", self.device.type):
+                    counts = model_counts(p.settings["model"], p.settings.get("model_kwargs"),
+                                          input_size=p.settings.get("train_size"))
+                    measured.append((_speed(p.settings), p.images_per_s * 3 * counts["macs"]))
+            self._rates[checkpoint_dir] = measured
+        same = [rate for speed, rate in self._rates[checkpoint_dir] if speed == _speed(c.to_dict())]
+        if same:
+            return statistics.median(same)
+        if self.device.type != "cpu":
+            return None
+        images = CPU_STEP_IMAGES_PER_S.get((c.precision, bool(c.channels_last)),
+                                           CPU_STEP_IMAGES_PER_S[("fp32", bool(c.channels_last))])
+        return images * CPU_LOOP_SHARE * 3 * model_counts(CPU_RATE_MODEL)["macs"]
+
+
+def _speed(settings: dict | None) -> tuple | None:
+    return None if settings is None else tuple(settings.get(k) for k in _SPEED_SETTINGS)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1 h 05 min``, ``12 min``, ``40 s``; ``?`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

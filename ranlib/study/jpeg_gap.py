@@ -1,0 +1,120 @@
+"""How much the JPEG copy itself moves a trained model's test error.
+
+The CIFAR-10 copy on these machines went through JPEG at quality 75. Its folder also holds the
+exact official pixels of 846 test images (official indices 0-845, ``cifar10-exact-subset.npz``).
+Evaluating one trained model on those exact images and on their JPEG versions, same images,
+same labels, isolates what JPEG at test time costs:
+
+    python -m ranlib.study.jpeg_gap --checkpoint checkpoints/<experiment>/<run>/last.pt \\
+        --data-root ../shared/data/cifar10-jpeg --json results/jpeg_gap/<run>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ranlib.training import provenance
+from ranlib.data.cifar import GpuBatches, load_arrays, read_npz, sha256_file
+from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
+from ranlib.training.results import ensure_writable
+from ranlib.training.runtime import Dist, resolve_precision, select_device
+from ranlib.training.train import evaluate, load_trained, trained_model
+
+EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
+# sha256 of the shared copy's exact subset (../shared/data/cifar10-jpeg/README.md): only that file is
+# known to hold the official pixels; the result records whether the file used is it.
+EXACT_SUBSET_SHA256 = "8aa560144b654d1610499a4bf1ed27c319cfb8444b860563a8c5141d93d3fc74"
+
+
+def exact_subset_path(path: str | Path) -> Path:
+    """The exact-subset file: ``path`` itself, or :data:`EXACT_SUBSET_FILE` in the folder ``path``."""
+    path = Path(path)
+    return path / EXACT_SUBSET_FILE if path.is_dir() else path
+
+
+def load_exact_test_subset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 N x 32 x 32 x 3, labels int64, official test indices) with exact official pixels."""
+    path = exact_subset_path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} does not exist; it ships beside cifar10-jpeg.npz in "
+                                "../shared/data/cifar10-jpeg/")
+    npz = read_npz(path, ("x_test", "y_test", "test_index"), "exact-subset (../shared/data/cifar10-jpeg/README.md)")
+    return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
+
+
+def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str | Path | None = None,
+             device: str = "auto", precision: str = "auto", batch_size: int = 256) -> dict:
+    """Top-1 error of a checkpoint on the exact official test images and on their JPEG versions."""
+    data_root = Path(data_root)
+    default_exact = data_root.parent if data_root.is_file() else data_root  # beside the JPEG copy's npz
+    exact_file = exact_subset_path(exact_path or default_exact)
+    exact_images, exact_labels, indices = load_exact_test_subset(exact_file)
+    jpeg = load_arrays("cifar10-jpeg", data_root)
+    jpeg_images, jpeg_labels = jpeg.test_images[indices], jpeg.test_labels[indices].astype(np.int64)
+    if not np.array_equal(jpeg_labels, exact_labels):
+        raise DataFormatError("the exact subset's labels differ from the JPEG copy's at the same official indices")
+    saved, trained = load_trained(checkpoint)
+    dev = select_device(device, Dist())
+    prec = resolve_precision(precision, dev)
+    model = trained_model(saved, trained, jpeg.num_classes, checkpoint).to(dev)
+    results = {}
+    for name, images in (("exact", exact_images), ("jpeg", jpeg_images)):
+        batches = GpuBatches(torch.from_numpy(images), torch.from_numpy(exact_labels), batch_size=batch_size,
+                             train=False, device=dev, mean=saved.get("data_mean"))
+        results[name] = evaluate(model, batches, dev, prec)
+    errors = {name: result["top1_error"] for name, result in results.items()}
+    return {
+        "experiment": "jpeg_gap",
+        "checkpoint": str(checkpoint),
+        "model": trained.model,
+        "model_kwargs": trained.model_kwargs,
+        "trained_on": saved.get("dataset"),
+        "jpeg_images": jpeg.to_dict(),  # verified against the copy's digest (ranlib.data.cifar)
+        "exact_subset_verified": sha256_file(exact_file) == EXACT_SUBSET_SHA256,
+        "iteration": saved.get("iteration"),
+        "num_images": results["exact"]["count"],
+        "official_test_indices": [int(indices.min()), int(indices.max())],
+        "top1_error_exact": errors["exact"],
+        "top1_error_jpeg": errors["jpeg"],
+        "jpeg_minus_exact": errors["jpeg"] - errors["exact"],
+        "mean_abs_pixel_difference": float(np.abs(jpeg_images.astype(np.int16) - exact_images).mean()),
+        "provenance": provenance.collect(dev, precision=prec, seed=trained.seed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ranlib.study.jpeg_gap", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `ranlib train` (last.pt)")
+    parser.add_argument("--data-root", required=True, help="folder (or file) of cifar10-jpeg.npz")
+    parser.add_argument("--exact", help=f"the exact-subset npz (default: {EXACT_SUBSET_FILE} beside the JPEG copy)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", type=Path, help="write the figures here, e.g. results/jpeg_gap/<run>.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    args = parser.parse_args(argv)
+    try:
+        if args.json is not None:
+            ensure_writable(args.json, args.overwrite)
+        result = jpeg_gap(args.checkpoint, data_root=args.data_root, exact_path=args.exact, device=args.device,
+                          precision=args.precision, batch_size=args.batch_size)
+    except RanlibError as exc:
+        print_error(exc)
+        return 1
+    unverified = "" if result["exact_subset_verified"] else " (not the copy's exact subset: its sha256 differs)"
+    print(f"{result['model']}: top-1 error {result['top1_error_exact']:.2f} % on the {result['num_images']} exact "
+          f"official test images{unverified}, {result['top1_error_jpeg']:.2f} % on their versions in "
+          f"{result['jpeg_images']['label']} (JPEG - exact: {result['jpeg_minus_exact']:+.2f} points)")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
