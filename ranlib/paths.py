@@ -14,6 +14,12 @@ import os
 from pathlib import Path
 
 
+def source_root() -> Path:
+    """The folder that holds the imported ranlib package: the checkout or worktree its code comes
+    from (the git commit a results file records), or site-packages when installed."""
+    return Path(__file__).resolve().parent.parent
+
+
 def repo_root(start: str | os.PathLike | None = None) -> Path | None:
     """The first folder at or above ``start`` (default: the current directory) holding
     ``pyproject.toml``, or None outside a checkout."""

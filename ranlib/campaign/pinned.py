@@ -102,8 +102,8 @@ def pinned_code(checkout: Path, commit: str, *, say) -> Callable[[list[dict]], t
     from .estimates import run_dir
 
     here = worktree(checkout, commit)
-    if Path(__file__).resolve().parent.parent != here:
-        raise RanlibError(f"the pinned campaign imported ranlib from {Path(__file__).resolve().parent}, not from "
+    if source_root() != here:
+        raise RanlibError(f"the pinned campaign imported ranlib from {source_root() / 'ranlib'}, not from "
                           f"its worktree {here}; start it with `python -m ranlib.campaign run --detach`")
 
     def code_for(group: list[dict]) -> tuple[Path, str]:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+from ranlib.paths import source_root
+
+_REPO_ROOT = source_root()
 
 
 def utc_now() -> str:
