@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ranlib.campaign import background, estimates, runner as campaign
+from ranlib.campaign import background, estimates, cli as campaign
+from ranlib.campaign.plan import CIFAR_EXPERIMENTS, plan_campaign
+from ranlib.campaign.runner import Campaign
+from ranlib.study.ledger import LEDGER_NAME, read_ledger
 
 from ranlib.study import planning
 from ranlib.training.results import load_results
@@ -153,7 +156,7 @@ def test_detach_status_stop_resume_trains_the_pinned_commit_as_one_uninterrupted
     mine = torch.load(run_dir / "last.pt", weights_only=False)["model"]
     theirs = torch.load(tmp_path / "reference-ckpt" / RUN[0] / RUN[1] / "last.pt", weights_only=False)["model"]
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-    ledger = campaign.read_ledger(repo / "results" / campaign.LEDGER_NAME)
+    ledger = read_ledger(repo / "results" / LEDGER_NAME)
     assert [(line["status"], line["git_commit"]) for line in ledger] == [("interrupted", pinned_commit),
                                                                           ("finished", pinned_commit)]
     assert campaign.main(["status"]) == 0
@@ -229,7 +232,7 @@ def test_a_killed_campaign_s_training_checkpoints_and_the_next_takes_its_lock_ov
 def test_uncommitted_code_or_no_git_is_refused_in_one_line(tmp_path, data_root, monkeypatch, capsys):
     import shutil
 
-    from ranlib.campaign.runner import pinned
+    from ranlib.campaign import pinned
 
     repo = checkout(tmp_path)
     monkeypatch.chdir(repo)
@@ -249,7 +252,7 @@ def test_uncommitted_code_or_no_git_is_refused_in_one_line(tmp_path, data_root, 
 
 
 def test_a_run_resumes_on_the_commit_it_started_on(tmp_path, caches):
-    from ranlib.campaign.runner import pinned
+    from ranlib.campaign import pinned
 
     repo = checkout(tmp_path)
     first = git(repo, "rev-parse", "HEAD")
@@ -297,7 +300,7 @@ def test_status_says_whether_a_run_resumes_or_starts_over(tmp_path, caches, data
 # --- the CPU's plan -------------------------------------------------------------------------------
 
 def test_the_cpu_order_puts_the_claims_per_cpu_hour_first():
-    plan = campaign.plan_campaign(list(campaign.CIFAR_EXPERIMENTS), profile="quick", seeds=[0, 1],
+    plan = plan_campaign(list(CIFAR_EXPERIMENTS), profile="quick", seeds=[0, 1],
                                   dataset="cifar10-jpeg", data_root="d")
     ordered = planning.cpu_order(plan.runs)
     assert sorted(c["run_name"] for _, c in ordered) == sorted(c["run_name"] for c in plan.runs)
@@ -370,7 +373,7 @@ def test_a_run_longer_than_the_budget_starts_only_where_its_checkpoint_is_kept(t
                                                          "--checkpoints-kept"]))
     group = [{"experiment": "x", "run_name": "y"}]
     for resumable, expected in ((False, None), (True, group)):
-        runner = campaign.Campaign([group], budget_s=600, estimate_s=lambda g: 3600.0, resumable=resumable, echo=False)
+        runner = Campaign([group], budget_s=600, estimate_s=lambda g: 3600.0, resumable=resumable, echo=False)
         assert runner._next_fitting([group], 500.0, take=False) == expected
-    fits = campaign.Campaign([group], budget_s=600, estimate_s=lambda g: 100.0, echo=False)
+    fits = Campaign([group], budget_s=600, estimate_s=lambda g: 100.0, echo=False)
     assert fits._next_fitting([group], 500.0, take=False) == group

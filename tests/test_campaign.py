@@ -1,4 +1,4 @@
-"""ranlib.campaign.runner: planning without duplicates, concurrent trainings, the budget's stop and resume,
+"""ranlib.campaign: planning without duplicates, concurrent trainings, the budget's stop and resume,
 the ledger, and carrying results between machines (real CPU trainings on tiny data)."""
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ranlib.campaign import runner as campaign
+from ranlib.campaign import cli as campaign
+from ranlib.campaign.archive import pack, unpack
+from ranlib.campaign.plan import CIFAR_EXPERIMENTS, plan_campaign
+from ranlib.campaign.runner import Campaign, LOG_NAME
+from ranlib.study.ledger import LEDGER_NAME, read_ledger
+from ranlib.study.planning import training_size
 
 from ranlib.study import planning
 from ranlib.errors import RanlibError, ResultsExistError
@@ -42,7 +47,7 @@ def planned_name(data_root, row, **overrides) -> str:
 
 
 def tiny_plan(tmp_path, data_root, rows, **overrides):
-    return campaign.plan_campaign(["mask_structure"], profile="smoke", seeds=[0], dataset="folder",
+    return plan_campaign(["mask_structure"], profile="smoke", seeds=[0], dataset="folder",
                                   data_root=str(data_root), results_dir=tmp_path / "results",
                                   checkpoint_dir=tmp_path / "checkpoints", device="cpu", rows=rows,
                                   overrides={**TINY, **overrides})
@@ -57,13 +62,13 @@ def child_env(monkeypatch):
 
 
 def ledger_lines(tmp_path) -> list[dict]:
-    return campaign.read_ledger(tmp_path / "results" / campaign.LEDGER_NAME)
+    return read_ledger(tmp_path / "results" / LEDGER_NAME)
 
 
 # --- planning -----------------------------------------------------------------------------------
 
 def test_plan_is_seed_major_and_trains_a_shared_row_once(tmp_path):
-    plan = campaign.plan_campaign(["attention_types", "arl_vs_nal", "mask_structure"], profile="quick",
+    plan = plan_campaign(["attention_types", "arl_vs_nal", "mask_structure"], profile="quick",
                                   seeds=[0, 1], dataset="cifar10-jpeg", data_root="d",
                                   results_dir=tmp_path)
     names = [f"{c['experiment']}/{c['run_name']}" for c in plan.runs]
@@ -83,15 +88,15 @@ def test_plan_is_seed_major_and_trains_a_shared_row_once(tmp_path):
 
 
 def test_plan_rows_and_bad_selections(tmp_path):
-    plan = campaign.plan_campaign(list(campaign.CIFAR_EXPERIMENTS), profile="quick", seeds=[0],
+    plan = plan_campaign(list(CIFAR_EXPERIMENTS), profile="quick", seeds=[0],
                                   dataset="cifar10-jpeg", data_root="d", results_dir=tmp_path,
                                   rows=["attention92-noise70", "resnet164-noise70"])
     assert [c["run_name"] for c in plan.runs] == ["resnet164-noise70-quick-s0",
                                                   "attention92-noise70-quick-s0"]
     with pytest.raises(RanlibError, match="unknown experiment"):
-        campaign.plan_campaign(["table9"], profile="quick", seeds=[0], dataset="x", data_root="d")
+        plan_campaign(["table9"], profile="quick", seeds=[0], dataset="x", data_root="d")
     with pytest.raises(RanlibError, match="row.*nope"):
-        campaign.plan_campaign(["label_noise"], profile="quick", seeds=[0], dataset="x", data_root="d",
+        plan_campaign(["label_noise"], profile="quick", seeds=[0], dataset="x", data_root="d",
                                rows=["nope"])
 
 
@@ -102,7 +107,7 @@ def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
     from test_results import make_record
 
     def plan():
-        return campaign.plan_campaign(["attention_types"], profile="quick", seeds=[0], dataset="cifar10-jpeg",
+        return plan_campaign(["attention_types"], profile="quick", seeds=[0], dataset="cifar10-jpeg",
                                       data_root="d", results_dir=tmp_path, rows=["attention56-mixed"],
                                       overrides={"batch_size": 128})
 
@@ -122,7 +127,7 @@ def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
 def test_training_size_counts_the_variant_and_the_scaled_schedule():
     [config] = planning.plan_runs("label_noise", profile="quick", seeds=[0], dataset="cifar10-jpeg",
                                   data_root="d", rows=["attention92-noise10"])
-    size = campaign.training_size(config)
+    size = training_size(config)
     assert (size["iterations"], size["batch_size"]) == (4000, 256)  # a tenth of 160k at batch 64, x 64/256
     from ranlib.models.complexity import model_counts
     assert size["train_macs"] == 3 * model_counts("cifar_attention92")["macs"] * 4000 * 256
@@ -132,8 +137,8 @@ def test_training_size_counts_the_variant_and_the_scaled_schedule():
 
 def test_concurrent_runs_finish_with_results_and_a_ledger(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
-    ledger = tmp_path / "results" / campaign.LEDGER_NAME
-    lines = campaign.Campaign(singles(plan.runs), concurrent=2, ledger=ledger, device_name="CPU", echo=False).run()
+    ledger = tmp_path / "results" / LEDGER_NAME
+    lines = Campaign(singles(plan.runs), concurrent=2, ledger=ledger, device_name="CPU", echo=False).run()
     assert [line["status"] for line in lines] == ["finished", "finished"], lines
     assert {line["max_concurrent"] for line in lines} == {2}
     for line in lines:  # shared time: each run is charged about half of what it held
@@ -158,7 +163,7 @@ def singles(runs: list[dict]) -> list[list[dict]]:
     return [[config] for config in runs]
 
 
-class StopOnceTraining(campaign.Campaign):
+class StopOnceTraining(Campaign):
     """Stops the campaign (as the end of its budget does) once its training is past its first
     step, so that the test does not depend on how fast this machine starts a process."""
 
@@ -170,7 +175,7 @@ class StopOnceTraining(campaign.Campaign):
 
 def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)
-    ledger = tmp_path / "results" / campaign.LEDGER_NAME
+    ledger = tmp_path / "results" / LEDGER_NAME
     [line] = StopOnceTraining(singles(plan.runs), ledger=ledger, stop_grace_s=120, echo=False).run()
     assert line["status"] == "interrupted", line
     run_dir = tmp_path / "checkpoints" / "mask_structure" / planned_name(data_root, "attention56-local", **LONG)
@@ -178,7 +183,7 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
     assert not (tmp_path / "results" / "mask_structure").exists()
 
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"], **LONG)  # the next sitting
-    [line] = campaign.Campaign(singles(plan.runs), ledger=ledger, echo=False).run()
+    [line] = Campaign(singles(plan.runs), ledger=ledger, echo=False).run()
     assert line["status"] == "finished", line
     [record] = load_results(tmp_path / "results" / "mask_structure")
     assert record["provenance"]["resumed"] and record["final"]["iteration"] == 30
@@ -188,17 +193,17 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
 def test_a_failing_run_is_reported_in_one_line_and_the_others_go_on(tmp_path, data_root, child_env):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local", "attention56-encoder_decoder"])
     plan.runs[0]["data_root"] = str(tmp_path / "missing")
-    lines = campaign.Campaign(singles(plan.runs), concurrent=2, ledger=tmp_path / "l.csv", echo=False).run()
+    lines = Campaign(singles(plan.runs), concurrent=2, ledger=tmp_path / "l.csv", echo=False).run()
     assert [line["status"] for line in lines] == ["failed", "finished"]
     assert lines[0]["message"].startswith("ranlib: error:") and "missing" in lines[0]["message"]
 
 
 def test_no_run_is_launched_without_enough_budget(tmp_path, data_root):
     plan = tiny_plan(tmp_path, data_root, ["attention56-local"])
-    runner = campaign.Campaign(singles(plan.runs), budget_s=30, launch_margin_s=60, echo=False)
+    runner = Campaign(singles(plan.runs), budget_s=30, launch_margin_s=60, echo=False)
     assert runner.run() == [] and runner.left == plan.runs
     with pytest.raises(RanlibError, match="at least 1"):
-        campaign.Campaign(singles(plan.runs), concurrent=0)
+        Campaign(singles(plan.runs), concurrent=0)
 
 
 # --- carrying results ---------------------------------------------------------------------------
@@ -209,7 +214,7 @@ def test_unpack_refuses_an_archive_that_is_not_a_campaign(tmp_path):
     with tarfile.open(bad, "w:gz") as tar:
         tar.add(tmp_path / "x.txt", arcname="../x.txt")
     with pytest.raises(RanlibError, match="not a campaign archive"):
-        campaign.unpack(bad, results_dir=tmp_path / "r", checkpoint_dir=tmp_path / "c")
+        unpack(bad, results_dir=tmp_path / "r", checkpoint_dir=tmp_path / "c")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -263,7 +268,7 @@ def test_bad_input_is_one_line_and_starts_nothing(case, tmp_path, data_root, cap
 
 
 def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, data_root):
-    """tools/sitting.sh start / wait, then campaign.unpack: results, ledger, a checkpoint; a
+    """tools/sitting.sh start / wait, then unpack: results, ledger, a checkpoint; a
     results file that differs from the archive's is never replaced."""
     import subprocess
     import sys
@@ -291,17 +296,17 @@ def test_a_sitting_runs_detached_and_packs_what_unpack_puts_in_place(tmp_path, d
 
     archive = tmp_path / "out" / "campaign.tar.gz"
     here = dict(results_dir=tmp_path / "here", checkpoint_dir=tmp_path / "here-checkpoints")
-    counts = campaign.unpack(archive, **here)
+    counts = unpack(archive, **here)
     assert (counts["results"], counts["ledger_lines"]) == (3, 1)  # the run's record and two benchmarks
     assert (tmp_path / "here-checkpoints" / run / "last.pt").is_file()
-    again = campaign.unpack(archive, **here)
+    again = unpack(archive, **here)
     assert (again["results"], again["identical"], again["ledger_lines"]) == (0, 3, 0)
     target = tmp_path / "here" / f"{run}.json"
     record = json.loads(target.read_text())
     record["final"]["top1_error"] = 1.0
     target.write_text(json.dumps(record))
     with pytest.raises(ResultsExistError, match="differ"):
-        campaign.unpack(archive, **here)
+        unpack(archive, **here)
     assert json.loads(target.read_text())["final"]["top1_error"] == 1.0
 
     usage = subprocess.run([script, "nonsense"], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -316,7 +321,7 @@ def _a_run_at(root: Path, iteration: int, log: str) -> Path:
     checkpoint.save_checkpoint(run / "last.pt", {"model": {}, "iteration": iteration})
     (run / "metrics.jsonl").write_text("".join(json.dumps({"event": "train", "iteration": i}) + "\n"
                                                for i in range(1, iteration + 1)))
-    (run / campaign.LOG_NAME).write_text(log)
+    (run / LOG_NAME).write_text(log)
     return run
 
 
@@ -328,22 +333,22 @@ def test_unpack_never_replaces_a_newer_checkpoint_or_metrics(tmp_path):
     there, here = tmp_path / "there", tmp_path / "here"
     _a_run_at(there, 4, "there: started\n")
     archive = tmp_path / "old.tar.gz"
-    campaign.pack(archive, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+    pack(archive, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
                   checkpoints=["mask_structure/attention56-local-smoke-s0"])
     run = _a_run_at(here, 30, "here: started\nhere: resumed\n")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    counts = campaign.unpack(archive, results_dir=tmp_path / "r", checkpoint_dir=here)
+    counts = unpack(archive, results_dir=tmp_path / "r", checkpoint_dir=here)
     assert counts["kept"] == 2  # the checkpoint and the metrics: newer here
     assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 30
     assert (run / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
-    assert (run / campaign.LOG_NAME).read_text() == "here: started\nhere: resumed\nthere: started\n"  # both kept
+    assert (run / LOG_NAME).read_text() == "here: started\nhere: resumed\nthere: started\n"  # both kept
 
     newer = tmp_path / "new.tar.gz"  # the other way round: the archive's run went further
     _a_run_at(there, 40, "here: started\nhere: resumed\nthere: went on\n")
-    campaign.pack(newer, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
+    pack(newer, results_dir=tmp_path / "r", checkpoint_dir=there, experiments=["mask_structure"],
                   checkpoints=["mask_structure/attention56-local-smoke-s0"])
     _a_run_at(here, 30, "here: started\nhere: resumed\n")
-    assert campaign.unpack(newer, results_dir=tmp_path / "r", checkpoint_dir=here)["kept"] == 0
+    assert unpack(newer, results_dir=tmp_path / "r", checkpoint_dir=here)["kept"] == 0
     assert checkpoint.load_checkpoint(run / "last.pt")["iteration"] == 40
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
-    assert (run / campaign.LOG_NAME).read_text().endswith("there: went on\n")
+    assert (run / LOG_NAME).read_text().endswith("there: went on\n")

@@ -329,7 +329,7 @@ def test_eval_options_are_checked_before_anything_loads(trained, extra, named, c
 
 
 def _typed_campaign_options():
-    from ranlib.campaign.runner import build_parser
+    from ranlib.campaign.cli import build_parser
 
     cases = []
     for command, sub in build_parser()._subparsers._group_actions[0].choices.items():
@@ -341,7 +341,7 @@ def _typed_campaign_options():
 
 @pytest.mark.parametrize("command, flag", _typed_campaign_options())
 def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
-    from ranlib.campaign import runner as campaign
+    from ranlib.campaign import cli as campaign
 
     required = {"sitting": ["--minutes", "1", "--out", "x"], "pack": ["--out", "x"]}.get(command, [])
     with pytest.raises(SystemExit) as exit_info:
@@ -352,7 +352,7 @@ def test_every_typed_campaign_option_rejects_a_word(command, flag, capsys):
 @pytest.mark.parametrize("setting, named", [("iterations=abc", "iterations"), ("resume=no", "resume"),
                                             ("batch_size=0", "batch_size"), ("device=gpu", "gpu")])
 def test_campaign_set_is_typed(setting, named, tmp_path, capsys):
-    from ranlib.campaign import runner as campaign
+    from ranlib.campaign import cli as campaign
 
     assert campaign.main(["plan", "--experiments", "label_noise", "--profile", "smoke", "--seeds", "0",
                           "--results-dir", str(tmp_path), "--set", setting]) == 1

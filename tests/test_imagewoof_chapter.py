@@ -124,7 +124,7 @@ def test_plan_lists_every_row_and_seed_for_the_sitting(tmp_path):
     assert [(c["model"], c["seed"]) for c in plan] == [(m, s) for m in TABLE7_REGISTERED for s in (0, 1)]
     assert {c["dataset"] for c in plan} == {"imagewoof"} and {c["profile"] for c in plan} == {"quick"}
     assert all(resolve(TrainConfig(**c)).iterations == 705 for c in plan)
-    from ranlib.campaign.runner import plan_campaign
+    from ranlib.campaign.plan import plan_campaign
 
     campaign = plan_campaign(["imagewoof"], profile="quick", seeds=[0, 1], dataset="imagewoof",
                              data_root="../shared/data/imagewoof", results_dir=tmp_path / "r",

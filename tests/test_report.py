@@ -347,7 +347,7 @@ def test_no_results_page_says_so_once_with_what_running_needs_and_the_commands(t
     assert "make reproduce PROFILE=quick NOTEBOOKS=mask_structure" in text
     import shlex
 
-    from ranlib.campaign import runner as campaign
+    from ranlib.campaign import cli as campaign
     [line] = [l for l in text.splitlines() if l.startswith("python -m ranlib.campaign")]
     args = campaign.build_parser().parse_args(shlex.split(line)[3:])
     assert (args.command, args.experiments, args.profile) == ("run", ["mask_structure"], "quick")

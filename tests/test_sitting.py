@@ -11,7 +11,10 @@ import time
 
 import pytest
 
-from ranlib.campaign import runner as campaign, sitting
+from ranlib.campaign import sitting
+from ranlib.campaign.archive import unpack
+from ranlib.campaign.plan import plan_campaign
+from ranlib.study.planning import group_runs
 
 from ranlib.study import planning, report
 from ranlib.study.ledger import LEDGER_NAME, read_ledger
@@ -35,17 +38,17 @@ def test_slices_put_the_claims_first():
 
 
 def test_groups_join_seeds_noise_and_arl_nal_but_nothing_else(tmp_path):
-    plan = campaign.plan_campaign(["arl_vs_nal", "label_noise"], profile="quick", seeds=[0],
+    plan = plan_campaign(["arl_vs_nal", "label_noise"], profile="quick", seeds=[0],
                                   dataset="cifar10-jpeg", data_root=str(tmp_path), results_dir=tmp_path / "r",
                                   checkpoint_dir=tmp_path / "c")
-    groups = campaign.group_runs(plan.runs, max_members=8)
+    groups = group_runs(plan.runs, max_members=8)
     by_first = {g[0]["run_name"]: [c["run_name"] for c in g] for g in groups}
     assert by_first["attention56-arl-quick-s0"] == ["attention56-arl-quick-s0", "attention56-nal-quick-s0"]
     noise = next(g for g in groups if any(c["model"] == "cifar_attention92" and c.get("noise_level") for c in g))
     assert {c.get("noise_level", 0) for c in noise} >= {0.1, 0.3, 0.5, 0.7}  # and Table 3's clean ARL/NAL runs
     for group in groups:
         assert len({c["model"] for c in group}) == 1
-    assert all(len(g) <= 2 for g in campaign.group_runs(plan.runs, max_members=2))
+    assert all(len(g) <= 2 for g in group_runs(plan.runs, max_members=2))
 
 
 @pytest.mark.slow
@@ -68,9 +71,9 @@ def test_a_sitting_stops_on_time_packs_and_its_archive_renders(tmp_path):
 
     # Back here: into a checkout's results folder; nothing is replaced, the ledger is merged.
     here = tmp_path / "results"
-    counts = campaign.unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")
+    counts = unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")
     assert counts["results"] >= 2 and counts["ledger_lines"] == counts["results"]
-    assert campaign.unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")["results"] == 0
+    assert unpack(archive, results_dir=here, checkpoint_dir=tmp_path / "ckpt")["results"] == 0
     ledger = read_ledger(here / LEDGER_NAME)
     assert {line["status"] for line in ledger} == {"finished"}
     records = planning.load_records(here, "arl_vs_nal")
@@ -92,10 +95,10 @@ def test_a_step_model_fitted_to_two_batches():
 
 
 def test_the_full_profile_takes_the_smallest_batch_that_finishes(tmp_path):
-    plan = campaign.plan_campaign(["arl_vs_nal"], profile="full", seeds=[0], dataset="cifar10-jpeg",
+    plan = plan_campaign(["arl_vs_nal"], profile="full", seeds=[0], dataset="cifar10-jpeg",
                                   data_root=str(tmp_path), results_dir=tmp_path / "r", checkpoint_dir=tmp_path / "c",
                                   rows=["attention92-arl", "attention92-nal"])
-    [group] = campaign.group_runs(plan.runs)
+    [group] = group_runs(plan.runs)
     # 2 ms a step plus the work at 100 TFLOP/s: at batch 64 the fixed cost of 160k steps dominates
     rate = sitting.StepModel(overhead_s=2e-3, macs_per_s=50e12)
     times = {b: sitting.estimate_group_s([dict(c, batch_size=b) for c in group], rate) for b in sitting.FULL_BATCHES}

@@ -2,8 +2,8 @@
 # One sitting on a GPU machine that is reached through a tool which copies the working tree there
 # and brings files back (book/rerun.md, "Many runs on one GPU, in sittings"):
 #
-#   tools/sitting.sh start MINUTES [ranlib.campaign.runner run options]   # returns at once
-#   tools/sitting.sh wait SECONDS OUT [ranlib.campaign.runner pack options]
+#   tools/sitting.sh start MINUTES [ranlib.campaign run options]   # returns at once
+#   tools/sitting.sh wait SECONDS OUT [ranlib.campaign pack options]
 #
 # `start` runs a campaign detached from the calling command (so it outlives it, until the machine
 # goes back) with its results and checkpoints under .sitting/ (ignored by git: a re-copied working

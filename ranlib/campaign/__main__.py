@@ -1,6 +1,6 @@
-"""`python -m ranlib.campaign ...`: see ranlib.campaign.runner."""
+"""`python -m ranlib.campaign ...`: see ranlib.campaign.cli."""
 
-from .runner import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -18,7 +18,7 @@ sitting therefore decides nothing on the way and loses little when it is cut off
    smallest batch, under the large-batch rule, that finishes in the time left; judged on
    orderings only, see ``ranlib.study.verdicts``).
    Runs with results (committed or from this sitting) are left out; the rest are put into fused
-   groups (:func:`ranlib.campaign.runner.group_runs`), each group's time is estimated from the measured
+   groups (:func:`ranlib.study.planning.group_runs`), each group's time is estimated from the measured
    throughput, and only groups expected to finish inside the budget are started. With
    ``--dataset imagewoof`` (a call that carries the Imagewoof data) the slice is Table 7's
    networks on Imagewoof instead.
@@ -28,7 +28,7 @@ sitting therefore decides nothing on the way and loses little when it is cut off
 5. It ends with a short table: what ran, what failed and why, images/s, minutes left.
 
 This module holds the parts (slices, preflight, estimates, the closing table); the command that
-strings them together is ``ranlib.campaign.runner``'s ``sitting``, beside the campaign it drives.
+strings them together is the ``sitting`` command of ``ranlib.campaign.cli``, beside the campaign it drives.
 
 Back here, ``make unpack ARCHIVE=DIR/sitting.tar.gz`` puts the archive into ``results/`` (never
 replacing a differing file) and re-renders the book.

@@ -1,6 +1,6 @@
 """The campaign ledger, ``results/campaign_ledger.csv``, and the device time a run cost.
 
-:mod:`ranlib.campaign.runner` appends one line per run and sitting, with the device seconds it charged
+:mod:`ranlib.campaign` appends one line per run and sitting, with the device seconds it charged
 the run (every second it held the device split equally between the trainings running in it).
 The study's tables read it back here, so that they need not import the campaign.
 """

@@ -1,6 +1,6 @@
 """Which runs an experiment needs, which results records are the same training, and training them.
 
-The campaign (:mod:`ranlib.campaign.runner`), the notebooks and the command lines plan through here:
+The campaign (:mod:`ranlib.campaign`), the notebooks and the command lines plan through here:
 :func:`plan_runs` gives the :class:`ranlib.training.train.TrainConfig` arguments of every run of an
 experiment, :func:`same_training` and :func:`find_training` find a run already trained (one
 training of Attention-56 serves Tables 1, 3 and 4), :func:`train_experiment` trains what is

@@ -553,7 +553,7 @@ HOURS_FORMATS = {label: "{:.2f}" for label in _HOURS.values()}
 
 
 def campaign_ledger(results_root: str | os.PathLike = "results") -> pd.DataFrame:
-    """Device time ``ranlib.campaign.runner`` charged, per experiment and run status, from its ledger.
+    """Device time ``ranlib.campaign`` charged, per experiment and run status, from its ledger.
 
     The campaign splits every second it held the device equally between the trainings running
     in it, so ``device_minutes`` adds up to the time the device was held (unlike the sum of the
