@@ -13,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ranlib.bench import suite as bench
+from ranlib.bench import cli as bench, concurrent as concurrent_bench, fused as fused_bench
+from ranlib.bench import layers as layer_bench, profile as profile_bench, step as step_bench
 
 from ranlib.training import train
 from ranlib.models import fused
 from ranlib.errors import CheckpointError, ConfigError, RanlibError
+from ranlib.training.results import benchmark_file_name
 from test_cli import error_line
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
@@ -104,29 +106,29 @@ def test_a_checkpoint_from_before_the_field_resumes_and_may_switch_it(tmp_path):
 # --- profiler pass --------------------------------------------------------------------------------
 
 def test_profile_writes_where_the_time_goes(tmp_path, capsys, monkeypatch, one_thread):
-    monkeypatch.setattr(bench, "PROFILE_STEPS", 2)
+    monkeypatch.setattr(profile_bench, "PROFILE_STEPS", 2)
     figures = tmp_path / "figures.json"
     assert bench.main([*TINY, "--json", str(figures), "--profile", str(tmp_path / "profiles")]) == 0
     assert "profile" not in json.loads(figures.read_text())
     path = tmp_path / "profiles" / f"{TINY_MODEL}-32-b4-fp32-nchw-profile.json"
     profile = json.loads(path.read_text())
     assert profile["benchmark"] == 1 and profile["model"] == TINY_MODEL and profile["setup"] == "gpu_batches, fp32, NCHW"
-    assert profile["profiled_steps"] == bench.PROFILE_STEPS and "device" not in profile  # no CUDA here
+    assert profile["profiled_steps"] == profile_bench.PROFILE_STEPS and "device" not in profile  # no CUDA here
     host = profile["host"]
     categories = host["categories_us"]
-    assert set(categories) == {name for name, _ in bench.PROFILE_CATEGORIES} | {"other"}
+    assert set(categories) == {name for name, _ in profile_bench.PROFILE_CATEGORIES} | {"other"}
     assert all(us >= 0 for us in categories.values())
     assert sum(categories.values()) == pytest.approx(host["total_self_us"], rel=1e-6)
-    assert host["per_step_ms"] == pytest.approx(host["total_self_us"] / bench.PROFILE_STEPS / 1e3)
+    assert host["per_step_ms"] == pytest.approx(host["total_self_us"] / profile_bench.PROFILE_STEPS / 1e3)
     # Attention-56 runs all of these every step; the names the profiler gives must land in them.
     for category in ("conv/matmul", "batchnorm", "pool/upsample", "elementwise/activation", "optimizer"):
         assert categories[category] > 0, category
     top = host["top"]
-    assert 0 < len(top) <= bench.PROFILE_TOP and [r["self_us"] for r in top] == sorted((r["self_us"] for r in top),
-                                                                                      reverse=True)
-    assert all(r["category"] == bench.profile_category(r["name"]) and r["count"] >= 1 for r in top)
+    assert 0 < len(top) <= profile_bench.PROFILE_TOP
+    assert [r["self_us"] for r in top] == sorted((r["self_us"] for r in top), reverse=True)
+    assert all(r["category"] == profile_bench.profile_category(r["name"]) and r["count"] >= 1 for r in top)
     printed = capsys.readouterr().out
-    assert f"profile of {bench.PROFILE_STEPS} steps" in printed and "conv/matmul" in printed
+    assert f"profile of {profile_bench.PROFILE_STEPS} steps" in printed and "conv/matmul" in printed
 
 
 @pytest.mark.parametrize("name, category", [
@@ -147,12 +149,12 @@ def test_profile_writes_where_the_time_goes(tmp_path, capsys, monkeypatch, one_t
     ("aten::empty", "other"),
 ])
 def test_profile_categories_of_op_and_kernel_names(name, category):
-    assert bench.profile_category(name) == category
+    assert profile_bench.profile_category(name) == category
 
 
 def test_idle_fraction_counts_overlapping_spans_once():
-    assert bench.idle_fraction([(5, 6), (0, 2), (1, 3)], 0, 10) == pytest.approx(0.6)
-    assert bench.idle_fraction([], 0, 10) == 1.0
+    assert profile_bench.idle_fraction([(5, 6), (0, 2), (1, 3)], 0, 10) == pytest.approx(0.6)
+    assert profile_bench.idle_fraction([], 0, 10) == 1.0
 
 
 # --- several processes at once --------------------------------------------------------------------
@@ -178,13 +180,13 @@ def test_a_failing_process_stops_the_others_and_says_why(one_thread):
     kwargs = dict(batch_size=4, device=torch.device("cpu"), precision="fp32", channels_last=False,
                   compile_model=False, steps=1, warmup=0, data="gpu_batches", num_images=8, seed=0)
     barrier, answers = threading.Barrier(2), queue.Queue()
-    bench._concurrent_worker(TINY_MODEL, {**kwargs, "image_size": 64}, barrier, answers)  # fails
+    concurrent_bench._concurrent_worker(TINY_MODEL, {**kwargs, "image_size": 64}, barrier, answers)  # fails
     assert barrier.broken  # so that the other process does not wait for it for ever
-    bench._concurrent_worker(TINY_MODEL, kwargs, barrier, answers)  # would run, but the barrier is broken
+    concurrent_bench._concurrent_worker(TINY_MODEL, kwargs, barrier, answers)  # would run, but the barrier is broken
     failed, stopped = answers.get_nowait(), answers.get_nowait()
     assert stopped == {"error": None}
     with pytest.raises(RanlibError, match="worker failed: RanlibError: the gpu_batches data path is for 32x32"):
-        bench._combine([stopped, failed], batch_size=4)
+        concurrent_bench._combine([stopped, failed], batch_size=4)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both
     out = tmp_path / "performance"
     assert bench.main([*TINY, "--baseline", "--out", str(out)]) == 0  # an ordinary figures file beside it
     assert bench.main([*FUSED_TINY, "--out", str(out)]) == 0
-    record = json.loads((out / bench.FUSED_FILE).read_text())
+    record = json.loads((out / fused_bench.FUSED_FILE).read_text())
     assert set(record) == {"benchmark", "device_name", "bf16_peak_tflops_datasheet", "models", "batches", "members",
                            "graphs", "precision", "channels_last", "seed", "budget_seconds", "plan", "matmul_peak",
                            "fused", "baselines", "layers", "failed", "skipped", "spent_seconds", "targets",
@@ -356,7 +358,7 @@ def _fake_fused(seconds: float = 0.0, fail_at: int | None = None):
 
 def test_fused_bench_stops_when_the_budget_is_spent_and_says_what_it_skipped(tmp_path, monkeypatch, capsys, one_thread):
     fake, calls = _fake_fused(seconds=0.6)
-    monkeypatch.setattr(bench, "measure_fused", fake)
+    monkeypatch.setattr(fused_bench, "measure_fused", fake)
     out = tmp_path / "fused.json"
     assert bench.main([*FUSED_TINY, "--graphs", "off", "--budget-seconds", "0.5", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
@@ -371,15 +373,15 @@ def test_fused_bench_skips_a_configuration_predicted_to_overrun():
     done = [{"model": "m", "members": 1, "batch_size": 64, "step_time_ms_mean": 100.0, "warmup": 4,
              "build_seconds": 1.0}]
     # K = 8 at batch 256: building 8 s, steps up to 32 x 0.1 s each; 5 warm-up steps and 1.5 s timed (at least 3)
-    predicted = bench._predicted_seconds(("fused", "m", 256, 8, True), done, 50, 1.5)
+    predicted = fused_bench._predicted_seconds(("fused", "m", 256, 8, True), done, 50, 1.5)
     assert predicted == pytest.approx(8.0 + 5 * 3.2 + 3 * 3.2)
-    assert bench._predicted_seconds(("fused", "other", 64, 8, True), done, 50, 1.5) == 0.0  # nothing known
+    assert fused_bench._predicted_seconds(("fused", "other", 64, 8, True), done, 50, 1.5) == 0.0  # nothing known
 
 
 def test_a_failing_fused_configuration_is_recorded_and_the_rest_measured(tmp_path, monkeypatch, one_thread):
     fake, calls = _fake_fused(fail_at=2)
-    monkeypatch.setattr(bench, "measure_fused", fake)
-    monkeypatch.setattr(bench, "measure_layer_alternatives", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(fused_bench, "measure_fused", fake)
+    monkeypatch.setattr(layer_bench, "measure_layer_alternatives", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")))
     out = tmp_path / "fused.json"
     assert bench.main([*FUSED_TINY, "--members", "1", "2", "4", "--graphs", "off", "--json", str(out)]) == 0
@@ -394,8 +396,8 @@ def test_a_failing_fused_configuration_is_recorded_and_the_rest_measured(tmp_pat
 
 
 def test_fused_plan_measures_the_targets_configuration_first():
-    plan = bench.fused_plan(["cifar_attention92", "cifar_resnet164"], [64, 256], [1, 2, 4, 8, 16], [True, False])
-    assert [bench.plan_label(item) for item in plan[:9]] == [
+    plan = fused_bench.fused_plan(["cifar_attention92", "cifar_resnet164"], [64, 256], [1, 2, 4, 8, 16], [True, False])
+    assert [fused_bench.plan_label(item) for item in plan[:9]] == [
         "fused cifar_attention92 b64 K=8 graphs on", "fused cifar_attention92 b64 K=1 graphs on",
         "fused cifar_attention92 b64 K=1 graphs off", "baseline cifar_attention92 b64",
         "fused cifar_attention92 b256 K=8 graphs on", "fused cifar_attention92 b256 K=1 graphs on",
@@ -448,12 +450,12 @@ def test_the_1x1_alternative_gives_the_same_gradients():
 
 def test_a_fused_run_stopped_from_outside_leaves_what_it_measured(tmp_path, monkeypatch, one_thread):
     fake, calls = _fake_fused()
-    monkeypatch.setattr(bench, "measure_fused", fake)
+    monkeypatch.setattr(fused_bench, "measure_fused", fake)
 
     def killed(*args, **kwargs):  # the sitting's time limit strikes during the baseline
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "measure", killed)
+    monkeypatch.setattr(step_bench, "measure", killed)
     out = tmp_path / "fused.json"
     with pytest.raises(KeyboardInterrupt):
         bench.main([*FUSED_TINY, "--graphs", "off", "--json", str(out)])

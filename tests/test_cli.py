@@ -207,7 +207,7 @@ def test_python_dash_m_exits_without_traceback():
 # --- benchmark ------------------------------------------------------------------------------------------
 
 def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
-    from ranlib.bench import suite as bench
+    from ranlib.bench import cli as bench
 
     out = tmp_path / "bench.json"
     argv = ["--model", TINY_MODEL, "--batch-size", "2", "--steps", "2", "--warmup", "0", "--device", "cpu",
@@ -231,7 +231,7 @@ def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):
 
 
 def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread):
-    from ranlib.bench import suite as bench
+    from ranlib.bench import cli as bench
 
     assert bench.main(["--model", "attention56", "--image-size", "64", "--batch-size", "1", "--steps", "1",
                        "--warmup", "0", "--device", "cpu", "--precision", "fp32", "--no-channels-last",
@@ -244,7 +244,7 @@ def test_bench_of_a_224_model_feeds_device_tensors(tmp_path, capsys, one_thread)
 
 
 def test_bf16_peaks_by_gpu_name():
-    from ranlib.bench.suite import bf16_peak_tflops
+    from ranlib.bench.step import bf16_peak_tflops
 
     assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0

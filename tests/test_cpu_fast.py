@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ranlib.bench import suite as bench, cpu as cpu_bench
+from ranlib.bench import cli as bench, cpu as cpu_bench
 
 from ranlib.training import cpu_batch, runtime, train
 

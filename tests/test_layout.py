@@ -107,8 +107,8 @@ def test_the_layer_rule_names_an_import_against_it():
              "ranlib.training.loop": {"ranlib.data.cifar", "ranlib"}, "ranlib.cli": {"ranlib.campaign.runner"}}
     assert layer_violations(graph) == [
         "ranlib.data.cifar imports ranlib.training.runtime (the data layer may not import the training layer)"]
-    assert layer_violations({"ranlib.bench.suite": {"ranlib.study.report"}}) == [
-        "ranlib.bench.suite imports ranlib.study.report (the bench layer may not import the study layer)"]
+    assert layer_violations({"ranlib.bench.step": {"ranlib.study.report"}}) == [
+        "ranlib.bench.step imports ranlib.study.report (the bench layer may not import the study layer)"]
 
 
 def test_every_layer_imports_only_the_layers_below_it():

@@ -1,8 +1,8 @@
-"""`python -m ranlib.bench ...`: see ranlib.bench.suite."""
+"""`python -m ranlib.bench ...`: see ranlib.bench.cli."""
 
 import time
 
-from .suite import main, process_age_seconds
+from .cli import main, process_age_seconds
 
 if __name__ == "__main__":
     # --budget-seconds counts from the process's start, imports included

@@ -9,7 +9,7 @@ sitting therefore decides nothing on the way and loses little when it is cut off
    evaluation, writing and reading a checkpoint — and the training throughput
    of a fused group is measured. A failing path is switched off for the rest of the sitting, with
    the reason logged; the sitting goes on without it.
-2. **Benchmark** (``--bench-seconds``, about 60 s): ``ranlib.bench.suite``'s fused-population figures,
+2. **Benchmark** (``--bench-seconds``, about 60 s): ``ranlib.bench.fused``'s fused-population figures,
    written to ``<results-dir>/performance``, when the bench supports them.
 3. **The study, claims first** (:func:`study_slices`): the quick profile's seed 0 of Table 3 with
    Figure 4, Table 5, Table 1 and Table 4, then seed 1 of the same, then the JPEG-cost evaluation

@@ -5,7 +5,7 @@ Nothing here is ImageNet: every number is labelled Imagewoof (10 ImageNet dog cl
 only Table 7's orderings are judged (:mod:`ranlib.study.verdicts`, experiment ``imagewoof``), and the
 paper's ImageNet figures appear only as the paper's, for the ordering they claim.
 
-The cost model (:func:`estimated_seconds`) is an assumption until ``ranlib.bench.suite`` measures the
+The cost model (:func:`estimated_seconds`) is an assumption until ``ranlib.bench.step`` measures the
 H200: a training step costs about three forward passes, 6 FLOPs per multiply-add per image (2 per
 multiply-add, forward + backward), at :data:`ASSUMED_MFU` of :data:`H200_BF16_DENSE_TFLOPS`.
 """
