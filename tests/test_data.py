@@ -12,16 +12,11 @@ import torch
 from PIL import Image
 
 from ranlib.data import cifar as data
-from ranlib.data.cifar import (
-    CIFAR10_CLASSES,
-    JPEG_COPY_ID,
-    JPEG_COPY_LABEL,
-    GpuBatches,
-    ImageNetLoaders,
-    PCALighting,
-    fingerprint,
-    load_arrays,
-)
+from ranlib.data import decode, folders
+from ranlib.data.batches import GpuBatches, pixel_mean
+from ranlib.data.cifar import CIFAR10_CLASSES, JPEG_COPY_ID, JPEG_COPY_LABEL, load_arrays
+from ranlib.data.decode import fingerprint
+from ranlib.data.folders import ImageNetLoaders, PCALighting
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, DataNotFoundError, RanlibError
 
 from fakedata import encode, pack_npz, random_images
@@ -75,7 +70,7 @@ def write_png_tree(root, splits):
 
 def test_jpeg_npz_loads_in_official_order_with_the_copy_label(fake_copy, tmp_path, monkeypatch):
     folder, blobs, labels = fake_copy
-    monkeypatch.setattr(data, "JPEG_COPY_SHA256", data.sha256_file(folder / "cifar10-jpeg.npz"))  # as if the copy
+    monkeypatch.setattr(data, "JPEG_COPY_SHA256", decode.sha256_file(folder / "cifar10-jpeg.npz"))  # as if the copy
     ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_images.shape == (6, 32, 32, 3) and ds.test_labels.dtype == np.int64
@@ -117,7 +112,7 @@ def test_second_load_hits_the_cache_and_a_changed_source_misses_it(fake_copy, tm
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds this source")
 
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    monkeypatch.setattr(decode, "decode_images", no_decoding)
     second = load_arrays("cifar10-jpeg", folder, cache_dir=cache)
     np.testing.assert_array_equal(second.train_images, first.train_images)
     np.testing.assert_array_equal(second.test_labels, first.test_labels)
@@ -132,7 +127,7 @@ def test_second_load_hits_the_cache_and_a_changed_source_misses_it(fake_copy, tm
 def test_default_cache_falls_back_to_home_when_root_is_read_only(fake_copy, tmp_path, monkeypatch):
     folder, _, _ = fake_copy
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(data.os, "access", lambda path, mode: False)  # e.g. ../shared/data is read-only
+    monkeypatch.setattr(decode.os, "access", lambda path, mode: False)  # e.g. ../shared/data is read-only
     load_arrays("cifar10-jpeg", folder)
     assert len(list((tmp_path / "xdg" / "ranlib").glob("cifar10-jpeg-*.npz"))) == 1
     assert not (folder / ".ranlib-cache").exists()
@@ -157,8 +152,8 @@ def test_corrupt_jpeg_names_the_image(tmp_path):
 def test_parallel_decoding_matches_serial():
     blobs = [encode(im) for im in random_images(20, seed=4)]
     names = [str(i) for i in range(20)]
-    serial = data._decode_images(blobs, names, workers=0)
-    parallel = data._decode_images(blobs, names, workers=2)
+    serial = decode.decode_images(blobs, names, workers=0)
+    parallel = decode.decode_images(blobs, names, workers=2)
     np.testing.assert_array_equal(serial, parallel)
     np.testing.assert_array_equal(serial[7], pillow_decode(blobs[7]))
 
@@ -259,11 +254,11 @@ def test_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     root = write_png_tree(tmp_path / "tiny", {"train": {"a": [images[0], images[1]]}, "test": {"a": [images[2]]}})
     first = load_arrays("folder", root)  # default cache: <root>/.ranlib-cache
     assert len(list((root / ".ranlib-cache").glob("folder-tiny-*.npz"))) == 1
-    real_decode = data._decode_images
-    monkeypatch.setattr(data, "_decode_images", lambda *a, **k: pytest.fail("decoded a cached folder"))
+    real_decode = decode.decode_images
+    monkeypatch.setattr(decode, "decode_images", lambda *a, **k: pytest.fail("decoded a cached folder"))
     assert load_arrays("folder", root).fingerprint == first.fingerprint
     Image.fromarray(images[0]).save(root / "test" / "a" / "0.png")  # the content changes
-    monkeypatch.setattr(data, "_decode_images", real_decode)
+    monkeypatch.setattr(decode, "decode_images", real_decode)
     changed = load_arrays("folder", root)
     assert changed.fingerprint != first.fingerprint
     np.testing.assert_array_equal(changed.test_images[0], images[0])
@@ -431,7 +426,7 @@ def test_eval_batches_are_exact_normalised_images_in_order(images10):
 
 def test_mean_defaults_to_the_training_pixel_mean_and_std_divides(images10):
     images, labels = images10
-    plain = GpuBatches(images, labels, batch_size=10, train=False, mean=data.pixel_mean(images))
+    plain = GpuBatches(images, labels, batch_size=10, train=False, mean=pixel_mean(images))
     np.testing.assert_allclose(plain.mean.numpy(), images.mean(0) / 255, atol=1e-6)
     assert GpuBatches(images, labels, batch_size=10, train=True).mean.equal(plain.mean)
     std = (0.25, 0.5, 1.0)
@@ -595,8 +590,8 @@ def test_pca_lighting_adds_one_colour_shift_per_image_with_imagenet_covariance()
     torch.testing.assert_close(shift, shift[:, :1, :1].expand_as(shift))  # same for every pixel
     torch.manual_seed(0)
     shifts = torch.stack([lighting(torch.zeros(3, 1, 1)).flatten() for _ in range(4000)]).double()
-    eigvec = torch.tensor(data.IMAGENET_PCA_EIGVEC, dtype=torch.float64)
-    eigval = torch.tensor(data.IMAGENET_PCA_EIGVAL, dtype=torch.float64)
+    eigvec = torch.tensor(folders.IMAGENET_PCA_EIGVEC, dtype=torch.float64)
+    eigval = torch.tensor(folders.IMAGENET_PCA_EIGVAL, dtype=torch.float64)
     expected = eigvec @ torch.diag((0.1 * eigval) ** 2) @ eigvec.T
     torch.testing.assert_close(shifts.T.cov(), expected, atol=3e-5, rtol=0.1)
     with pytest.raises(TypeError, match="float RGB"):
@@ -619,7 +614,7 @@ def _damaged(path: Path, how: str) -> Path:
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_a_damaged_npz_is_one_line_naming_it(fake_copy, tmp_path, how, capsys):
     """It was a BadZipFile or EOFError traceback (the JPEG copy; Imagewoof reads through the same code)."""
-    from ranlib.data.cifar import imagewoof
+    from ranlib.data import imagewoof
     from ranlib.errors import print_error
 
     folder, _, _ = fake_copy
@@ -643,7 +638,7 @@ def test_a_damaged_decode_cache_is_skipped_and_rebuilt(fake_copy, tmp_path, how)
     with pytest.warns(UserWarning, match="ignoring unreadable cache"):
         again = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
     assert again.fingerprint == first.fingerprint
-    data.read_npz(cache)  # rewritten whole
+    decode.read_npz(cache)  # rewritten whole
     third = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")  # from the cache, no warning
     assert third.fingerprint == first.fingerprint
 
@@ -685,7 +680,7 @@ def test_a_file_named_like_the_copy_is_not_labelled_the_copy(fake_copy, tmp_path
     images: its sha256 was computed but never compared with the copy's."""
     folder, blobs, labels = fake_copy
     ds = load_arrays("cifar10-jpeg", folder, cache_dir=tmp_path / "cache")
-    digest = data.sha256_file(folder / "cifar10-jpeg.npz")
+    digest = decode.sha256_file(folder / "cifar10-jpeg.npz")
     assert ds.dataset_id == f"jpeg-npz:{digest[:12]}" and "not the CIFAR-10 JPEG copy" in ds.label
     assert JPEG_COPY_LABEL not in ds.label
     tree = unpack_like_the_script(blobs, labels, tmp_path / "unpacked")  # the unpack script's names
@@ -698,5 +693,5 @@ def test_the_shared_copy_has_the_digests_its_readme_gives():
 
     readme = (REAL_NPZ.parent / "README.md").read_text()
     assert data.JPEG_COPY_SHA256 in readme and jpeg_gap.EXACT_SUBSET_SHA256 in readme
-    assert data.sha256_file(REAL_NPZ) == data.JPEG_COPY_SHA256
-    assert data.sha256_file(REAL_NPZ.parent / jpeg_gap.EXACT_SUBSET_FILE) == jpeg_gap.EXACT_SUBSET_SHA256
+    assert decode.sha256_file(REAL_NPZ) == data.JPEG_COPY_SHA256
+    assert decode.sha256_file(REAL_NPZ.parent / jpeg_gap.EXACT_SUBSET_FILE) == jpeg_gap.EXACT_SUBSET_SHA256

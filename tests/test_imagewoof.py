@@ -11,8 +11,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import ranlib
-from ranlib.data import cifar as data, imagewoof
-from ranlib.data.cifar import IMAGENET_MEAN, IMAGENET_STD
+from ranlib.data import cifar as data
+from ranlib.data import decode, imagewoof
+from ranlib.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from ranlib.errors import ConfigError, DataFormatError, DataNotFoundError, RanlibError, print_error
 from ranlib.data.imagewoof import RandomResizedCropBatches, load_imagewoof, load_imagewoof_split
 
@@ -89,7 +90,7 @@ def test_real_slice_loads_with_its_label_classes_sizes_and_fingerprint(woof, woo
         offsets = pack["train_offsets"]
         blob = pack["train_jpeg"][offsets[first_portrait]:offsets[first_portrait + 1]].tobytes()
     np.testing.assert_array_equal(original(woof.train_images, woof.train_sizes, first_portrait),
-                                  data._decode_rgb(blob, "x"))
+                                  decode.decode_rgb(blob, "x"))
     assert woof.to_dict() == {"name": "imagewoof", "id": "imagewoof2-112", "label": woof.label,
                               "fingerprint": woof.fingerprint, "num_train": len(woof.train_labels),
                               "num_test": len(woof.test_labels)}

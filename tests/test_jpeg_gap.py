@@ -10,6 +10,7 @@ from PIL import Image
 
 from fakedata import encode, pack_npz, random_images
 from ranlib.data import cifar as data
+from ranlib.data import decode
 from ranlib.study import jpeg_gap, report
 from ranlib.training import train
 from ranlib.errors import DataFormatError, DataNotFoundError
@@ -31,7 +32,7 @@ def trained(tmp_path_factory):
         iterations=2, eval_every=2, checkpoint_every=2, device="cpu", experiment="unit", progress=False,
         results_dir=str(root / "results"), checkpoint_dir=str(root / "checkpoints"), num_workers=0)
     with pytest.MonkeyPatch.context() as patch:  # this tiny copy stands for the shared one
-        patch.setattr(data, "JPEG_COPY_SHA256", data.sha256_file(root / "cifar10-jpeg.npz"))
+        patch.setattr(data, "JPEG_COPY_SHA256", decode.sha256_file(root / "cifar10-jpeg.npz"))
         record = train.run(config)
     checkpoint = root / "checkpoints" / "unit" / record["run_name"] / "last.pt"
     return root, checkpoint, exact

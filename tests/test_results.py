@@ -109,16 +109,16 @@ def test_results_and_checkpoints_get_the_mode_the_umask_gives(tmp_path, umask):
     readable by the group the umask lets read it."""
     import torch
 
+    from ranlib.data.decode import write_cache
     from ranlib.training import checkpoint
-    from ranlib.data.cifar import _write_cache
 
     expected = 0o666 & ~umask
     written = [results.write_results(make_record(), tmp_path / "results"),
                checkpoint.save_checkpoint(tmp_path / "run" / "last.pt", {"model": torch.nn.Linear(2, 2).state_dict()})]
-    _write_cache(tmp_path / "cache" / "c.npz", "src", {"train_images": np.zeros((1, 32, 32, 3), np.uint8),
-                                                         "train_labels": np.zeros(1, np.int64),
-                                                         "test_images": np.zeros((1, 32, 32, 3), np.uint8),
-                                                         "test_labels": np.zeros(1, np.int64)})
+    write_cache(tmp_path / "cache" / "c.npz", "src", {"train_images": np.zeros((1, 32, 32, 3), np.uint8),
+                                                        "train_labels": np.zeros(1, np.int64),
+                                                        "test_images": np.zeros((1, 32, 32, 3), np.uint8),
+                                                        "test_labels": np.zeros(1, np.int64)})
     written.append(tmp_path / "cache" / "c.npz")
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == expected, path

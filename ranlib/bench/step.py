@@ -5,7 +5,7 @@ peak memory and model FLOP utilisation. ``--baseline`` measures, in the same pro
 most PyTorch ports train the same model: eager fp32, NCHW, a torchvision-transforms DataLoader over
 PIL images (RandomCrop(32, padding=4), flip, ToTensor, Normalize), and prints ranlib's speed-up over it.
 
-Data: for 32x32 models ranlib's path is ``ranlib.data.cifar.GpuBatches`` (uint8 set on the device,
+Data: for 32x32 models ranlib's path is ``ranlib.data.batches.GpuBatches`` (uint8 set on the device,
 augmentation there) over synthetic images; for 224 models both paths feed device-resident
 synthetic batches (data loading excluded, said so in the output), so the comparison isolates
 precision, memory format and compilation.
@@ -118,7 +118,7 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     ``before_timing`` is called between the warm-up and the timed steps; ``profile_steps`` more
     steps then run under the profiler, their summary under the figures' ``"profile"`` key.
     """
-    from ranlib.data import cifar as ranlib_data
+    from ranlib.data.batches import GpuBatches
     from ranlib.training.runtime import autocast, peak_memory_bytes
     from ranlib.training.train import build_model, enable_grad_checkpointing
 
@@ -142,8 +142,8 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
             raise RanlibError(f"the {data} data path is for 32x32 models; {model_name} takes {size}x{size}")
         images, labels = _synthetic_images(num_images, size, seed, info.num_classes)
     if data == "gpu_batches":
-        batches = ranlib_data.GpuBatches(images, labels, batch_size=batch_size, train=True, device=device,
-                                         channels_last=channels_last, seed=seed)
+        batches = GpuBatches(images, labels, batch_size=batch_size, train=True, device=device,
+                             channels_last=channels_last, seed=seed)
         stream = batches.forever()
     elif data == "dataloader":
         from torchvision import transforms

@@ -267,7 +267,7 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
     def evaluation():
         fused, _ = built["fp32"]
         x, y = batches[0]
-        from ranlib.data.cifar import GpuBatches
+        from ranlib.data.batches import GpuBatches
         images = torch.randint(0, 256, (2 * batch_size, 32, 32, 3), dtype=torch.uint8)
         test = GpuBatches(images, torch.randint(0, 10, (2 * batch_size,)), batch_size=batch_size, train=False,
                           device=device, mean=(0.5, 0.5, 0.5))

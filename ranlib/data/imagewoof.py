@@ -31,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cifar as data
-from .cifar import IMAGENET_MEAN, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, IMAGENET_STD, GpuBatches
 from ranlib.errors import ConfigError, DataFormatError, DataNotFoundError
+
+from . import decode
+from .batches import GpuBatches, epoch_seed
+from .folders import IMAGENET_MEAN, IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, IMAGENET_STD
 
 __all__ = [
     "Imagewoof",
@@ -67,7 +69,7 @@ class Imagewoof:
     test_labels: np.ndarray
     class_names: tuple[str, ...]  # readable breed names, in label order (sorted WordNet ids)
     class_wnids: tuple[str, ...]
-    fingerprint: str  # sha256 hex over data.fingerprint(canvases, labels) and the true sizes
+    fingerprint: str  # sha256 hex over decode.fingerprint(canvases, labels) and the true sizes
     name: str = "imagewoof"
     dataset_id: str = DATASET_ID
     label: str = LABEL
@@ -97,12 +99,12 @@ def load_imagewoof(root, *, cache_dir=None) -> Imagewoof:
             f"no {NPZ_NAME} at {path}: point the data root at the folder that holds it "
             "(../shared/data/imagewoof on the project machines) or at the file itself"
         )
-    source = data.sha256_file(path)
-    cache = data._cache_file(cache_dir, path.parent, "imagewoof-112", source)
-    arrays = data._read_cache(cache, source)
+    source = decode.sha256_file(path)
+    cache = decode.cache_file(cache_dir, path.parent, "imagewoof-112", source)
+    arrays = decode.read_cache(cache, source)
     if arrays is None:
         arrays = _decode(path)
-        data._write_cache(cache, source, arrays)
+        decode.write_cache(cache, source, arrays)
     digest = hashlib.sha256(str(arrays["fingerprint"]).encode())
     for split in ("train", "test"):
         digest.update(np.ascontiguousarray(arrays[f"{split}_sizes"], dtype="<i8"))
@@ -115,16 +117,16 @@ def load_imagewoof(root, *, cache_dir=None) -> Imagewoof:
 
 
 def _decode(path: Path) -> dict:
-    pack = data.read_npz(path, _KEYS, NPZ_NAME)
+    pack = decode.read_npz(path, _KEYS, NPZ_NAME)
     classes = pack["class_names"]
     if classes.ndim != 2 or classes.shape[1] != 2:
         raise DataFormatError(f"{path}: class_names must be (classes, 2) (wnid, name) pairs, "
                               f"got shape {classes.shape}")
     arrays = {"class_wnids": classes[:, 0], "class_names": classes[:, 1]}
     for split, stored in (("train", "train"), ("test", "val")):  # fast.ai's val split is the test set
-        blobs, labels = data._npz_blobs(pack, path, stored, len(classes))
+        blobs, labels = decode.npz_blobs(pack, path, stored, len(classes))
         names = [f"{path.name}:{stored}[{i}]" for i in range(len(blobs))]
-        canvases, sizes = zip(*data._decode_in_chunks(_decode_to_canvas, blobs, names))
+        canvases, sizes = zip(*decode.decode_in_chunks(_decode_to_canvas, blobs, names))
         arrays.update({f"{split}_images": np.concatenate(canvases), f"{split}_sizes": np.concatenate(sizes),
                        f"{split}_labels": labels})
     return arrays
@@ -135,7 +137,7 @@ def _decode_to_canvas(blobs, names) -> tuple[np.ndarray, np.ndarray]:
     canvases = np.zeros((len(blobs), *CANVAS, 3), dtype=np.uint8)
     sizes = np.empty((len(blobs), 2), dtype=np.int64)
     for i, (blob, name) in enumerate(zip(blobs, names)):
-        image = data._decode_rgb(blob, name)
+        image = decode.decode_rgb(blob, name)
         sizes[i] = image.shape[:2]
         if image.shape[0] > image.shape[1]:
             image = image.transpose(1, 0, 2)
@@ -253,8 +255,8 @@ class RandomResizedCropBatches(GpuBatches):
     ``canvases`` uint8 (N, 112, 160, 3) and ``sizes`` (N, 2) as in :class:`Imagewoof`; batches are float
     (B, 3, input_size, input_size) (channels_last memory if asked) and int64 labels, the last partial
     batch dropped. Order, boxes, flips and lighting of an epoch come from a ``torch.Generator`` on
-    ``device`` seeded by ``data.epoch_seed(seed, epoch)``; ``state_dict``/``load_state_dict``,
-    ``epoch_iter`` and ``forever`` behave as in :class:`ranlib.data.cifar.GpuBatches`.
+    ``device`` seeded by ``epoch_seed(seed, epoch)``; ``state_dict``/``load_state_dict``,
+    ``epoch_iter`` and ``forever`` behave as in :class:`ranlib.data.batches.GpuBatches`.
     """
 
     def __init__(self, canvases, sizes, labels, *, input_size: int, batch_size: int, device="cpu",
@@ -275,7 +277,7 @@ class RandomResizedCropBatches(GpuBatches):
         """(order (N,), boxes (N, 4) (top, left, height, width), flips (N,) bool, lighting alphas (N, 3)) of
         one epoch; all but the order are indexed by position in the epoch."""
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(data.epoch_seed(self.seed, epoch))
+        generator.manual_seed(epoch_seed(self.seed, epoch))
         n = self.num_samples
         order = torch.randperm(n, generator=generator, device=self.device)
         boxes = random_resized_crop_boxes(self.sizes[order], generator, scale=self.scale, ratio=self.ratio)

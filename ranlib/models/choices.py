@@ -1,7 +1,7 @@
 """What the paper leaves open, and what ranlib chose — one place the book shows.
 
 Each entry: ``topic``, ``paper_says``, ``we_chose``, ``why``. The code that implements a choice
-cites it in its own docstring (models here, data in ``ranlib.data.cifar``, noise in ``ranlib.data.noise``,
+cites it in its own docstring (models here, data in ``ranlib.data.batches``, noise in ``ranlib.data.noise``,
 schedules in ``ranlib.training.train``); ``tests/test_models.py`` checks the model facts stated here.
 """
 

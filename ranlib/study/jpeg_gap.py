@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from ranlib.training import provenance
-from ranlib.data.cifar import GpuBatches, load_arrays, read_npz, sha256_file
+from ranlib.data.batches import GpuBatches
+from ranlib.data.cifar import load_arrays
+from ranlib.data.decode import read_npz, sha256_file
 from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from ranlib.training.results import ensure_writable
 from ranlib.training.runtime import Dist, resolve_precision, select_device

@@ -251,7 +251,7 @@ def _trained_masks(path, saved: dict, config, num_classes: int, x) -> dict:
 def _imagewoof_masks(path, saved: dict, config, dev, num_images: int) -> tuple[np.ndarray, dict]:
     import torch
 
-    from ranlib.data.cifar import IMAGENET_MEAN, IMAGENET_STD
+    from ranlib.data.folders import IMAGENET_MEAN, IMAGENET_STD
     from ranlib.data.imagewoof import load_imagewoof_split
 
     # A class-balanced subset: the file is sorted by breed, so its first images are all one dog.
@@ -305,7 +305,7 @@ def read_masks(path: str | os.PathLike) -> tuple[np.ndarray, dict, str] | None:
     path = resolve_path(path)
     if not path.is_file():
         return None
-    from ranlib.data.cifar import read_npz
+    from ranlib.data.decode import read_npz
 
     pack = read_npz(path, ("names", "images", "source"), "masks (ranlib.study.plots.write_masks)")
     names = [str(n) for n in pack["names"]]

@@ -3,7 +3,7 @@
 Two paths, one interface (:class:`Split`):
 
 * 32x32 datasets (CIFAR and its JPEG copy, image folders): the whole set lives on the device as
-  uint8 and is augmented there in whole batches (:class:`ranlib.data.cifar.GpuBatches`). A group of
+  uint8 and is augmented there in whole batches (:class:`ranlib.data.batches.GpuBatches`). A group of
   fused members (:mod:`ranlib.models.fused`) shares one copy of the images on the device; each
   member draws its own order and augmentation from its own seed and trains on its own labels
   (its own noise level and draw), exactly the batches of its solo run.
@@ -67,11 +67,12 @@ def load_cifar_split(members: Sequence, device: torch.device, input_size: int, *
     subtracts the per-pixel mean image of the training images used (Section 4.1); an evaluation
     of a checkpoint passes the ``mean`` it was trained with.
     """
-    from ranlib.data import cifar as data
+    from ranlib.data.batches import GpuBatches, pixel_mean
+    from ranlib.data.cifar import load_arrays
     from ranlib.data.noise import apply_label_noise
 
     c = members[0]
-    arrays = data.load_arrays(c.dataset, c.data_root, download=c.download)
+    arrays = load_arrays(c.dataset, c.data_root, download=c.download)
     train_images, train_labels = arrays.train_images, np.asarray(arrays.train_labels, dtype=np.int64)
     test_images, test_labels = arrays.test_images, np.asarray(arrays.test_labels, dtype=np.int64)
     if c.max_train_samples:
@@ -92,18 +93,18 @@ def load_cifar_split(members: Sequence, device: torch.device, input_size: int, *
         else:
             member_labels.append(train_labels)
             noise.append(None)
-    mean = data.pixel_mean(train_images) if mean is None else mean
+    mean = pixel_mean(train_images) if mean is None else mean
     common = dict(device=device, mean=mean, channels_last=bool(c.channels_last))
     streams = None
     if train:
         on_device = torch.as_tensor(train_images).to(device)  # one copy, shared by the members' batchers
-        streams = [_GpuStream(data.GpuBatches(on_device, labels, batch_size=c.batch_size, train=True,
-                                              drop_last=True, seed=member.seed, **common))
+        streams = [_GpuStream(GpuBatches(on_device, labels, batch_size=c.batch_size, train=True,
+                                         drop_last=True, seed=member.seed, **common))
                    for member, labels in zip(members, member_labels)]
-    test = data.GpuBatches(test_images, test_labels, batch_size=eval_batch_size or max(c.batch_size, 500),
-                           train=False, **common)
-    fixed = next(iter(data.GpuBatches(test_images[:STAGE_RESPONSE_BATCH], test_labels[:STAGE_RESPONSE_BATCH],
-                                      batch_size=STAGE_RESPONSE_BATCH, train=False, **common)))[0]
+    test = GpuBatches(test_images, test_labels, batch_size=eval_batch_size or max(c.batch_size, 500),
+                      train=False, **common)
+    fixed = next(iter(GpuBatches(test_images[:STAGE_RESPONSE_BATCH], test_labels[:STAGE_RESPONSE_BATCH],
+                                 batch_size=STAGE_RESPONSE_BATCH, train=False, **common)))[0]
     info = {**arrays.to_dict(), "num_train": int(len(train_labels)), "num_test": int(len(test_labels)),
             "subset": bool(c.max_train_samples or c.max_test_samples)}
     return Split(streams, test, fixed, info, num_classes, noise, mean=mean.cpu())
@@ -131,7 +132,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, self._share() - self.start)
 
     def __iter__(self) -> Iterator[int]:
-        from ranlib.data.cifar import epoch_seed
+        from ranlib.data.batches import epoch_seed
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_samples, generator=generator)[:self._share() * self.world_size]
         return iter(order[self.rank::self.world_size][self.start:].tolist())
@@ -151,7 +152,7 @@ class _LoaderStream:
         self.epoch, self.position = 0, 0
 
     def __iter__(self) -> Iterator:
-        from ranlib.data.cifar import epoch_seed
+        from ranlib.data.batches import epoch_seed
         while True:
             self.loader.generator.manual_seed(epoch_seed(self.seed, self.epoch))
             self.loader.sampler.set_epoch(self.epoch, start=self.position * self.loader.batch_size)
@@ -175,12 +176,12 @@ def _loader(dataset, batch_size: int, workers: int, *, sampler=None, drop_last=F
 
 def load_imagenet_split(members: Sequence, device: torch.device, d: Dist, *, train: bool = True,
                         eval_batch_size: int | None = None) -> Split:
-    """The ImageNet-folder path: ranlib.data.cifar's datasets and transforms, DataLoaders with workers.
+    """The ImageNet-folder path: ranlib.data.folders' datasets and transforms, DataLoaders with workers.
 
     Under torchrun each process loads its 1/N of the global batch (EpochSampler); the test set is
     read whole by every process and sharded in ``evaluate``.
     """
-    from ranlib.data import cifar as data
+    from ranlib.data.folders import ImageNetLoaders
 
     if len(members) > 1:
         raise ConfigError("fused groups need a dataset that lives on the device (the 32x32 ones, imagewoof); "
@@ -188,8 +189,8 @@ def load_imagenet_split(members: Sequence, device: torch.device, d: Dist, *, tra
     c = members[0]
     if c.noise_level > 0:
         raise ConfigError("label noise is implemented for the 32x32 datasets only (Table 5 is CIFAR-10)")
-    loaders = data.ImageNetLoaders(c.data_root, batch_size=c.batch_size, workers=0, train_size=c.train_size,
-                                   test_size=c.test_size, seed=c.seed)
+    loaders = ImageNetLoaders(c.data_root, batch_size=c.batch_size, workers=0, train_size=c.train_size,
+                              test_size=c.test_size, seed=c.seed)
     train_set, test_set = loaders.train_set, loaders.test_set
     if c.max_train_samples:
         train_set = torch.utils.data.Subset(train_set, range(min(c.max_train_samples, len(train_set))))
