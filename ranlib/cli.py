@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training.train import TrainConfig, run_group
+    from .training.config import TrainConfig
+    from .training.loop import run_group
 
     values = {k: v for k, v in vars(args).items() if k not in ("command", "seeds", "noise_levels")}
     if "model_kwargs" in values:
@@ -80,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .training.train import evaluate_checkpoint
+    from .training.evaluation import evaluate_checkpoint
 
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise ResultsExistError(f"{args.json} already exists; pass --overwrite to replace it or choose another path")

@@ -8,7 +8,7 @@ value is never coerced (``bool("no")`` is True, which once trained ARL under a N
 
 Declared here: the notebooks' and the book pages' parameters (:func:`notebook_parameters`, checked
 by each one's set-up cell through :func:`check_notebook_parameters`). The training options are declared beside
-:class:`ranlib.training.train.TrainConfig` (``TRAIN_OPTIONS``), the model switches with each model
+:class:`ranlib.training.config.TrainConfig` (``TRAIN_OPTIONS``), the model switches with each model
 (``ranlib.models``' ``register_model(switches=...)``).
 """
 

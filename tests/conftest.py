@@ -1,6 +1,6 @@
 """Every test: the user cache in a temporary folder, and no timing of CPU batch sizes.
 
-``ranlib.training.train.resolve`` measures the fastest batch of a CPU profile (``ranlib.training.cpu_batch``);
+``ranlib.training.config.resolve`` measures the fastest batch of a CPU profile (``ranlib.training.cpu_batch``);
 outside the tests that ask for ``real_step_timing`` the measurement answers at once, the
 largest candidate fastest, so a CPU resolves the profiles' own batches as before.
 """

@@ -120,10 +120,10 @@ def test_detach_status_stop_resume_trains_the_pinned_commit_as_one_uninterrupted
 
     # A commit in the checkout that would change the training (before and after a resume: the
     # schedule's lr), made while the campaign runs.
-    train_py = repo / "ranlib" / "train.py"
-    source = train_py.read_text()
+    schedule_py = repo / "ranlib" / "training" / "recipes.py"  # WarmupStepLR: the lr schedule
+    source = schedule_py.read_text()
     assert "        factor = self.decay ** bisect" in source
-    train_py.write_text(source.replace("        factor = self.decay ** bisect", "        factor = 0.5 * self.decay ** bisect"))
+    schedule_py.write_text(source.replace("        factor = self.decay ** bisect", "        factor = 0.5 * self.decay ** bisect"))
     git(repo, "commit", "-qam", "a change that would train something else")
 
     assert campaign.main(["status"]) == 0

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from ranlib.bench import cli as bench, concurrent as concurrent_bench, fused as fused_bench
 from ranlib.bench import layers as layer_bench, profile as profile_bench, step as step_bench
 
-from ranlib.training import train
+from ranlib.training import loop
+from ranlib.training.config import resolve
 from ranlib.models import fused
-from ranlib.errors import CheckpointError, ConfigError, RanlibError
+from ranlib.errors import CheckpointError, ConfigError, RanlibError, UnknownNameError
 from ranlib.training.results import benchmark_file_name
 from test_cli import error_line
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
@@ -29,14 +30,14 @@ TINY = ["--model", TINY_MODEL, "--batch-size", "4", "--num-images", "8", "--step
 
 @pytest.fixture
 def checkpointed(monkeypatch) -> list:
-    """The models that ranlib.training.train.enable_grad_checkpointing was called on (and really changed)."""
-    models, enable = [], train.enable_grad_checkpointing
+    """The models that ranlib.training.loop.enable_grad_checkpointing was called on (and really changed)."""
+    models, enable = [], loop.enable_grad_checkpointing
 
     def spy(model, name):
         enable(model, name)
         models.append(model)
 
-    monkeypatch.setattr(train, "enable_grad_checkpointing", spy)
+    monkeypatch.setattr(loop, "enable_grad_checkpointing", spy)
     return models
 
 
@@ -71,19 +72,19 @@ def test_suite_measures_attention56_with_and_without_grad_checkpointing():
 
 def test_grad_checkpointing_trains_through_run(tmp_path, one_thread, checkpointed):
     root = make_folder_dataset(tmp_path / "data", n_train=8, n_test=4)
-    record = train.run(tiny_config(tmp_path, root, grad_checkpointing=True, iterations=2))
+    record = loop.run(tiny_config(tmp_path, root, grad_checkpointing=True, iterations=2))
     assert record["config"]["grad_checkpointing"] is True
     assert len(checkpointed) == 1 and mask_checkpointing(checkpointed[0]) == {True}
     assert record["curve"] and all(math.isfinite(point["train_loss"]) for point in record["curve"])
     with pytest.raises(ConfigError, match="no attention mask branch"):  # a plain ResNet: refused, not ignored
-        train.run(tiny_config(tmp_path, root, model="cifar_resnet164", grad_checkpointing=True, run_name="resnet"))
+        loop.run(tiny_config(tmp_path, root, model="cifar_resnet164", grad_checkpointing=True, run_name="resnet"))
 
 
 def test_grad_checkpointing_is_refused_for_models_without_mask_branches():
     from torchvision.models import resnet18  # the class of the torchvision baselines (resnet152, ...)
 
     with pytest.raises(ConfigError, match="^model resnet152 has no attention mask branch to checkpoint"):
-        train.enable_grad_checkpointing(resnet18(num_classes=10), "resnet152")
+        loop.enable_grad_checkpointing(resnet18(num_classes=10), "resnet152")
 
 
 def test_bench_refuses_grad_checkpointing_of_a_plain_resnet(capsys, one_thread):
@@ -95,12 +96,12 @@ def test_a_checkpoint_from_before_the_field_resumes_and_may_switch_it(tmp_path):
     config = tiny_config(tmp_path, tmp_path)
     older = config.to_dict()
     del older["grad_checkpointing"]  # written before TrainConfig had the field
-    train._check_resumable({"config": older}, config, Path("last.pt"))
+    loop._check_resumable({"config": older}, config, Path("last.pt"))
     # It does not change the model (same steps, same running statistics): a resume may switch it.
-    train._check_resumable({"config": older}, dataclasses.replace(config, grad_checkpointing=True),
+    loop._check_resumable({"config": older}, dataclasses.replace(config, grad_checkpointing=True),
                            Path("last.pt"))
     with pytest.raises(CheckpointError, match="lr: "):
-        train._check_resumable({"config": older}, dataclasses.replace(config, lr=0.5), Path("last.pt"))
+        loop._check_resumable({"config": older}, dataclasses.replace(config, lr=0.5), Path("last.pt"))
 
 
 # --- profiler pass --------------------------------------------------------------------------------
@@ -226,12 +227,12 @@ def test_bench_compile_mode_reaches_torch_compile_and_the_file_name(tmp_path, on
 
 def test_train_compile_mode_is_checked_and_reaches_torch_compile(tmp_path, one_thread, compiled):
     root = make_folder_dataset(tmp_path / "data", n_train=8, n_test=4)
-    train.run(tiny_config(tmp_path, root, compile=True, compile_mode="reduce-overhead", iterations=2))
+    loop.run(tiny_config(tmp_path, root, compile=True, compile_mode="reduce-overhead", iterations=2))
     assert compiled == ["reduce-overhead"]
     with pytest.raises(ConfigError, match="without --compile"):
-        train.resolve(tiny_config(tmp_path, root, compile_mode="max-autotune"))
-    with pytest.raises(train.UnknownNameError, match="unknown compile mode"):
-        train.resolve(tiny_config(tmp_path, root, compile=True, compile_mode="fastest"))
+        resolve(tiny_config(tmp_path, root, compile_mode="max-autotune"))
+    with pytest.raises(UnknownNameError, match="unknown compile mode"):
+        resolve(tiny_config(tmp_path, root, compile=True, compile_mode="fastest"))
 
 
 # --- the Performance page's tables ------------------------------------------------------------------

@@ -264,7 +264,7 @@ BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet
 def _bad_train_options():
     """(option, extra argv, exit status, what the error must name) for every `ranlib train` option."""
     from ranlib.training.flags import TRAIN_HELP
-    from ranlib.training.train import TRAIN_OPTIONS
+    from ranlib.training.config import TRAIN_OPTIONS
 
     cases = []
     for name in TRAIN_HELP:

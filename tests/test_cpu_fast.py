@@ -10,7 +10,10 @@ import torch
 
 from ranlib.bench import cli as bench, cpu as cpu_bench
 
-from ranlib.training import cpu_batch, runtime, train
+from ranlib.errors import CheckpointError
+from ranlib.training import cpu_batch, loop, recipes, runtime
+from ranlib.training.config import TrainConfig, resolve
+from ranlib.training.step import TrainStep
 
 from ranlib.study import report
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
@@ -39,8 +42,8 @@ def measured(monkeypatch) -> list:
     return calls
 
 
-def quick(**overrides) -> train.TrainConfig:
-    return train.TrainConfig(**{"model": TINY_MODEL, "dataset": "cifar10-jpeg", "data_root": "unused",
+def quick(**overrides) -> TrainConfig:
+    return TrainConfig(**{"model": TINY_MODEL, "dataset": "cifar10-jpeg", "data_root": "unused",
                                 "profile": "quick", "device": "cpu", **overrides})
 
 
@@ -53,7 +56,7 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_elsewhere(cpu
     assert runtime.resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert runtime.resolve_precision("auto", "cuda") == "bf16"
     assert runtime.resolve_precision("fp32", "cpu") == "fp32" and runtime.resolve_precision("bf16", "cpu") == "bf16"
-    c = train.resolve(train.TrainConfig(model=TINY_MODEL, data_root="unused", profile="smoke", device="cpu"))
+    c = resolve(TrainConfig(model=TINY_MODEL, data_root="unused", profile="smoke", device="cpu"))
     assert (c.precision, c.channels_last) == ("bf16" if native else "fp32", True)
 
 
@@ -65,7 +68,7 @@ def test_without_onednn_bf16_is_not_native(cpu_caps, monkeypatch):
 
 def test_explicit_precision_and_memory_format_win(cpu_caps):
     cpu_caps(True)
-    c = train.resolve(train.TrainConfig(model=TINY_MODEL, data_root="unused", profile="smoke", device="cpu",
+    c = resolve(TrainConfig(model=TINY_MODEL, data_root="unused", profile="smoke", device="cpu",
                                         precision="fp32", channels_last=False))
     assert (c.precision, c.channels_last) == ("fp32", False)
 
@@ -74,7 +77,7 @@ def test_a_run_trains_with_the_resolved_settings(tmp_path, cpu_caps, one_thread,
     cpu_caps(True)
     root = make_folder_dataset(tmp_path / "data", n_train=8, n_test=4)
     seen = []
-    original = train.TrainStep.__call__
+    original = TrainStep.__call__
 
     def spy(self, x, y):
         seen.append((self.precision, x.is_contiguous(memory_format=torch.channels_last),
@@ -82,9 +85,9 @@ def test_a_run_trains_with_the_resolved_settings(tmp_path, cpu_caps, one_thread,
                      torch.utils.deterministic.fill_uninitialized_memory))
         original(self, x, y)
 
-    monkeypatch.setattr(train.TrainStep, "__call__", spy)
+    monkeypatch.setattr(TrainStep, "__call__", spy)
     before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
-    record = train.run(tiny_config(tmp_path, root, iterations=2, batch_size=2))
+    record = loop.run(tiny_config(tmp_path, root, iterations=2, batch_size=2))
     # bf16, channels_last batches, deterministic algorithms without NaN-filled fresh memory
     assert set(seen) == {("bf16", True, True, False)}
     assert record["config"]["precision"] == record["provenance"]["precision"] == "bf16"
@@ -96,9 +99,9 @@ def test_a_run_trains_with_the_resolved_settings(tmp_path, cpu_caps, one_thread,
 
 def test_the_cpu_batch_is_the_fastest_measured_and_scales_the_schedule(measured, cpu_caps):
     cpu_caps(True)
-    c = train.resolve(quick())
+    c = resolve(quick())
     assert c.batch_size == 128 and measured == [(TINY_MODEL, b, "bf16", True) for b in (64, 128, 256)]
-    rule = train.scaled_schedule(train.RECIPES["cifar"], 128, train.PROFILES["cifar"]["quick"].fraction)
+    rule = recipes.scaled_schedule(recipes.RECIPES["cifar"], 128, recipes.PROFILES["cifar"]["quick"].fraction)
     assert (c.lr, c.iterations, c.milestones, c.warmup_iterations) == (
         rule["lr"], rule["iterations"], rule["milestones"], rule["warmup_iterations"])
     assert "at batch 128" in c.schedule_rule and c.iterations == 8_000 and c.warmup_iterations > 0
@@ -108,16 +111,16 @@ def test_the_cpu_batch_is_the_fastest_measured_and_scales_the_schedule(measured,
 
 def test_the_choice_is_measured_once_per_machine_and_setting(measured, cpu_caps, monkeypatch):
     cpu_caps(True)
-    first = train.resolve(quick())
-    again = train.resolve(quick(seed=1, model_kwargs={"attention": "spatial"}))  # same architecture: cached
+    first = resolve(quick())
+    again = resolve(quick(seed=1, model_kwargs={"attention": "spatial"}))  # same architecture: cached
     assert len(measured) == 3 and (again.batch_size, again.batch_rule) == (first.batch_size, first.batch_rule)
     saved = json.loads((cpu_batch.cache_dir() / cpu_batch.CACHE_NAME).read_text())
     assert list(saved) == [cpu_batch.cache_key(TINY_MODEL, "bf16", True)]
     assert saved[cpu_batch.cache_key(TINY_MODEL, "bf16", True)]["images_per_s"] == {str(b): r for b, r in RATES.items()}
-    train.resolve(quick(precision="fp32"))  # another precision is another measurement
+    resolve(quick(precision="fp32"))  # another precision is another measurement
     assert len(measured) == 6 and {m[2] for m in measured[3:]} == {"fp32"}
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # another thread count too
-    train.resolve(quick())
+    resolve(quick())
     assert len(measured) == 9
 
 
@@ -126,7 +129,7 @@ def test_an_unreadable_cache_is_measured_again(measured, cpu_caps):
     path = cpu_batch.cache_dir() / cpu_batch.CACHE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
-    assert train.resolve(quick()).batch_size == 128 and len(measured) == 3
+    assert resolve(quick()).batch_size == 128 and len(measured) == 3
     assert json.loads(path.read_text())  # rewritten whole
 
 
@@ -137,7 +140,7 @@ def test_an_unreadable_cache_is_measured_again(measured, cpu_caps):
     ({"device": "cuda"}, 256, "the quick profile's"),  # a GPU keeps the profile's batch
 ])
 def test_no_measurement_where_the_batch_is_not_the_cpus_to_choose(measured, overrides, batch, rule):
-    c = train.resolve(quick(**overrides))
+    c = resolve(quick(**overrides))
     assert (c.batch_size, c.batch_rule, measured) == (batch, rule, [])
 
 
@@ -152,16 +155,16 @@ def test_the_books_commands_time_no_batch_and_read_the_same_on_any_machine(measu
 
 def test_processes_of_a_multi_process_run_keep_the_profiles_batch(measured, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # every process must resolve the same batch
-    assert train.resolve(quick()).batch_size == 256 and measured == []
+    assert resolve(quick()).batch_size == 256 and measured == []
 
 
 def test_a_remeasured_rule_does_not_stop_a_resume_but_another_batch_does(tmp_path, measured, cpu_caps):
     cpu_caps(True)
-    c = train.resolve(quick())
+    c = resolve(quick())
     saved = {"config": {**c.to_dict(), "batch_rule": "fastest on this CPU of 64, 128, 256 (measured elsewhen)"}}
-    train._check_resumable(saved, c, tmp_path / "last.pt")
-    with pytest.raises(train.CheckpointError, match="batch_size"):
-        train._check_resumable({"config": {**c.to_dict(), "batch_size": 256}}, c, tmp_path / "last.pt")
+    loop._check_resumable(saved, c, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="batch_size"):
+        loop._check_resumable({"config": {**c.to_dict(), "batch_size": 256}}, c, tmp_path / "last.pt")
 
 
 def test_a_real_measurement_times_training_steps(real_step_timing, one_thread):

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import ranlib
-from ranlib.training import train
+from ranlib.training import evaluation, loop
+from ranlib.training.config import TrainConfig, resolve
 from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
 from ranlib.models.fused import (FusedConv2d, FusionError, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
                                  member_optimizer_state, member_state_dict, member_view, shared_inputs)
@@ -162,8 +163,8 @@ def group_and_solo(tmp_path_factory, data_root):
     variants = [dict(seed=0), dict(seed=1, noise_level=0.3), dict(seed=0, model_kwargs={"residual_attention": False})]
     variants = [dict(v, iterations=1, eval_every=1, precision="fp32") for v in variants]
     with single_thread():
-        group = train.run_group([tiny_config(tmp / "fused", data_root, **v) for v in variants])
-        solo = [train.run(tiny_config(tmp / "solo", data_root, **v)) for v in variants]
+        group = loop.run_group([tiny_config(tmp / "fused", data_root, **v) for v in variants])
+        solo = [loop.run(tiny_config(tmp / "solo", data_root, **v)) for v in variants]
     return tmp, group, solo
 
 
@@ -186,7 +187,7 @@ def test_a_group_writes_one_solo_results_file_per_member(group_and_solo):
         fused_model, solo_model = (torch.load(tmp / which / "checkpoints" / "unit" / fused_record["run_name"] / "last.pt",
                                               weights_only=False)["model"] for which in ("fused", "solo"))
         config = fused_record["config"]
-        initial = train.build_model(config["model"], config["model_kwargs"], 3, config["seed"]).state_dict()
+        initial = evaluation.build_model(config["model"], config["model_kwargs"], 3, config["seed"]).state_dict()
         updates = [torch.cat([(state[k] - initial[k]).double().flatten() for k in initial if initial[k].ndim])
                    for state in (fused_model, solo_model)]  # what the step changed, parameters and BN statistics
         assert (updates[0] - updates[1]).norm() <= 1e-3 * updates[1].norm()
@@ -198,12 +199,12 @@ def test_a_member_checkpoint_loads_and_evaluates_alone(group_and_solo, data_root
     tmp, group, _ = group_and_solo
     record = group[2]  # the NAL member
     path = tmp / "fused" / "checkpoints" / "unit" / record["run_name"] / "last.pt"
-    saved, config = train.load_trained(path)
+    saved, config = evaluation.load_trained(path)
     assert config.model_kwargs == {"residual_attention": False}
     model = ranlib.create_model(config.model, num_classes=3, **config.model_kwargs)
     model.load_state_dict(saved["model"], strict=True)
     with single_thread():
-        result = train.evaluate_checkpoint(path, device="cpu", precision="fp32")  # as it was trained
+        result = evaluation.evaluate_checkpoint(path, device="cpu", precision="fp32")  # as it was trained
     assert result["top1_error"] == pytest.approx(record["final"]["top1_error"])
     assert result["test_loss"] == pytest.approx(record["final"]["test_loss"], rel=1e-5)
 
@@ -213,12 +214,12 @@ def test_a_group_refuses_members_that_differ_in_more_than_seed_noise_and_arl(tmp
     for other, what in [(dict(model="cifar_attention92"), "model"), (dict(batch_size=8), "batch_size"),
                         (dict(model_kwargs={"attention": "channel"}), "attention")]:
         with pytest.raises(ConfigError, match=what):
-            train.run_group([base, tiny_config(tmp_path, data_root, seed=1, **other)])
+            loop.run_group([base, tiny_config(tmp_path, data_root, seed=1, **other)])
     with pytest.raises(ConfigError, match="same run"):
-        train.run_group([base, base])
+        loop.run_group([base, base])
     for cuda_only in ("conv_autotune", "cuda_graphs"):  # timed with CUDA events / CUDA graphs
         with pytest.raises(ConfigError, match="CUDA"):
-            train.run(tiny_config(tmp_path, data_root, **{cuda_only: True}))
+            loop.run(tiny_config(tmp_path, data_root, **{cuda_only: True}))
     with pytest.raises(FusionError, match="not a single"):
         fuse([torch.nn.Conv2d(3, 3, 1)] * 2)
 
@@ -230,7 +231,7 @@ def test_a_finished_group_says_so_and_how_to_train_it_again(group_and_solo, data
                            precision="fp32")]  # the group's own runs (their names carry the explicit precision)
     with pytest.raises(ResultsExistError, match="is finished: its results file .* already exists and is kept; "
                                                 "give a new training another --run-name") as info:
-        train.run_group(configs)
+        loop.run_group(configs)
     assert "--overwrite" not in str(info.value)  # never advise the flag that would destroy it
 
 
@@ -255,7 +256,7 @@ def test_a_fused_group_stopped_by_sigterm_resumes_bit_identical(tmp_path, data_r
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cmd = _group_cmd(tmp_path / "stopped", data_root)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    names = [train.resolve(train.TrainConfig(model="cifar_attention56", dataset="folder", data_root=str(data_root),
+    names = [resolve(TrainConfig(model="cifar_attention56", dataset="folder", data_root=str(data_root),
                                              profile="smoke", batch_size=4, iterations=8, max_train_samples=24,
                                              max_test_samples=8, seed=seed, noise_level=noise)).run_name
              for seed in (0, 1) for noise in (0.0, 0.5)]
@@ -300,10 +301,10 @@ def test_a_fused_group_stopped_by_sigterm_resumes_bit_identical(tmp_path, data_r
 
 def test_members_at_different_iterations_do_not_resume_together(tmp_path, data_root):
     with single_thread():
-        train.run(tiny_config(tmp_path, data_root, seed=0, iterations=2))
+        loop.run(tiny_config(tmp_path, data_root, seed=0, iterations=2))
         members = [tiny_config(tmp_path, data_root, seed=s, iterations=2, resume=True, overwrite=True) for s in (0, 1)]
         with pytest.raises(CheckpointError, match="different iterations"):
-            train.run_group(members)
+            loop.run_group(members)
 
 
 def test_a_fused_model_with_mask_checkpointing_is_the_same_model(float64):

@@ -12,8 +12,8 @@ import pytest
 from ranlib.study import imagewoof, planning, plots, report, verdicts
 from ranlib.study.experiments import EXPERIMENTS, experiment
 from ranlib.errors import UnknownNameError
-from ranlib.training.train import (IMAGEWOOF_TRAIN_IMAGES, PROFILES, RECIPES, TrainConfig, resolve, scaled_schedule,
-                          schedule_key)
+from ranlib.training.config import TrainConfig, resolve
+from ranlib.training.recipes import IMAGEWOOF_TRAIN_IMAGES, PROFILES, RECIPES, scaled_schedule, schedule_key
 
 REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagewoof"
 TABLE7_REGISTERED = ["attention56", "resnet152", "attentionnext56", "resnext101", "attentioninception56",

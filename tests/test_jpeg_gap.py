@@ -12,7 +12,8 @@ from fakedata import encode, pack_npz, random_images
 from ranlib.data import cifar as data
 from ranlib.data import decode
 from ranlib.study import jpeg_gap, report
-from ranlib.training import train
+from ranlib.training import loop
+from ranlib.training.config import TrainConfig
 from ranlib.errors import DataFormatError, DataNotFoundError
 
 N_TEST = 10
@@ -27,13 +28,13 @@ def trained(tmp_path_factory):
     pack_npz(root / "cifar10-jpeg.npz", {s: [encode(im) for im in exact[s]] for s in exact}, labels)
     np.savez(root / jpeg_gap.EXACT_SUBSET_FILE, x_test=exact["test"], y_test=np.asarray(labels["test"], np.uint8),
              test_index=np.arange(N_TEST))
-    config = train.TrainConfig(
+    config = TrainConfig(
         model="cifar_resnet164", dataset="cifar10-jpeg", data_root=str(root), profile="smoke", batch_size=4,
         iterations=2, eval_every=2, checkpoint_every=2, device="cpu", experiment="unit", progress=False,
         results_dir=str(root / "results"), checkpoint_dir=str(root / "checkpoints"), num_workers=0)
     with pytest.MonkeyPatch.context() as patch:  # this tiny copy stands for the shared one
         patch.setattr(data, "JPEG_COPY_SHA256", decode.sha256_file(root / "cifar10-jpeg.npz"))
-        record = train.run(config)
+        record = loop.run(config)
     checkpoint = root / "checkpoints" / "unit" / record["run_name"] / "last.pt"
     return root, checkpoint, exact
 

@@ -22,7 +22,7 @@ JPEG = verdicts.JPEG_LABEL
 def make_record(experiment, run_name, model, *, error, seed=0, profile="quick", kwargs=None,
                 dataset="cifar10-jpeg", label=JPEG, noise_level=None, stage_response=(1.0, 0.5, 0.3),
                 device_type="cuda", wall_time_s=600.0, iterations=8000, batch_size=128):
-    """A schema-1 results record as ranlib.training.train.run writes it (values made up)."""
+    """A schema-1 results record as ranlib.training.loop.run writes it (values made up)."""
     noise = None
     if noise_level:
         k = 10
@@ -329,12 +329,12 @@ def test_plan_runs_names_every_run_and_uses_the_smoke_subset(tmp_path):
 
 
 def test_plan_runs_configs_are_valid_train_configs(tmp_path):
-    train = pytest.importorskip("ranlib.training.train")
+    train_config = pytest.importorskip("ranlib.training.config")
     for name in experiments.EXPERIMENTS:
         exp = experiments.experiment(name)
         for config in planning.plan_runs(name, profile="quick", seeds=[0], dataset=exp.dataset,
                                        data_root=tmp_path):
-            resolved = train.resolve(train.TrainConfig(**config))
+            resolved = train_config.resolve(train_config.TrainConfig(**config))
             assert resolved.run_name == config["run_name"]
 
 
@@ -474,7 +474,7 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
     write_results(make_record("arl_vs_nal", "attention56-arl-quick-s0", "cifar_attention56",
                               error=5.0, kwargs={"residual_attention": True}), tmp_path)
     trained = []
-    monkeypatch.setattr("ranlib.training.train.run_group", lambda configs: [trained.append(c.run_name) or {} for c in configs])
+    monkeypatch.setattr("ranlib.training.loop.run_group", lambda configs: [trained.append(c.run_name) or {} for c in configs])
     records = planning.train_experiment("mask_structure", profile="quick", seeds=[0],
                                       dataset="cifar10-jpeg", data_root="d",
                                       results_dir=tmp_path)

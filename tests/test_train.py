@@ -18,8 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ranlib.training import splits, train
-from ranlib.training.runtime import Dist, native_bf16
+from ranlib.training import evaluation, loop, recipes, splits
+from ranlib.training.config import IDENTITY_FIELDS, IDENTITY_SUFFIX, TrainConfig, resolve
+from ranlib.training.runtime import Dist, native_bf16, resolve_precision
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.training.results import load_results
 
@@ -51,13 +52,13 @@ def subprocess_env() -> dict:
     return env
 
 
-def tiny_config(tmp_path: Path, data_root: Path, **overrides) -> train.TrainConfig:
+def tiny_config(tmp_path: Path, data_root: Path, **overrides) -> TrainConfig:
     values = dict(model=TINY_MODEL, dataset="folder", data_root=str(data_root), profile="smoke", batch_size=4,
                   iterations=4, eval_every=2, checkpoint_every=2, device="cpu", experiment="unit",
                   results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints"),
                   progress=False)
     values.update(overrides)
-    return train.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +86,15 @@ def one_thread():
 # --- schedule -------------------------------------------------------------------------------------------
 
 def test_paper_schedule_is_the_default():
-    rule = train.scaled_schedule(train.RECIPES["cifar"], 64)
+    rule = recipes.scaled_schedule(recipes.RECIPES["cifar"], 64)
     assert rule == {"lr": 0.1, "iterations": 160_000, "milestones": [64_000, 96_000], "warmup_iterations": 0}
-    config = train.resolve(train.TrainConfig(model="cifar_attention92", data_root="unused"))
+    config = resolve(TrainConfig(model="cifar_attention92", data_root="unused"))
     assert (config.batch_size, config.lr, config.iterations, config.milestones) == (64, 0.1, 160_000, [64_000, 96_000])
     assert (config.momentum, config.nesterov, config.weight_decay, config.warmup_iterations) == (0.9, True, 1e-4, 0)
 
 
 def test_large_batch_rule_keeps_epochs_and_scales_lr():
-    rule = train.scaled_schedule(train.RECIPES["cifar"], 512)
+    rule = recipes.scaled_schedule(recipes.RECIPES["cifar"], 512)
     assert rule["lr"] == pytest.approx(0.8)
     assert rule["iterations"] == 20_000 and rule["milestones"] == [8_000, 12_000]
     assert rule["iterations"] * 512 == 160_000 * 64  # same number of epochs
@@ -102,27 +103,27 @@ def test_large_batch_rule_keeps_epochs_and_scales_lr():
 
 
 def test_quick_profile_is_a_tenth_of_the_scaled_schedule():
-    config = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", data_root="unused"))
+    config = resolve(TrainConfig(model="cifar_attention92", profile="quick", data_root="unused"))
     assert config.batch_size == 256 and config.lr == pytest.approx(0.4)
     assert config.iterations == 4_000 and config.milestones == [1_600, 2_400]
     assert "Goyal" in config.schedule_rule and "0.1 of that schedule" in config.schedule_rule
-    explicit = train.resolve(train.TrainConfig(model="cifar_attention92", profile="quick", lr=0.05, iterations=100,
+    explicit = resolve(TrainConfig(model="cifar_attention92", profile="quick", lr=0.05, iterations=100,
                                                   data_root="unused"))
     assert explicit.lr == 0.05 and explicit.iterations == 100 and explicit.milestones == [40, 60]
     assert "explicit iterations, lr" in explicit.schedule_rule
 
 
 def test_imagenet_recipe():
-    config = train.resolve(train.TrainConfig(model="attention56", dataset="imagenet-folder", data_root="unused"))
+    config = resolve(TrainConfig(model="attention56", dataset="imagenet-folder", data_root="unused"))
     assert (config.batch_size, config.lr, config.weight_decay, config.nesterov) == (256, 0.1, 1e-4, False)
     assert config.iterations == 530_000 and config.milestones == [200_000, 400_000, 500_000]
     assert config.test_size == 224
-    assert train.resolve(train.TrainConfig(model="attention92", dataset="imagenet-folder",
+    assert resolve(TrainConfig(model="attention92", dataset="imagenet-folder",
                                           data_root="unused")).test_size == 320
 
 
 def test_warmup_then_step_decay():
-    factor = train.WarmupStepLR([10, 20], decay=0.1, warmup_iterations=4)
+    factor = recipes.WarmupStepLR([10, 20], decay=0.1, warmup_iterations=4)
     assert [factor(i) for i in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert factor(9) == 1.0 and factor(10) == pytest.approx(0.1) and factor(25) == pytest.approx(0.01)
 
@@ -141,7 +142,7 @@ def test_warmup_then_step_decay():
 ])
 def test_bad_configs_are_refused(overrides, error):
     with pytest.raises(error):
-        train.resolve(train.TrainConfig(**{"model": TINY_MODEL, "data_root": "unused", **overrides}))
+        resolve(TrainConfig(**{"model": TINY_MODEL, "data_root": "unused", **overrides}))
 
 
 # --- a real run -----------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_bad_configs_are_refused(overrides, error):
 def noisy_run(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("run")
     with single_thread():
-        record = train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
+        record = loop.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
     return tmp, record
 
 
@@ -194,7 +195,7 @@ def test_metrics_jsonl_and_lr_schedule(noisy_run):
 def test_a_finished_run_is_never_overwritten(noisy_run, data_root):
     tmp, _ = noisy_run
     with pytest.raises(ResultsExistError, match="is finished: its results file .* already exists and is kept") as info:
-        train.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
+        loop.run(tiny_config(tmp, data_root, noise_level=0.3, seed=3))
     assert "--overwrite" not in str(info.value)  # never advise the flag that would destroy it
 
 
@@ -202,8 +203,8 @@ def test_top5_is_reported_from_100_classes_and_then_in_curve_and_final_alike():
     torch.manual_seed(0)
     x, y = torch.randn(40, 8), torch.randint(0, 10, (40,))
     for classes, reported in ((10, False), (100, True)):
-        [result] = train.evaluate_members(torch.nn.Linear(8, classes), [(x, y)], torch.device("cpu"), "fp32")
-        assert (result["top5_error"] is not None) == reported == (classes >= train.TOP5_MIN_CLASSES)
+        [result] = evaluation.evaluate_members(torch.nn.Linear(8, classes), [(x, y)], torch.device("cpu"), "fp32")
+        assert (result["top5_error"] is not None) == reported == (classes >= evaluation.TOP5_MIN_CLASSES)
         if reported:
             assert 0 <= result["top5_error"] <= result["top1_error"]
 
@@ -214,7 +215,7 @@ def test_trainings_that_differ_never_share_a_name(tmp_path, data_root, one_threa
     """Runs that differ in lr, batch size or iterations once shared the default name: one's results
     ended up beside the other's checkpoint and the second's results were lost."""
     variants = {"base": {}, "lr": {"lr": 0.05}, "batch": {"batch_size": 2}, "iterations": {"iterations": 2}}
-    records = {key: train.run(tiny_config(tmp_path, data_root, **change)) for key, change in variants.items()}
+    records = {key: loop.run(tiny_config(tmp_path, data_root, **change)) for key, change in variants.items()}
     names = {key: record["run_name"] for key, record in records.items()}
     assert len(set(names.values())) == len(variants), names
     assert names["batch"].endswith("-b2-c6812f4") and "-b2" not in names["lr"]  # -bB for a batch of its own
@@ -228,7 +229,7 @@ def test_trainings_that_differ_never_share_a_name(tmp_path, data_root, one_threa
 def test_the_name_shows_the_batch_and_a_digest_of_what_differs():
     def name(**fields):
         fields = {"model": "cifar_attention92", "data_root": "d", "profile": "quick", "device": "cpu", **fields}
-        return train.resolve(train.TrainConfig(**fields)).run_name
+        return resolve(TrainConfig(**fields)).run_name
 
     plain = "cifar_attention92-cifar10-quick-s0"
     assert name() == name(batch_size=256) == name(lr=0.4) == name(iterations=4000) == plain  # the defaults
@@ -237,10 +238,10 @@ def test_the_name_shows_the_batch_and_a_digest_of_what_differs():
                                                            ("weight_decay", 5e-4), ("momentum", 0.8),
                                                            ("nesterov", False), ("accum_steps", 2),
                                                            ("milestones", [5]), ("train_size", 28)]}
-    assert len(digests) == 9 and all(train.IDENTITY_SUFFIX.search(n).group(2) for n in digests)
+    assert len(digests) == 9 and all(IDENTITY_SUFFIX.search(n).group(2) for n in digests)
     # provenance, not identity: how often it logs or checkpoints, where it writes, how it computes
     assert name(eval_every=7, checkpoint_every=9, results_dir="x", channels_last=True, compile=True) == plain
-    assert name(precision="auto") == name(precision=train.resolve_precision("auto", torch.device("cpu"))) == plain
+    assert name(precision="auto") == name(precision=resolve_precision("auto", torch.device("cpu"))) == plain
     assert name(precision="bf16" if name(precision="fp32") == plain else "fp32") != plain
     assert name(profile="full") == "cifar_attention92-cifar10-full-s0-b512"  # full always shows its batch
 
@@ -251,9 +252,9 @@ def test_every_training_field_is_either_named_or_provenance():
                   "channels_last", "compile", "compile_mode", "grad_checkpointing", "cuda_graphs", "conv_autotune",
                   "deterministic", "resume", "overwrite", "eval_every", "checkpoint_every", "log_every",
                   "num_workers", "progress", "schedule_rule", "batch_rule"}
-    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    assert named | provenance | set(train.IDENTITY_FIELDS) == fields  # a new field must be sorted into one
-    assert not (named | provenance) & set(train.IDENTITY_FIELDS)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert named | provenance | set(IDENTITY_FIELDS) == fields  # a new field must be sorted into one
+    assert not (named | provenance) & set(IDENTITY_FIELDS)
 
 
 def test_a_run_folder_is_locked_while_it_trains(tmp_path, data_root):
@@ -262,12 +263,12 @@ def test_a_run_folder_is_locked_while_it_trains(tmp_path, data_root):
     from ranlib.files import FolderLock
 
     config = tiny_config(tmp_path, data_root)
-    run_dir = tmp_path / "checkpoints" / "unit" / train.resolve(config).run_name
+    run_dir = tmp_path / "checkpoints" / "unit" / resolve(config).run_name
     with FolderLock(run_dir, "the other process's run"):  # as a second process holding it would
         with pytest.raises(RunLockedError, match=rf"is being trained by pid {os.getpid()} .*another --run-name"):
-            train.run(config)
+            loop.run(config)
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written, no metrics.jsonl
-    train.run(config)  # released: the run trains
+    loop.run(config)  # released: the run trains
     assert (run_dir / "last.pt").is_file()
 
 
@@ -298,7 +299,7 @@ def test_a_folder_that_cannot_be_written_is_found_before_training(tmp_path, data
     (tmp_path / "a-file").write_text("not a folder")
     for folder, flag in (("results_dir", "--results-dir"), ("checkpoint_dir", "--checkpoint-dir")):
         with pytest.raises(StorageError, match=f"cannot write in .*a-file.*choose another {flag}"):
-            train.run(tiny_config(tmp_path, data_root, **{folder: str(tmp_path / "a-file" / "x")}))
+            loop.run(tiny_config(tmp_path, data_root, **{folder: str(tmp_path / "a-file" / "x")}))
     assert not list(tmp_path.rglob("metrics.jsonl"))  # found before the first iteration
 
 
@@ -310,7 +311,7 @@ def test_too_little_space_for_an_atomic_checkpoint_is_found_before_training(tmp_
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
     with pytest.raises(StorageError, match="has 1 MiB free but writing the checkpoint atomically needs about"):
-        train.run(tiny_config(tmp_path, data_root))
+        loop.run(tiny_config(tmp_path, data_root))
     assert not list(tmp_path.rglob("metrics.jsonl")) and not list(tmp_path.rglob("last.pt"))
 
 
@@ -324,13 +325,13 @@ def test_a_results_folder_that_fails_at_the_end_keeps_the_run(tmp_path, data_roo
 
     config = tiny_config(tmp_path, data_root)
     with monkeypatch.context() as patch:
-        patch.setattr(train, "write_results", read_only)
+        patch.setattr(loop, "write_results", read_only)
         with pytest.raises(StorageError, match="is trained, but its results file .* could not be written "
                                                r"\(Permission denied\); its record is kept at .*--resume"):
-            train.run(config)
-    run_dir = tmp_path / "checkpoints" / "unit" / train.resolve(config).run_name
+            loop.run(config)
+    run_dir = tmp_path / "checkpoints" / "unit" / resolve(config).run_name
     kept = json.loads((run_dir / "results.json").read_text())
-    record = train.run(dataclasses.replace(config, resume=True))  # the folder fixed: the same command, --resume
+    record = loop.run(dataclasses.replace(config, resume=True))  # the folder fixed: the same command, --resume
     assert record["final"] == kept["final"] and record["curve"] == kept["curve"]
     events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert events.count("train") == 4 and events[-2:] == ["resume", "final"]  # nothing trained again
@@ -344,17 +345,17 @@ def test_a_results_file_that_appears_during_training_is_kept_and_so_is_the_run(t
     from ranlib.errors import StorageError
 
     config = tiny_config(tmp_path, data_root)
-    theirs = tmp_path / "results" / "unit" / f"{train.resolve(config).run_name}.json"
-    trained = train._GroupTraining.train
+    theirs = tmp_path / "results" / "unit" / f"{resolve(config).run_name}.json"
+    trained = loop._GroupTraining.train
 
     def train_while_the_other_finishes(self):
         trained(self)
         theirs.parent.mkdir(parents=True, exist_ok=True)
         theirs.write_text('{"the other run": 1}')
 
-    monkeypatch.setattr(train._GroupTraining, "train", train_while_the_other_finishes)
+    monkeypatch.setattr(loop._GroupTraining, "train", train_while_the_other_finishes)
     with pytest.raises(StorageError, match="appeared while this run trained"):
-        train.run(config)
+        loop.run(config)
     assert theirs.read_text() == '{"the other run": 1}'
     kept = tmp_path / "checkpoints" / "unit" / theirs.stem / "results.json"
     assert load_results(kept)[0]["run_name"] == theirs.stem
@@ -416,13 +417,13 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, data_root):
 
 def test_resume_refuses_a_different_configuration(tmp_path, data_root, one_thread):
     config = tiny_config(tmp_path, data_root, iterations=2, run_name="changed")
-    train.run(config)
+    loop.run(config)
     (tmp_path / "results" / "unit" / "changed.json").unlink()  # as if it had been killed
     from ranlib.errors import CheckpointError
     with pytest.raises(CheckpointError, match="lr"):
-        train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed", resume=True, lr=0.5))
+        loop.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed", resume=True, lr=0.5))
     with pytest.raises(ResultsExistError, match="--resume"):
-        train.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed"))
+        loop.run(tiny_config(tmp_path, data_root, iterations=2, run_name="changed"))
 
 
 @pytest.mark.slow
@@ -494,13 +495,13 @@ def test_every_evaluation_sees_the_whole_test_set_after_a_partial_pass(dataset, 
     split = splits.load_split([c], torch.device("cpu"), 32, Dist(), train=False, eval_batch_size=5)
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
     next(iter(split.test))  # a partial pass: the first batch only
-    evaluated = [train.evaluate(model, split.test, torch.device("cpu"), "fp32")["count"] for _ in range(2)]
+    evaluated = [evaluation.evaluate(model, split.test, torch.device("cpu"), "fp32")["count"] for _ in range(2)]
     assert evaluated == [split.info["num_test"]] * 2 == [16 if dataset == "folder" else 7] * 2
 
 
 def test_imagenet_folder_smoke_run(tmp_path, one_thread):
     root = _write_imagenet_folder(tmp_path / "inet", 4, 2)
-    record = train.run(train.TrainConfig(
+    record = loop.run(TrainConfig(
         model="attention56", dataset="imagenet-folder", data_root=str(root), profile="smoke", batch_size=2,
         iterations=1, train_size=64, test_size=64, num_workers=0, device="cpu", progress=False,
         results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "checkpoints")))

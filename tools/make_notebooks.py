@@ -4,7 +4,7 @@
     python tools/make_notebooks.py --check    # exit 1 if a committed notebook differs from this script
 
 The notebooks stay thin: every table and verdict is a call into ranlib.study.report and every plot into
-ranlib.study.plots (unit-tested in tests/test_report.py); training goes through ranlib.training.train.run via
+ranlib.study.plots (unit-tested in tests/test_report.py); training goes through ranlib.training.loop.run via
 planning.train_experiment. Paper numbers never appear here: claims and rows come from
 ranlib.study.experiments.EXPERIMENTS, built from ranlib.study.paper. Prose cites numbers and verdicts through myst-nb glue keys only.
 """
@@ -39,16 +39,16 @@ def parameters_cell(name: str, extra: str = "") -> nbformat.NotebookNode:
     dataset = exp.dataset if exp else "cifar10-jpeg"
     data_root = exp.data_root if exp else ".data/cifar10-jpeg"
     source = f'''\
-profile = "quick"  # training budget: "smoke" (seconds on a CPU) | "quick" | "paper" (ranlib.training.train.PROFILES)
+profile = "quick"  # training budget: "smoke" (seconds on a CPU) | "quick" | "paper" (ranlib.training.recipes.PROFILES)
 seeds = [0, 1]
 dataset = "{dataset}"  # a ranlib.data.cifar.DATASETS name
 data_root = "{data_root}"
 device = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
 results_dir = "results"  # results/<experiment>/*.json are read from (and written to) here
 checkpoint_dir = "checkpoints"
-train = False  # True: train the runs that have no results yet (ranlib.training.train.run); False: report only
+train = False  # True: train the runs that have no results yet (ranlib.training.loop.run); False: report only
 rows = None  # row keys to train (None: all rows; the smoke profile trains a small subset)
-train_overrides = {{}}  # extra ranlib.training.train.TrainConfig fields for every run, e.g. {{"iterations": 4}}
+train_overrides = {{}}  # extra ranlib.training.config.TrainConfig fields for every run, e.g. {{"iterations": 4}}
 ''' + extra
     return new_code_cell(source, metadata={"tags": ["parameters", "hide-cell"]})
 
@@ -97,7 +97,7 @@ def intro(name: str) -> nbformat.NotebookNode:
     return new_markdown_cell(
         f"# {exp.title}\n\n**Claim checked.** {exp.claim}\n\n"
         "Paper numbers come from `ranlib.study.paper` and are labelled as the paper's. Ours come from "
-        f"the results files in `results/{name}/`, written by `ranlib.training.train.run` (final model, never "
+        f"the results files in `results/{name}/`, written by `ranlib.training.loop.run` (final model, never "
         "the best epoch), each with its budget, hardware, precision, data and cost. Every number "
         f"measured on the JPEG copy of CIFAR-10 is labelled *{JPEG_LABEL}*. The rule each verdict "
         "follows is stated beside the verdicts.")

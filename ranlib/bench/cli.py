@@ -30,7 +30,7 @@ from ranlib.errors import RanlibError, ResultsExistError, print_error
 from ranlib.training import provenance
 from ranlib.training.results import benchmark_file_name, setup_text
 from ranlib.training.runtime import PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE_CPU
-from ranlib.training.train import COMPILE_MODES
+from ranlib.training.config import COMPILE_MODES
 
 from . import profile as profile_bench
 from .concurrent import measure_concurrent
@@ -59,7 +59,7 @@ class Case:
 # both ways, for its memory target.
 SUITE = (
     Case("cifar_attention92", 64),
-    Case("cifar_attention92", 256),  # the `quick` profile's batch (ranlib.training.train.PROFILES)
+    Case("cifar_attention92", 256),  # the `quick` profile's batch (ranlib.training.recipes.PROFILES)
     Case("cifar_resnet164", 64),
     Case("attention56", 64),
     Case("attention56", 64, grad_checkpointing=True),
@@ -138,7 +138,7 @@ def bench_one(case: Case, args: argparse.Namespace, *, baseline: bool) -> dict:
     """
     import ranlib
     from ranlib.training.runtime import Dist, resolve_precision, select_device
-    from ranlib.training.train import PROFILES, RECIPES
+    from ranlib.training.recipes import PROFILES, RECIPES
 
     model_name, batch_size = case.model, case.batch_size
     try:

@@ -5,11 +5,11 @@
 (:func:`ranlib.training.cpu_batch.step_seconds`, the loop's own step on synthetic batches) per
 precision (fp32, bf16 autocast) and memory format (NCHW, channels_last) at one batch, and at the
 candidate batches of the CPU profiles for the default precision and format (the choice
-``ranlib.training.train.resolve`` makes); the bf16 and fp32 matrix-product peaks
+``ranlib.training.config.resolve`` makes); the bf16 and fp32 matrix-product peaks
 (:func:`ranlib.training.runtime.matmul_peak`) and each step's share of its precision's peak (a step costs
 about 6 x the multiply-adds of a forward pass), by the wall clock and per second of the process's
 CPU time; and, with a data set, the real loop
-(``ranlib.training.train.run``: augmentation, the loss windows, logging, one evaluation) against the bare
+(``ranlib.training.loop.run``: augmentation, the loss windows, logging, one evaluation) against the bare
 step at the same settings, measured before and after it: the loop's images/s from the second
 log window on (training time, as the run's metrics report it) over the bare step's.
 
@@ -71,7 +71,7 @@ def log_every(iterations: int) -> int:
 def _train_config(model: str, dataset: str, data_root: str, folder: Path, *, iterations: int, **fields):
     """A quick-profile run of ``iterations`` on the CPU, evaluated once at the end, no checkpoint
     on the way, its files in ``folder``."""
-    from ranlib.training.train import TrainConfig
+    from ranlib.training.config import TrainConfig
     return TrainConfig(model=model, dataset=dataset, data_root=data_root, profile="quick", device="cpu",
                        iterations=iterations, log_every=log_every(iterations), eval_every=iterations,
                        checkpoint_every=iterations + 1, results_dir=str(folder / "results"),
@@ -79,8 +79,8 @@ def _train_config(model: str, dataset: str, data_root: str, folder: Path, *, ite
 
 
 def _train(config) -> tuple[dict, list[dict]]:
-    """``ranlib.training.train.run(config)``'s record and its ``train`` metric lines."""
-    from ranlib.training.train import run
+    """``ranlib.training.loop.run(config)``'s record and its ``train`` metric lines."""
+    from ranlib.training.loop import run
     record = run(config)
     metrics = Path(config.checkpoint_dir) / config.experiment / config.run_name / "metrics.jsonl"
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -139,7 +139,7 @@ def cpu_figures(model: str, *, batch_size: int | None, steps: int, warmup: int, 
     import ranlib
     from ranlib.training.cpu_batch import fastest_batch
     from ranlib.training.runtime import resolve_precision
-    from ranlib.training.train import CPU_BATCHES
+    from ranlib.training.recipes import CPU_BATCHES
 
     started, before = provenance.utc_now(), _conditions()
     device = torch.device("cpu")

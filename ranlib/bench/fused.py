@@ -6,7 +6,7 @@ For each of ``--fused-models`` (cifar_attention92, cifar_resnet164), ``--fused-b
 the quick profile's 256, per member), ``--members`` K (1 2 4 8 16) and ``--graphs`` (both, on,
 off), it builds K members (``ranlib.create_model``, seeds 0..K-1), fuses them
 (``ranlib.models.fused.fuse``) and times real training steps of ``ranlib.training.step.TrainStep`` as
-``ranlib.training.train.run_group`` runs them (Nesterov SGD with ``fused=graphs``, bf16 autocast and
+``ranlib.training.loop.run_group`` runs them (Nesterov SGD with ``fused=graphs``, bf16 autocast and
 channels_last on CUDA, the whole step one CUDA graph with graphs on), fed K random uint8
 batches made and normalised on the device and fused by ``fuse_inputs``: CUDA-event times of up
 to ``--steps`` steps (fewer when they would take longer than ``--seconds-per-config``) after
@@ -59,7 +59,7 @@ TARGET_PEAK_SHARE = {64: 0.15, "quick": 0.30}  # share of the measured bf16 matr
 
 
 def quick_batch_size() -> int:
-    from ranlib.training.train import PROFILES
+    from ranlib.training.recipes import PROFILES
     return PROFILES["cifar"]["quick"].batch_size
 
 
@@ -95,7 +95,7 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
                   precision: str, channels_last: bool, steps: int, warmup: int, seed: int,
                   max_seconds: float | None = None) -> dict:
     """Time real training steps of ``members`` fused members (seeds ``seed .. seed + K - 1``), as
-    ``ranlib.training.train.run_group`` trains them: :class:`ranlib.training.step.TrainStep`, Nesterov SGD
+    ``ranlib.training.loop.run_group`` trains them: :class:`ranlib.training.step.TrainStep`, Nesterov SGD
     (``fused=graphs``), ``precision`` autocast, the whole step one CUDA graph when ``graphs``.
 
     ``warmup`` untimed steps first (at least ``GRAPH_WARMUP_STEPS`` + 2 with graphs: eager steps,
@@ -108,7 +108,7 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
     from ranlib.models.fused import choose_conv_impls, fuse
     from ranlib.training.runtime import autocast, cuda_time_s, peak_memory_bytes
     from ranlib.training.step import GRAPH_WARMUP_STEPS, TrainStep
-    from ranlib.training.train import build_model
+    from ranlib.training.evaluation import build_model
 
     started = time.perf_counter()
     info = ranlib.model_info(model_name)
@@ -133,7 +133,7 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
         with autocast(device, precision):
             conv_impls = choose_conv_impls(model, batch()[0], cuda_time_s)["layers"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                                fused=graphs or None)  # as ranlib.training.train._train_group builds it
+                                fused=graphs or None)  # as ranlib.training.loop._train_group builds it
     build_seconds = time.perf_counter() - started
     windows = [torch.zeros(members, 3, dtype=torch.float64, device=device) for _ in range(2)]
     step = TrainStep(model, model, optimizer, windows=windows, precision=precision, cuda_graphs=graphs)
@@ -291,7 +291,7 @@ def run_fused(args: argparse.Namespace, clock_start: float, save: Callable[[dict
     device = select_device(args.device, Dist())
     precision = resolve_precision(args.precision, device)
     channels_last = True if args.channels_last is None else args.channels_last
-    if device.type == "cuda":  # as ranlib.training.train._configure_backends (TF32 flags left at torch's defaults, as
+    if device.type == "cuda":  # as ranlib.training.loop._configure_backends (TF32 flags left at torch's defaults, as
         torch.backends.cudnn.benchmark = True  # the plain baseline has them; the fused steps run in bf16)
     warmup = args.warmup if args.warmup is not None else 5
     graphs = {"both": [True, False], "on": [True], "off": [False]}[args.graphs]

@@ -37,7 +37,7 @@ def conv_layers(model_name: str) -> list[dict]:
     from torch import nn
 
     import ranlib
-    from ranlib.training.train import build_model
+    from ranlib.training.evaluation import build_model
 
     info = ranlib.model_info(model_name)
     model = build_model(model_name, {}, info.num_classes, 0).eval()

@@ -120,7 +120,8 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     """
     from ranlib.data.batches import GpuBatches
     from ranlib.training.runtime import autocast, peak_memory_bytes
-    from ranlib.training.train import build_model, enable_grad_checkpointing
+    from ranlib.training.evaluation import build_model
+    from ranlib.training.loop import enable_grad_checkpointing
 
     import ranlib
 

@@ -233,7 +233,7 @@ def _run_status(run: dict, campaign_running: bool) -> str:
 def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) -> str:
     from ranlib.training.results import results_path
 
-    from ranlib.training.train import TrainConfig, resolve
+    from ranlib.training.config import TrainConfig, resolve
 
     config = run["config"]
     folder = run_dir(config)

@@ -288,7 +288,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_sitting(args: argparse.Namespace) -> int:
     """One GPU sitting (:mod:`ranlib.campaign.sitting` says what it does and in which order)."""
     from ranlib.training.runtime import Dist, select_device
-    from ranlib.training.train import PROFILES
+    from ranlib.training.recipes import PROFILES
 
     if not args.minutes > 0:
         raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")
@@ -395,7 +395,8 @@ def _check_max_group(max_group: int) -> None:
 
 
 def _cmd_train_group(args: argparse.Namespace) -> int:
-    from ranlib.training.train import TrainConfig, resolve_fields, run_group
+    from ranlib.training.config import TrainConfig, resolve_fields
+    from ranlib.training.loop import run_group
 
     try:
         configs = json.loads(args.group_file.read_text())

@@ -108,7 +108,8 @@ class Estimator:
     def settled(self, config: dict):
         """The config as the training will run it here (schedule and device defaults filled in)."""
         from ranlib.training.runtime import Dist
-        from ranlib.training.train import TrainConfig, _settle_runtime, resolve
+        from ranlib.training.config import TrainConfig, resolve
+        from ranlib.training.loop import _settle_runtime
 
         c = resolve(TrainConfig(**config))
         _settle_runtime(c, self.device, Dist())

@@ -181,7 +181,7 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
     from ranlib.models.fused import choose_conv_impls, fuse, member_state_dict
     from ranlib.training.runtime import Dist, autocast, cuda_time_s, select_device, synchronize
     from ranlib.training.step import GRAPH_WARMUP_STEPS, TrainStep
-    from ranlib.training.train import evaluate_members
+    from ranlib.training.evaluation import evaluate_members
 
     report = Preflight()
     device = select_device(device_request, Dist())
@@ -333,7 +333,7 @@ def estimate_group_s(group: Sequence[dict], speed: "StepModel | None") -> float:
     import math
 
     from ranlib.models.complexity import model_counts
-    from ranlib.training.train import TrainConfig, resolve
+    from ranlib.training.config import TrainConfig, resolve
 
     if speed is None:
         return GROUP_STARTUP_S

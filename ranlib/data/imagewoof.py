@@ -51,7 +51,7 @@ NPZ_NAME = "imagewoof-112.npz"
 DATASET_ID = "imagewoof2-112"
 LABEL = "Imagewoof (10 ImageNet dog classes, 112 px)"
 CANVAS = (112, 160)  # (height, width) bound of every image once portrait images are transposed
-STAGE_RESPONSE_BATCH = 64  # the first test images, for Figure 4's stage responses (as ranlib.training.train)
+STAGE_RESPONSE_BATCH = 64  # the first test images, for Figure 4's stage responses (as ranlib.training.splits)
 _KEYS = ("train_jpeg", "train_offsets", "train_labels", "val_jpeg", "val_offsets", "val_labels", "class_names")
 _EVAL_CHUNK = 512  # test images resampled at once: bounds the float64 copy, not the result
 
@@ -303,7 +303,7 @@ def _check_size(size) -> int:
 
 @dataclasses.dataclass
 class ImagewoofSplit:
-    """What ``ranlib.training.train.Split`` takes from Imagewoof."""
+    """What ``ranlib.training.splits.Split`` takes from Imagewoof."""
 
     train: list[RandomResizedCropBatches] | None  # one per seed; None if not asked
     test: GpuBatches  # one ordered pass over the single-crop test set per iteration

@@ -2,7 +2,7 @@
 
 Each entry: ``topic``, ``paper_says``, ``we_chose``, ``why``. The code that implements a choice
 cites it in its own docstring (models here, data in ``ranlib.data.batches``, noise in ``ranlib.data.noise``,
-schedules in ``ranlib.training.train``); ``tests/test_models.py`` checks the model facts stated here.
+schedules in ``ranlib.training.recipes``); ``tests/test_models.py`` checks the model facts stated here.
 """
 
 OPEN_CHOICES = [

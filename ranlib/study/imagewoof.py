@@ -56,7 +56,8 @@ def network_counts(model: str, input_size: int = 112, num_classes: int = 10) -> 
 def schedule(profile: str = "quick") -> dict:
     """The resolved schedule of an Imagewoof run at ``profile``: batch, lr, iterations, milestones,
     warm-up, input size, epochs (of the 9,025 training images) and the rule's text."""
-    from ranlib.training.train import IMAGEWOOF_TRAIN_IMAGES, TrainConfig, resolve
+    from ranlib.training.config import TrainConfig, resolve
+    from ranlib.training.recipes import IMAGEWOOF_TRAIN_IMAGES
 
     c = resolve(TrainConfig(model="attention56", dataset="imagewoof", data_root=".", profile=profile))
     return {"batch_size": c.batch_size, "lr": c.lr, "iterations": c.iterations, "milestones": c.milestones,

@@ -25,7 +25,7 @@ from ranlib.data.decode import read_npz, sha256_file
 from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from ranlib.training.results import ensure_writable
 from ranlib.training.runtime import Dist, resolve_precision, select_device
-from ranlib.training.train import evaluate, load_trained, trained_model
+from ranlib.training.evaluation import evaluate, load_trained, trained_model
 
 EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
 # sha256 of the shared copy's exact subset (../shared/data/cifar10-jpeg/README.md): only that file is

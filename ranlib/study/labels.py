@@ -28,7 +28,7 @@ def _number(value: Any) -> float | None:
 def schedule_share(model: str, dataset: str, iterations: Any, batch_size: Any) -> dict | None:
     """``{"epochs", "paper_epochs", "share"}`` of a run's schedule against its recipe's (the paper's,
     except Imagewoof's, whose ``paper_epochs`` and ``share`` are None); None without a length."""
-    from ranlib.training.train import RECIPES, schedule_key
+    from ranlib.training.recipes import RECIPES, schedule_key
 
     iterations, batch_size = _number(iterations), _number(batch_size)
     if not iterations or not batch_size:
@@ -64,7 +64,7 @@ def budget_text(profile: str, iterations: Any, batch_size: Any, model: str, data
 
 def budget_phrase(profile: str, model: str, dataset: str) -> str:
     """A profile's default budget in words: ``"the quick budget (20 of the paper's 205 epochs, 10 %)"``."""
-    from ranlib.training.train import PROFILES, RECIPES, schedule_key, scaled_schedule
+    from ranlib.training.recipes import PROFILES, RECIPES, scaled_schedule, schedule_key
 
     key = schedule_key(model, dataset)
     budget = PROFILES[key][profile]

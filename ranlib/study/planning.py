@@ -1,10 +1,10 @@
 """Which runs an experiment needs, which results records are the same training, and training them.
 
 The campaign (:mod:`ranlib.campaign`), the notebooks and the command lines plan through here:
-:func:`plan_runs` gives the :class:`ranlib.training.train.TrainConfig` arguments of every run of an
+:func:`plan_runs` gives the :class:`ranlib.training.config.TrainConfig` arguments of every run of an
 experiment, :func:`same_training` and :func:`find_training` find a run already trained (one
 training of Attention-56 serves Tables 1, 3 and 4), :func:`train_experiment` trains what is
-missing through :func:`ranlib.training.train.run` only, and :func:`load_records` reads back every record
+missing through :func:`ranlib.training.loop.run` only, and :func:`load_records` reads back every record
 an experiment's page shows.
 """
 
@@ -28,11 +28,11 @@ def run_name(row: Row, profile: str, seed: int) -> str:
 
 def named(config: dict) -> dict:
     """``config`` with its run name ending in the identity suffix its training calls for
-    (:func:`ranlib.training.train.identity_suffix`: ``-bB`` for a batch other than the profile's, a digest
+    (:func:`ranlib.training.config.identity_suffix`: ``-bB`` for a batch other than the profile's, a digest
     for other fields that change the training), in place of any suffix it had; two planned
     trainings never share a name. Raises :class:`ranlib.errors.ConfigError` for a config that
     does not resolve, naming the run."""
-    from ranlib.training.train import IDENTITY_SUFFIX, identity_suffix, resolve_fields
+    from ranlib.training.config import IDENTITY_SUFFIX, identity_suffix, resolve_fields
 
     base = IDENTITY_SUFFIX.sub("", config["run_name"])
     resolved = resolve_fields({**config, "run_name": base}, f"the planned run {config.get('experiment')}/{base}")
@@ -91,7 +91,7 @@ def same_training(config: dict, record: dict) -> bool:
         return False
     if record_noise_level(record) != float(config.get("noise_level") or 0.0):
         return False
-    from ranlib.training.train import RESUMABLE_CHANGES
+    from ranlib.training.config import RESUMABLE_CHANGES
 
     # Fields a resumed run may change do not change what is trained (compiling, checkpointing...).
     extra = set(config) - set(_TRAINING_KEYS) - _NOT_TRAINING - RESUMABLE_CHANGES
@@ -115,7 +115,7 @@ def find_training(config: dict, results_dir: str | os.PathLike) -> dict | None:
 
 
 def train_experiment(name: str, *, skip_existing: bool = True, max_group: int = 8, **plan_kwargs) -> list[dict]:
-    """Train :func:`plan_runs`'s configs through :func:`ranlib.training.train.run_group`; returns their records.
+    """Train :func:`plan_runs`'s configs through :func:`ranlib.training.loop.run_group`; returns their records.
 
     A run is skipped (``skip_existing``) when its results file exists or another experiment
     already trained the same thing (:func:`find_training`: Attention-56 with mixed attention,
@@ -123,7 +123,8 @@ def train_experiment(name: str, *, skip_existing: bool = True, max_group: int = 
     with ``train=True`` only trains what is missing. The rest train as fused groups of up to
     ``max_group`` runs (:func:`group_runs`), each exactly as if trained alone.
     """
-    from ranlib.training.train import TrainConfig, run_group
+    from ranlib.training.config import TrainConfig
+    from ranlib.training.loop import run_group
 
     records: dict[int, dict] = {}
     missing = []
@@ -191,7 +192,7 @@ def load_records(results_dir: str | os.PathLike, name: str, *, shared: bool = Tr
     return with_charged_time(records, charged_device_s(root))
 
 
-# What the members of one fused group may differ in (ranlib.training.train.check_group): the run's name,
+# What the members of one fused group may differ in (ranlib.training.config.check_group): the run's name,
 # seed, label noise and the ARL/NAL switch.
 _MEMBER_FIELDS = ("experiment", "run_name", "seed", "noise_level", "model_kwargs")
 
@@ -220,7 +221,7 @@ def training_size(config: dict) -> dict:
     """Images and multiply-adds a planned run trains on (a training step costs about three
     forward passes), from the resolved schedule and the model variant's counts."""
     from ranlib.models.complexity import model_counts
-    from ranlib.training.train import TrainConfig, resolve
+    from ranlib.training.config import TrainConfig, resolve
 
     resolved = resolve(TrainConfig(**config))
     images = resolved.iterations * resolved.batch_size

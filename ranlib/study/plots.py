@@ -218,7 +218,7 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
     from ranlib.training.checkpoint import load_checkpoint
     from ranlib.training.runtime import Dist, select_device
     from ranlib.training.splits import load_cifar_split
-    from ranlib.training.train import TrainConfig, resolve
+    from ranlib.training.config import TrainConfig, resolve
 
     path = resolve_path(path)
     saved = load_checkpoint(path)
@@ -241,7 +241,7 @@ def _trained_masks(path, saved: dict, config, num_classes: int, x) -> dict:
     import torch
 
     from ranlib.models import analysis
-    from ranlib.training.train import trained_model
+    from ranlib.training.evaluation import trained_model
 
     model = trained_model(saved, config, num_classes, path).to(x.device).eval()
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Tables that set our results beside the paper's, the compute ledgers, and the book's summaries.
 
 The notebooks in ``notebooks/`` stay thin: they call :func:`ranlib.study.planning.train_experiment`
-(which only builds :class:`ranlib.training.train.TrainConfig` objects and calls :func:`ranlib.training.train.run`),
+(which only builds :class:`ranlib.training.config.TrainConfig` objects and calls :func:`ranlib.training.loop.run`),
 then :func:`ranlib.study.planning.load_records`, :func:`show_results` and :func:`show_claims` here
 (:func:`results_table` and :func:`claims_table` shown with their labels, rule and units) and the
 ``plot_*`` helpers of :mod:`ranlib.study.plots`. The book's summary pages call :func:`claims_summary`
@@ -689,7 +689,7 @@ def performance_table(benchmarks: Sequence[dict]) -> pd.DataFrame:
 
 def performance_targets(benchmarks: Sequence[dict]) -> pd.DataFrame:
     """The issue's targets against every figures file that speaks to one: met, or not."""
-    from ranlib.training.train import PROFILES
+    from ranlib.training.recipes import PROFILES
 
     quick_batch = PROFILES["cifar"]["quick"].batch_size
     lines = []

@@ -57,7 +57,7 @@ def _all_records(results_root) -> list[dict]:
 
 def training_flops(model: str, dataset: str, profile: str, macs: dict[str, int]) -> float | None:
     """FLOPs of one training run at ``profile`` (None when the model's count or profile is missing)."""
-    from ranlib.training.train import PROFILES, RECIPES, schedule_key, scaled_schedule
+    from ranlib.training.recipes import PROFILES, RECIPES, scaled_schedule, schedule_key
 
     key = schedule_key(model, dataset)
     budget = PROFILES[key].get(profile)

@@ -7,7 +7,7 @@ steps at each candidate batch and keeps the fastest. The rates are cached in
 ``<user cache>/ranlib/cpu-batch.json`` (:func:`ranlib.paths.cache_dir`) under a key naming the
 CPU, torch's thread count and version, the model, precision and memory format, so every later
 run on the machine resolves the same batch without measuring (a lock keeps two processes from
-measuring at once), and a run on another machine measures its own. ``ranlib.training.train.resolve``
+measuring at once), and a run on another machine measures its own. ``ranlib.training.config.resolve``
 asks it for profiles with CPU candidates (``Profile.cpu_batches``) and records the figures in the
 run's ``batch_rule``.
 """

@@ -87,7 +87,7 @@ def key_values(items: list[str]) -> dict:
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         if f.name not in TRAIN_HELP:
