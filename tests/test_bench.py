@@ -238,23 +238,23 @@ def test_train_compile_mode_is_checked_and_reaches_torch_compile(tmp_path, one_t
 # --- the Performance page's tables ------------------------------------------------------------------
 
 def test_performance_tables_read_the_figures_and_profiles_bench_wrote(tmp_path, one_thread):
-    from ranlib.study import report
+    from ranlib.study import performance
 
     out = tmp_path / "performance"
     assert bench.main([*TINY, "--baseline", "--out", str(out), "--profile", str(out / "profiles")]) == 0
-    [b] = report.read_benchmarks(tmp_path)
+    [b] = performance.read_benchmarks(tmp_path)
     assert b["profile"] is not None and b["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json"
-    [row] = report.performance_table([b]).to_dict("records")
+    [row] = performance.performance_table([b]).to_dict("records")
     assert row["speed-up"] == round(b["speedup"], 2) and row["setup"] == "gpu_batches, fp32, NCHW"
-    [profiled] = report.profile_table([b]).to_dict("records")
+    [profiled] = performance.profile_table([b]).to_dict("records")
     shares = [v for k, v in profiled.items() if k.endswith(" %") and k != "GPU idle %"]
     assert sum(shares) == pytest.approx(100, abs=0.5)
-    assert report.concurrency_table([b]).empty
-    assert report.performance_targets([b]).empty  # a tiny CPU model speaks to no target
+    assert performance.concurrency_table([b]).empty
+    assert performance.performance_targets([b]).empty  # a tiny CPU model speaks to no target
 
 
 def test_performance_targets_are_judged_on_the_right_configurations(tmp_path, one_thread):
-    from ranlib.study import report
+    from ranlib.study import performance
 
     out = tmp_path / "figures.json"
     assert bench.main([*TINY, "--baseline", "--json", str(out)]) == 0
@@ -267,7 +267,7 @@ def test_performance_targets_are_judged_on_the_right_configurations(tmp_path, on
         r["ranlib"]["peak_reserved_bytes"] = reserved
         return r
 
-    targets = report.performance_targets([
+    targets = performance.performance_targets([
         variant("cifar_attention92", 32, 64, 3.4, 25.0, 2.5),
         variant("cifar_attention92", 32, 256, 2.9, 12.0, 1.2),
         variant("attention56", 224, 64, 1.5, 90.0, 9.0, reserved=12e9),
@@ -295,7 +295,7 @@ FUSED_TINY = ["--fused", "--fused-models", TINY_MODEL, "--members", "1", "2", "-
 
 
 def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both(tmp_path, capsys, one_thread):
-    from ranlib.study import report
+    from ranlib.study import performance
 
     out = tmp_path / "performance"
     assert bench.main([*TINY, "--baseline", "--out", str(out)]) == 0  # an ordinary figures file beside it
@@ -330,11 +330,11 @@ def test_fused_bench_writes_its_file_beside_the_others_and_the_report_reads_both
     printed = capsys.readouterr().out
     assert "x separate" in printed and "target not measured" in printed
     # The Performance page's readers: the ordinary file as before, the fused one on its own.
-    [ordinary] = report.read_benchmarks(tmp_path)
-    assert ordinary["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json" and len(report.performance_table([ordinary])) == 1
-    fused = report.read_fused_benchmarks(tmp_path)
-    assert len(fused) == 1 and len(report.fused_table(fused)) == 2
-    assert report.fused_targets(fused)["met"].tolist() == ["not measured"] * 4
+    [ordinary] = performance.read_benchmarks(tmp_path)
+    assert ordinary["file"] == f"{TINY_MODEL}-32-b4-fp32-nchw.json" and len(performance.performance_table([ordinary])) == 1
+    fused = performance.read_fused_benchmarks(tmp_path)
+    assert len(fused) == 1 and len(performance.fused_table(fused)) == 2
+    assert performance.fused_targets(fused)["met"].tolist() == ["not measured"] * 4
     assert bench.main([*FUSED_TINY, "--out", str(out)]) == 1  # no silent overwrite
     assert "already exists" in error_line(capsys)
 

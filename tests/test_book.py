@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranlib.study import paper, planning, report, status, verdicts
+from ranlib.study import compute, paper, planning, report, status, tables, verdicts
 from ranlib.study.experiments import EXPERIMENTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,9 +342,9 @@ def test_experiment_pages_show_our_runs_or_say_there_are_none(built_book, name):
 
 def test_setup_states_the_jpeg_caveat_and_compute_page_the_ledger(built_book):
     assert JPEG_LABEL in page_text(built_book / "setup.html")
-    compute = page_text(built_book / "compute.html")
-    ledger = report.compute_ledger(REPO / "results").set_index("experiment")
-    assert f"from {int(ledger.loc['total', 'runs'])} training runs" in compute
+    page = page_text(built_book / "compute.html")
+    ledger = compute.compute_ledger(REPO / "results").set_index("experiment")
+    assert f"from {int(ledger.loc['total', 'runs'])} training runs" in page
 
 
 def test_performance_page_shows_benchmarks_or_the_command(built_book):
@@ -402,7 +402,7 @@ def test_every_verdict_row_shows_the_papers_number(built_book):
         claims = report.claims_table(name, planning.load_records(REPO / "results", name))
         for line in claims.to_dict("records"):
             shown = line["paper_text"]
-            assert shown != report.MISSING and says(shown, text), f"{name}: {line['claim']!r} lacks {shown!r}"
+            assert shown != tables.MISSING and says(shown, text), f"{name}: {line['claim']!r} lacks {shown!r}"
             assert says(shown, summary), f"summary: {line['claim']!r} lacks {shown!r}"
 
 

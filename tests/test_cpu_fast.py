@@ -15,7 +15,7 @@ from ranlib.training import cpu_batch, loop, recipes, runtime
 from ranlib.training.config import TrainConfig, resolve
 from ranlib.training.step import TrainStep
 
-from ranlib.study import report
+from ranlib.study import performance
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
 RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # issue 18's Attention-56 figures: 128 is fastest
@@ -217,8 +217,8 @@ def test_the_loops_share_of_the_bare_step(tmp_path, one_thread):
                        "--dataset", "folder", "--data-root", str(root), "--iterations", "8", "--max-test-samples", "4",
                        "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    [read] = report.read_performance("cpu", tmp_path / "results")  # what the Performance page reads
-    assert len(report.cpu_table([read])) == 4 and report.loop_share_table([read])["loop share %"].item() == \
+    [read] = performance.read_performance("cpu", tmp_path / "results")  # what the Performance page reads
+    assert len(performance.cpu_table([read])) == 4 and performance.loop_share_table([read])["loop share %"].item() == \
         round(100 * record["loop"]["share"], 1)
     assert {r["batch_size"] for r in record["step"]} == {2} and len(record["step"]) == 4
     loop = record["loop"]
@@ -243,7 +243,7 @@ def test_bf16_against_two_fp32_seeds(tmp_path, capsys, one_thread):
     assert bench.main(["--precision-check", "--batch-size", "2", "--dataset", "folder", "--data-root", str(root),
                        "--iterations", "4", "--max-test-samples", "4", "--out", str(out)]) == 0
     record = json.loads((out / f"precision-check-{TINY_MODEL}-b2.json").read_text())
-    table = report.precision_check_table(report.read_performance("precision_check", tmp_path / "results"))
+    table = performance.precision_check_table(performance.read_performance("precision_check", tmp_path / "results"))
     assert table["bf16 trains like fp32"].tolist() == ["yes" if record["agree"] else "no"]  # the open-choices page
     assert [(r["precision"], r["seed"]) for r in record["runs"]] == [("fp32", 0), ("fp32", 1), ("bf16", 0)]
     assert all(r["iterations"] == [1, 2, 3, 4] and len(r["train_loss"]) == 4 for r in record["runs"])

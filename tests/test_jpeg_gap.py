@@ -11,7 +11,7 @@ from PIL import Image
 from fakedata import encode, pack_npz, random_images
 from ranlib.data import cifar as data
 from ranlib.data import decode
-from ranlib.study import jpeg_gap, report
+from ranlib.study import jpeg_gap
 from ranlib.training import loop
 from ranlib.training.config import TrainConfig
 from ranlib.errors import DataFormatError, DataNotFoundError
@@ -86,11 +86,11 @@ def test_cli_writes_and_never_overwrites_and_the_book_reads_it(trained, tmp_path
     assert "exact official test images" in capsys.readouterr().out
     assert jpeg_gap.main(args) == 1
     assert "already exists" in capsys.readouterr().err
-    [line] = report.jpeg_gap_table(tmp_path).to_dict("records")
+    [line] = jpeg_gap.jpeg_gap_table(tmp_path).to_dict("records")
     written = json.loads(out.read_text())
     assert line["run"] == checkpoint.parent.name and line["images"] == N_TEST
     assert line["JPEG - exact"] == round(written["jpeg_minus_exact"], 2)
-    assert report.jpeg_gap_table(tmp_path / "elsewhere").empty
+    assert jpeg_gap.jpeg_gap_table(tmp_path / "elsewhere").empty
 
 
 def test_data_root_may_be_the_npz_file(trained):

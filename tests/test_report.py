@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranlib.study import experiments, paper, planning, plots, report, verdicts
+from ranlib.study import complexity, compute, experiments, jpeg_gap, paper, planning, plots, report, tables, verdicts
 
 from ranlib import paths
 from ranlib.study.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
@@ -96,9 +96,9 @@ def test_mean_std_uses_the_sample_std_and_skips_missing_values():
 
 
 def test_format_mean_std():
-    assert report.format_mean_std(5.5, 0.7071, 2) == "5.50 ± 0.71 (n=2)"
-    assert report.format_mean_std(5.5, math.nan, 1) == "5.50 (n=1)"
-    assert report.format_mean_std(math.nan, math.nan, 0) == "–"
+    assert tables.format_mean_std(5.5, 0.7071, 2) == "5.50 ± 0.71 (n=2)"
+    assert tables.format_mean_std(5.5, math.nan, 1) == "5.50 (n=1)"
+    assert tables.format_mean_std(math.nan, math.nan, 0) == "–"
 
 
 # --- verdict rules ----------------------------------------------------------------------------
@@ -401,16 +401,16 @@ def test_complexity_claims_against_paper_and_deploy_files(tmp_path):
                {"name": "cifar_attention92", "params": 2.6e6, "macs": 1e9, "input_size": 32}]
     path = tmp_path / "complexity.json"
     path.write_text(json.dumps({"models": entries}))
-    claims = report.complexity_claims(report.read_complexity(path))
+    claims = complexity.complexity_claims(complexity.read_complexity(path))
     # paper names, not the registry's identifiers
     assert claim(claims, "Attention-56 (ImageNet): params (M), official")["verdict"] == verdicts.REPRODUCED
     assert claim(claims, "Attention-56 (ImageNet): params (M), paper")["verdict"] == verdicts.REPRODUCED
     assert claim(claims, "Attention-92 (CIFAR): params (M), paper")["verdict"] == verdicts.NOT_REPRODUCED
     assert claim(claims, "ResNet-152 (ImageNet): params (M), paper")["verdict"] == verdicts.NOT_RUN
-    table = report.complexity_table(entries).set_index("name")
+    table = complexity.complexity_table(entries).set_index("name")
     assert table.loc["cifar_attention92", "model"] == "Attention-92 (CIFAR)"
     assert table.loc["attention56", "official params (M)"] == pytest.approx(31.8)
-    assert report.read_complexity(tmp_path / "absent.json") is None
+    assert complexity.read_complexity(tmp_path / "absent.json") is None
 
 
 # --- summaries on a results folder ------------------------------------------------------------
@@ -427,7 +427,7 @@ def test_claims_summary_and_ledger_from_a_results_folder(tmp_path):
     assert set(summary["verdict"]) <= set(verdicts.VERDICTS)
     assert claim(summary, "Attention-56: ARL beats NAL")["verdict"] == verdicts.REPRODUCED
 
-    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    ledger = compute.compute_ledger(tmp_path).set_index("experiment")
     assert ledger.loc["arl_vs_nal", "runs"] == 4
     assert ledger.loc["arl_vs_nal", "gpu_minutes"] == pytest.approx(40.0)
     assert ledger.loc["label_noise", "cpu_minutes"] == pytest.approx(2.0)
@@ -450,7 +450,7 @@ def test_one_training_serves_every_table_with_that_row(tmp_path):
     assert planning.load_records(tmp_path, "attention_types", shared=False) == []
     assert len(planning.load_records(tmp_path, "arl_vs_nal")) == 4  # its own, not twice
     assert planning.load_records(tmp_path, "label_noise") == []  # noise rows do not match
-    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    ledger = compute.compute_ledger(tmp_path).set_index("experiment")
     assert (ledger.loc["attention_types", "runs"], ledger.loc["total", "runs"]) == (0, 4)
 
 
@@ -483,7 +483,7 @@ def test_train_experiment_does_not_train_what_another_experiment_trained(tmp_pat
 
 
 def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
-    assert report.campaign_ledger(tmp_path).empty
+    assert compute.campaign_ledger(tmp_path).empty
     line = dict.fromkeys(LEDGER_FIELDS, "")
     append_ledger(tmp_path / LEDGER_NAME, [
         {**line, "experiment": "arl_vs_nal", "run_name": "a", "status": "finished", "wall_s": 600,
@@ -492,7 +492,7 @@ def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
          "device_s": 300, "max_concurrent": 2, "device_name": "H100"},
         {**line, "experiment": "arl_vs_nal", "run_name": "c", "status": "interrupted", "wall_s": 60,
          "device_s": 60, "max_concurrent": 1, "device_name": "H100"}])
-    table = report.campaign_ledger(tmp_path).set_index(["experiment", "status"])
+    table = compute.campaign_ledger(tmp_path).set_index(["experiment", "status"])
     finished = table.loc[("arl_vs_nal", "finished")]
     assert (finished["sittings"], finished["device_minutes"], finished["wall_minutes"]) == (2, 10.0, 20.0)
     assert table.loc[("arl_vs_nal", "interrupted"), "device_minutes"] == 1.0
@@ -504,13 +504,13 @@ def test_campaign_ledger_sums_the_charged_device_time_per_experiment(tmp_path):
         "run_name")["device_minutes"]
     assert (minutes["a"], minutes["b"]) == (5.0, 5.0)
     assert minutes["c"] == 10.0  # interrupted and not finished by a campaign: its own record
-    assert report.compute_ledger(tmp_path).set_index("experiment").loc["arl_vs_nal", "gpu_minutes"] == 20.0
+    assert compute.compute_ledger(tmp_path).set_index("experiment").loc["arl_vs_nal", "gpu_minutes"] == 20.0
 
 
 def test_ledger_skips_files_that_are_not_run_records(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "complexity.json").write_text(json.dumps({"models": []}))
-    ledger = report.compute_ledger(tmp_path).set_index("experiment")
+    ledger = compute.compute_ledger(tmp_path).set_index("experiment")
     assert ledger.loc["models", "runs"] == 0
 
 
@@ -550,11 +550,11 @@ def test_plot_masks_draws_one_panel_per_module_and_image():
 
 
 def test_write_complexity_round_trip(tmp_path):
-    path = report.write_complexity(tmp_path / "models" / "complexity.json", ["cifar_attention56"])
-    entries = report.read_complexity(path)
+    path = complexity.write_complexity(tmp_path / "models" / "complexity.json", ["cifar_attention56"])
+    entries = complexity.read_complexity(path)
     assert [e["name"] for e in entries] == ["cifar_attention56"]
     assert entries[0]["params"] > 0 and entries[0]["macs"] > 0
-    table = report.complexity_table(entries)
+    table = complexity.complexity_table(entries)
     assert table.loc[0, "paper params (M)"] is None  # Attention-56 is not in Table 6
 
 
@@ -562,10 +562,10 @@ def test_book_tables_have_no_index_a_dash_for_missing_values_and_the_papers_deci
     import math
 
     frame = pd.DataFrame({"network": ["A", "B"], "paper (%)": [5.52, 4.4], "delta": [0.123, math.nan]})
-    html = report.table_html(frame)
+    html = tables.table_html(frame)
     assert "row_heading" not in html and "5.52" in html and "4.40" in html and "0.12" in html
-    assert "NaN" not in html and "nan" not in html and report.MISSING in html
-    html = report.table_html(frame, formats={"paper (%)": "{:g}"})
+    assert "NaN" not in html and "nan" not in html and tables.MISSING in html
+    html = tables.table_html(frame, formats={"paper (%)": "{:g}"})
     assert ">4.4<" in html
 
 
@@ -573,12 +573,12 @@ def test_show_folds_the_detail_columns(monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
     frame = pd.DataFrame({"claim": ["c"], "verdict": ["v"], "seeds": ["0, 1"]})
-    report.show(frame, ["claim", "verdict"], details=["claim", "seeds"], summary="More")
+    tables.show(frame, ["claim", "verdict"], details=["claim", "seeds"], summary="More")
     assert len(shown) == 2 and "seeds" not in shown[0]
     assert shown[1].startswith('<details class="ranlib-details"><summary>More</summary>')
     assert "0, 1" in shown[1]
     shown.clear()
-    report.show(frame, [], details=["claim", "seeds"])
+    tables.show(frame, [], details=["claim", "seeds"])
     assert len(shown) == 1 and shown[0].startswith("<details")
 
 
@@ -591,7 +591,7 @@ def test_display_path_never_shows_the_machines_absolute_path(tmp_path):
 
 
 def test_sittings_table_gives_each_sittings_device_minutes(tmp_path):
-    assert report.sittings_table(tmp_path).empty
+    assert compute.sittings_table(tmp_path).empty
     line = dict.fromkeys(LEDGER_FIELDS, "")
     first, second = "2026-11-29T10:00:00+00:00", "2026-11-30T10:00:00+00:00"
     append_ledger(tmp_path / LEDGER_NAME, [
@@ -601,11 +601,11 @@ def test_sittings_table_gives_each_sittings_device_minutes(tmp_path):
          "device_name": "H200"},
         {**line, "campaign_started_at": second, "run_name": "b", "status": "finished", "device_s": 60,
          "device_name": "H200"}])
-    table = report.sittings_table(tmp_path)
+    table = compute.sittings_table(tmp_path)
     assert table["sitting started (UTC)"].tolist() == [first, second]
     assert table["device minutes"].tolist() == [7.0, 1.0]
     assert table[["finished", "interrupted", "failed"]].values.tolist() == [[1, 1, 0], [1, 0, 0]]
-    view = report.hours_view(table)  # as the Compute page shows it: hours, no machinery words
+    view = compute.hours_view(table)  # as the Compute page shows it: hours, no machinery words
     assert view["device-hours"].tolist() == pytest.approx([7 / 60, 1 / 60])
     assert not any("sitting" in column or "minutes" in column for column in view.columns)
 
@@ -623,7 +623,7 @@ def test_the_full_profile_judges_orderings_but_not_absolute_errors():
 def test_every_claim_row_shows_the_papers_number_even_without_results():
     for name, exp in experiments.EXPERIMENTS.items():
         for line in report.claims_table(name, []).to_dict("records"):
-            assert math.isfinite(line["paper"]) and line["paper_text"] != report.MISSING, (name, line["claim"])
+            assert math.isfinite(line["paper"]) and line["paper_text"] != tables.MISSING, (name, line["claim"])
             if line["kind"] != "absolute" and line["kind"] != "response":  # the two errors beside the gap
                 assert " vs " in line["paper_text"] and "%" in line["paper_text"], line["paper_text"]
     proxy = report.claims_table("imagewoof", [])
@@ -744,14 +744,14 @@ def test_what_running_a_chapter_needs_is_estimated_from_the_planner_and_measured
 
 
 def test_the_jpeg_caveat_reads_a_measured_cost_or_labels_the_quoted_one(tmp_path):
-    quoted = report.jpeg_cost(tmp_path)
+    quoted = jpeg_gap.jpeg_cost(tmp_path)
     assert quoted["source"] == "quoted" and "quoted, not measured here" in quoted["text"]
     (tmp_path / "jpeg_gap").mkdir()
     (tmp_path / "jpeg_gap" / "a.json").write_text(json.dumps({
         "checkpoint": "checkpoints/attention_types/attention56-mixed-quick-s0/last.pt", "model": "cifar_attention56",
         "iteration": 8000, "num_images": 846, "top1_error_exact": 14.0, "top1_error_jpeg": 15.0,
         "jpeg_minus_exact": 1.0, "mean_abs_pixel_difference": 5.8, "provenance": {"device_name": "AMD EPYC"}}))
-    measured = report.jpeg_cost(tmp_path)
+    measured = jpeg_gap.jpeg_cost(tmp_path)
     half = 1.96 * math.sqrt(0.14 * 0.86 / 846 + 0.15 * 0.85 / 846) * 100
     assert measured["source"] == "measured" and measured["points"] == 1.0
     assert (measured["low"], measured["high"]) == pytest.approx((1.0 - half, 1.0 + half))

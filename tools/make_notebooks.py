@@ -121,7 +121,9 @@ def table_cells(name: str) -> list[nbformat.NotebookNode]:
 
 def experiment_notebook(name: str, extra_cells: list | None = None, *, extra_params: str = "",
                         train_guard: str = "") -> nbformat.NotebookNode:
-    cells = [intro(name), parameters_cell(name, extra_params), setup_cell(name),
+    shows_tables = any("tables.show(" in "".join(cell.source) for cell in extra_cells or [])
+    cells = [intro(name), parameters_cell(name, extra_params),
+             setup_cell(name, "planning, plots, report, status" + (", tables" if shows_tables else "")),
              train_cell(name, train_guard), *table_cells(name), *(extra_cells or [])]
     return new_notebook(cells=cells, metadata={"kernelspec": KERNEL})
 
@@ -137,7 +139,7 @@ def arl_vs_nal() -> nbformat.NotebookNode:
         new_code_cell("responses = plots.responses_frame(EXPERIMENT, records)\n"
                       "ax = plots.plot_stage_responses(EXPERIMENT, records)\nplt.show()\n"
                       "if not responses.empty:\n"
-                      '    report.show(plots.responses_table(responses), digits=3)', metadata=CODE_FOLDED),
+                      '    tables.show(plots.responses_table(responses), digits=3)', metadata=CODE_FOLDED),
     ])
 
 
@@ -158,7 +160,7 @@ def label_noise() -> nbformat.NotebookNode:
                       "    noisiest = max((r for r in records if r.get(\"noise\")), key=lambda r: r[\"noise\"][\"level\"])\n"
                       "    plots.plot_transition_matrix(noisiest)\n"
                       "    plt.show()\n"
-                      "    report.show(noise.rename(columns={\"level\": \"requested\", \"achieved_rate\": \"achieved\"}),\n"
+                      "    tables.show(noise.rename(columns={\"level\": \"requested\", \"achieved_rate\": \"achieved\"}),\n"
                       "                [\"network\", \"seed\", \"requested\", \"achieved\"], formats=plots.NOISE_FORMATS)",
                       metadata=CODE_FOLDED),
     ])
@@ -221,7 +223,7 @@ glue("imagewoof_estimate", Markdown(
     f"about {{cost[estimates[0]].iloc[-1] / 3600:.2f}} GPU-hours at "
     f"{{100 * imagewoof.ASSUMED_MFU:.0f}} % of the peak, {{cost[estimates[1]].iloc[-1] / 3600:.2f}} at "
     f"{{100 * imagewoof.PESSIMISTIC_MFU:.0f}} %"), display=False)
-report.show(cost, formats=imagewoof.FORMATS)''', metadata=CODE_FOLDED),
+tables.show(cost, formats=imagewoof.FORMATS)''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours\n\nOne line per network and budget: top-1 error on Imagewoof's "
                           "3,929 validation images (mean ± sample std over seeds), parameters (10-way "
                           "classifier) and multiply-adds at the input size, epochs, the CPU- or "
@@ -229,7 +231,7 @@ report.show(cost, formats=imagewoof.FORMATS)''', metadata=CODE_FOLDED),
                           "as context for the orderings only."),
         new_code_cell('table = imagewoof.results_table(records)\n'
                       'glue("imagewoof_table", table, display=False)\n'
-                      'report.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
+                      'tables.show(table, ["network", "top-1 error (%)", "params (M)", "GMACs", "budget"],\n'
                       '            details=["network", "input", "epochs", "seeds", "cost", "trained on",\n'
                       '                     "paper ImageNet params (M)", "paper ImageNet top-1 (%)"],\n'
                       '            summary="Input, epochs, seeds, cost and the paper\'s ImageNet figures",\n'
@@ -249,14 +251,14 @@ line = context.iloc[0]
 glue("imagewoof_leaderboard", Markdown(
     f"{{line['leaderboard top-1 error (%)']:.2f}} % top-1 error after {{line['leaderboard epochs']}} epochs; "
     f"ours: {{line['our top-1 error (%), best – worst network']}}"), display=False)
-report.show(context, ["our epochs", "our top-1 error (%), best – worst network", "leaderboard epochs",
+tables.show(context, ["our epochs", "our top-1 error (%), best – worst network", "leaderboard epochs",
                       "leaderboard top-1 error (%)"], details=["best", "worst", "leaderboard"],
             summary="Networks and source")''', metadata=CODE_FOLDED),
         new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\n"
                       "if ax is not None:\n    plt.show()", metadata=CODE_FOLDED),
     ]
     return new_notebook(cells=[intro_cell, parameters_cell("imagewoof"),
-                               setup_cell("imagewoof", "imagewoof, planning, plots, report, status"),
+                               setup_cell("imagewoof", "imagewoof, planning, plots, report, status, tables"),
                                train_cell("imagewoof", guard), *body],
                         metadata={"kernelspec": KERNEL})
 
@@ -275,33 +277,33 @@ model_names = []  # models to count (empty: every registered model)
     body = [
         new_code_cell('''\
 if train:  # count again and keep the counts (with provenance) as this experiment's results
-    report.write_complexity(complexity_file, model_names or None)
-entries = report.read_complexity(complexity_file)
+    complexity.write_complexity(complexity_file, model_names or None)
+entries = complexity.read_complexity(complexity_file)
 if entries is not None:
     source = f"read from `{display_path(resolve_path(complexity_file))}`"
 else:
-    entries = report.complexity_entries(model_names or None)
+    entries = complexity.complexity_entries(model_names or None)
     source = (f"computed live with `ranlib.complexity` in this notebook "
               f"(`{display_path(resolve_path(complexity_file))}` does not exist)")
 glue("models_source", Markdown(source), display=False)
 display(Markdown(f"Counts {source}."))''', metadata=CODE_FOLDED),
         new_markdown_cell("## Ours vs the paper vs the official deploy files"),
-        new_code_cell('table = report.complexity_table(entries)\n'
+        new_code_cell('table = complexity.complexity_table(entries)\n'
                       'glue("models_table", table, display=False)\n'
-                      'report.show(table, report.COMPLEXITY_COLUMNS, details=report.COMPLEXITY_DETAILS,\n'
+                      'tables.show(table, complexity.COMPLEXITY_COLUMNS, details=complexity.COMPLEXITY_DETAILS,\n'
                       '            summary="Input sizes and differences in %", digits=3,\n'
-                      '            formats=report.COMPLEXITY_FORMATS)',
+                      '            formats=complexity.COMPLEXITY_FORMATS)',
                       metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts"),
         new_code_cell('''\
-claims = report.complexity_claims(entries)
+claims = complexity.complexity_claims(entries)
 glue("models_verdicts", Markdown(", ".join(f"{n} {v}" for v, n in claims["verdict"].value_counts().items())), display=False)
-report.show(claims, ["claim", "paper", "ours", "verdict", "reason"], details=["claim", "delta"],
+tables.show(claims, ["claim", "paper", "ours", "verdict", "reason"], details=["claim", "delta"],
             summary="Differences", digits=3, formats={"paper": "{:g}"})''', metadata=CODE_FOLDED),
         new_markdown_cell("Counts {glue:md}`models_source`. Verdicts over every count the paper "
                           "or the deploy files give: {glue:md}`models_verdicts`."),
     ]
-    setup = setup_cell("models", "report")
+    setup = setup_cell("models", "complexity, tables")
     return new_notebook(cells=[intro_cell, params, setup, *body], metadata={"kernelspec": KERNEL})
 
 

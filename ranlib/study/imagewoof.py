@@ -109,7 +109,8 @@ def results_table(records: Sequence[dict]) -> pd.DataFrame:
     """One line per network (and budget we ran it at): top-1 error mean ± std over seeds, parameters
     and multiply-adds at the run's input size, cost (CPU- or GPU-hours), budget; the paper's ImageNet
     parameters and top-1 beside, for the ordering they claim (never compared as numbers)."""
-    from .report import format_mean_std, runs_frame
+    from .report import runs_frame
+    from .tables import format_mean_std
 
     exp = experiment(EXPERIMENT)
     runs = runs_frame(EXPERIMENT, records)

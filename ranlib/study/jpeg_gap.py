@@ -1,4 +1,6 @@
-"""How much the JPEG copy itself moves a trained model's test error.
+"""How much the JPEG copy itself moves a trained model's test error: measured on a checkpoint, and
+read back for the book (:func:`jpeg_gap_table`, :func:`jpeg_cost`, the caveat beside every absolute
+error).
 
 The CIFAR-10 copy on these machines went through JPEG at quality 75. Its folder also holds the
 exact official pixels of 846 test images (official indices 0-845, ``cifar10-exact-subset.npz``).
@@ -13,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ranlib.training import provenance
 from ranlib.data.batches import GpuBatches
 from ranlib.data.cifar import load_arrays
 from ranlib.data.decode import read_npz, sha256_file
+from ranlib.paths import resolve_path
 from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
 from ranlib.training.results import ensure_writable
 from ranlib.training.runtime import Dist, resolve_precision, select_device
@@ -116,6 +122,64 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+
+def jpeg_gap_table(results_root: str | os.PathLike = "results") -> pd.DataFrame:
+    """What the JPEG copy costs trained models: one line per ``results/jpeg_gap/*.json`` written
+    by ``python -m ranlib.study.jpeg_gap`` (top-1 error on the 846 exact official test images and on
+    their JPEG q75 versions). Empty when none was measured."""
+    columns = ["run", "model", "iteration", "images", "error exact (%)", "error JPEG (%)",
+               "JPEG - exact", "mean |pixel diff|", "device"]
+    folder = resolve_path(results_root) / "jpeg_gap"
+    lines = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        gap = json.loads(path.read_text())
+        lines.append({"run": Path(gap["checkpoint"]).parent.name, "model": gap["model"],
+                      "iteration": gap["iteration"], "images": gap["num_images"],
+                      "error exact (%)": round(gap["top1_error_exact"], 2),
+                      "error JPEG (%)": round(gap["top1_error_jpeg"], 2),
+                      "JPEG - exact": round(gap["jpeg_minus_exact"], 2),
+                      "mean |pixel diff|": round(gap["mean_abs_pixel_difference"], 2),
+                      "device": gap["provenance"].get("device_name")})
+    return pd.DataFrame(lines, columns=columns)
+
+
+def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
+    """What the JPEG copy costs, for the caveat: measured (``results/jpeg_gap/*.json``, their mean)
+    or, without a measurement, the figure the copy's README quotes, labelled as quoted.
+
+    Returns ``{"source": "measured" | "quoted", "points", "low", "high", "text", "short"}`` (points of
+    top-1 error; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the
+    file's ``jpeg_minus_exact_interval`` when it has one, else a conservative one: the 95 % normal interval of the difference of two independent error rates on
+    ``num_images`` images each (the two evaluations share their images, which only narrows the true
+    interval, so this one is too wide rather than too narrow).
+    """
+    folder = resolve_path(results_root) / "jpeg_gap"
+    gaps = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    if not gaps:
+        return {"source": "quoted", "points": None, "low": 2.0, "high": 3.0,
+                "text": "2-3 points of top-1 error, as the copy's README quotes one public report (quoted, not "
+                        "measured here)",
+                "short": "2-3 points, quoted from the copy's README, not measured here"}
+    points, lows, highs = [], [], []
+    for gap in gaps:
+        n, exact, jpeg = gap["num_images"], gap["top1_error_exact"] / 100, gap["top1_error_jpeg"] / 100
+        interval = gap.get("jpeg_minus_exact_interval")
+        if interval is None:
+            half = 1.96 * math.sqrt(exact * (1 - exact) / n + jpeg * (1 - jpeg) / n) * 100
+            interval = (gap["jpeg_minus_exact"] - half, gap["jpeg_minus_exact"] + half)
+        points.append(gap["jpeg_minus_exact"])
+        lows.append(interval[0])
+        highs.append(interval[1])
+    mean = sum(points) / len(points)
+    models = sorted({f"{gap['model']} (iteration {gap['iteration']:,})" for gap in gaps})
+    text = (f"{mean:+.2f} points of top-1 error (95 % interval {min(lows):+.2f} to {max(highs):+.2f}), measured "
+            f"here on {', '.join(models)}: its error on the {gaps[0]['num_images']} exact official test images "
+            "against their JPEG versions (what JPEG at test time costs; training on JPEG images may cost more)")
+    short = f"{mean:+.2f} points measured here, 95 % interval {min(lows):+.2f} to {max(highs):+.2f}"
+    return {"source": "measured", "points": mean, "low": min(lows), "high": max(highs), "text": text,
+            "short": short}
 
 
 if __name__ == "__main__":

@@ -139,3 +139,8 @@ def conditions(records: Sequence[dict]) -> str:
     n = len(records)
     return (f"{n} run{'s' * (n != 1)} at {budgets}; trained on {devices} in {precisions}, on {data}, "
             f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}; {hours_text(records)} in all.")
+
+
+def record_profile(record: dict) -> str:
+    """The budget profile a results record was trained at."""
+    return record.get("config", {}).get("profile", "unknown")

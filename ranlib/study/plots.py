@@ -17,7 +17,8 @@ from . import paper
 from .experiments import MODEL_LABELS, experiment
 from ranlib.paths import resolve_path
 from .labels import device_text, record_budget
-from .report import normalised_responses, record_profile
+from .labels import record_profile
+from .report import normalised_responses
 
 
 def curves_frame(name: str, records: Sequence[dict]) -> pd.DataFrame:

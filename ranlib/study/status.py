@@ -25,7 +25,8 @@ from .labels import budget_phrase, conditions, device_kind, hours_number
 from .ledger import device_minutes
 from ranlib.paths import display_path, resolve_path
 from .planning import load_records
-from .report import claims_summary, commands_block, record_profile
+from .labels import record_profile
+from .report import claims_summary, commands_block
 from .verdicts import NOT_RUN, PROFILE_RANK, VERDICTS
 
 # What a chapter's training data is and how to get it (sizes from each copy's README).
