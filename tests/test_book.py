@@ -184,7 +184,7 @@ def test_reproduce_refuses_a_parameter_the_notebook_does_not_declare_before_runn
 
 
 def test_reproduce_runs_the_notebooks_in_this_interpreter(tmp_path, monkeypatch, capsys):
-    """Issue 21 (kind 7): the kernel was named "python3", so another python3 kernelspec earlier on
+    """the kernel was named "python3", so another python3 kernelspec earlier on
     JUPYTER_PATH ran the notebooks in another interpreter (or killed them)."""
     import json
     import sys

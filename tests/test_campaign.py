@@ -101,7 +101,7 @@ def test_plan_rows_and_bad_selections(tmp_path):
 
 
 def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
-    """Issue 21 (kind 1): a batch other than the profile's now shows in the name (-b128), but a run
+    """a batch other than the profile's now shows in the name (-b128), but a run
     trained before under the plain name is matched by its configuration, not by its name."""
     from ranlib.training.results import write_results
     from test_results import make_record
@@ -326,7 +326,7 @@ def _a_run_at(root: Path, iteration: int, log: str) -> Path:
 
 
 def test_unpack_never_replaces_a_newer_checkpoint_or_metrics(tmp_path):
-    """Issue 21 (kind 6): unpack replaced a local checkpoint at iteration 30 with the archive's at 4
+    """unpack replaced a local checkpoint at iteration 30 with the archive's at 4
     and shortened metrics.jsonl."""
     from ranlib.training import checkpoint
 

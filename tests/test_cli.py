@@ -252,7 +252,7 @@ def test_bf16_peaks_by_gpu_name():
     assert bf16_peak_tflops("NVIDIA GeForce GTX 1080") is None
 
 
-# --- typed options (issue 21, kind 2) ---------------------------------------------------------------
+# --- typed options ---------------------------------------------------------------
 
 # Bad values of the string options; every other option's wrong value follows from its declared type.
 BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet9000"], "dataset": ["mnist"],
@@ -281,7 +281,7 @@ def _bad_train_options():
         elif name in BAD_STRINGS:
             value, *more = BAD_STRINGS[name]
             cases.append((name, [flag, value, *more], 1, flag if "a-file" in value else value.split("/")[-1]))
-    # issue 21's own: -1 silently dropped the last test image, -20 evaluated 4 of 24
+    # once, -1 silently dropped the last test image, -20 evaluated 4 of 24
     cases += [("max_test_samples", ["--max-test-samples", n], 1, "max_test_samples") for n in ("-1", "-20")]
     cases += [("seeds", ["--seeds", "x"], 2, "--seeds"), ("seeds", ["--seeds", "-1"], 1, "seed"),
               ("noise_levels", ["--noise-levels", "x"], 2, "--noise-levels"),
@@ -296,7 +296,7 @@ TRAIN_CASES = _bad_train_options()
                          ids=[f"{c[0]}:{' '.join(c[1])}" for c in TRAIN_CASES])
 def test_every_train_option_rejects_a_value_of_the_wrong_type(name, extra, status, named, data_root, tmp_path,
                                                               capsys):
-    """A value of the wrong type or range is one line before anything trains: the cases of issue 21
+    """A value of the wrong type or range is one line before anything trains. A newcomer's first tries
     were --batch-size 0 (became the profile's batch), --max-test-samples -1 (dropped the last test
     image), --device gpu (a torch traceback), residual_attention=no (trained ARL)."""
     (tmp_path / "a-file").write_text("a file where a folder should be")  # a folder nothing can be written in

@@ -1,4 +1,4 @@
-"""The CPU's fast path (issue 18, item 1): auto precision and memory format, the measured batch,
+"""The CPU's fast path: auto precision and memory format, the measured batch,
 the deterministic mode without filled memory, and the bench's CPU figures and bf16 check."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ranlib.training.step import TrainStep
 from ranlib.study import performance
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
-RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # issue 18's Attention-56 figures: 128 is fastest
+RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # Attention-56's figures on the project's CPU: 128 is fastest
 
 
 @pytest.fixture

@@ -598,7 +598,7 @@ def test_pca_lighting_adds_one_colour_shift_per_image_with_imagenet_covariance()
         lighting(torch.zeros(3, 2, 2, dtype=torch.uint8))
 
 
-# --- damaged files (issue 21, kind 4) ---------------------------------------------------------------------
+# --- damaged files ---------------------------------------------------------------------
 
 
 def _damaged(path: Path, how: str) -> Path:
@@ -672,7 +672,7 @@ def test_an_image_that_fails_to_decode_names_its_file(tmp_path):
         next(iter(loaders.test))
 
 
-# --- what a number is labelled with is verified (issue 21, kind 5) ---------------------------------------
+# --- what a number is labelled with is verified ---------------------------------------
 
 
 def test_a_file_named_like_the_copy_is_not_labelled_the_copy(fake_copy, tmp_path):

@@ -120,7 +120,7 @@ SWITCH_CASES = [(name, switch, value) for name in ranlib.list_models()
 @pytest.mark.parametrize("name, switch, value", SWITCH_CASES,
                          ids=[f"{n}-{s}-{v!r}" for n, s, v in SWITCH_CASES])
 def test_every_model_switch_rejects_a_value_of_the_wrong_type(name, switch, value):
-    """Issue 21 (kind 2): residual_attention="no" once built ARL (bool("no") is True) under a NAL name."""
+    """residual_attention="no" once built ARL (bool("no") is True) under a NAL name."""
     with pytest.raises(ValueError, match=f"{name} switch {switch} must be .*, not {re.escape(repr(value))}"):
         ranlib.create_model(name, **{switch: value})
 

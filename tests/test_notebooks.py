@@ -239,7 +239,7 @@ def test_notebook_reports_missing_data_instead_of_failing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-# --- typed parameters (issue 21, kind 2) ------------------------------------------------------------
+# --- typed parameters ------------------------------------------------------------
 
 PAGES_WITH_PARAMETERS = sorted(p.stem for p in PAGE_DIR.glob("*.md") if "[parameters" in p.read_text())
 

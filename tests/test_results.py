@@ -105,7 +105,7 @@ def umask(request):
 
 
 def test_results_and_checkpoints_get_the_mode_the_umask_gives(tmp_path, umask):
-    """Issue 21 (kind 9): mkstemp's 0600 used to survive the rename; a shared results folder must be
+    """mkstemp's 0600 used to survive the rename; a shared results folder must be
     readable by the group the umask lets read it."""
     import torch
 

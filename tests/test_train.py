@@ -162,7 +162,7 @@ def test_run_writes_a_complete_results_file(noisy_run):
     assert loaded["run_name"] == record["run_name"] == f"{TINY_MODEL}-folder-noise0.3-smoke-s3-b4-c6812f4"
     assert loaded["final"]["top1_error"] == loaded["curve"][-1]["test_top1_error"]  # final iterate
     assert loaded["final"]["top5_error"] is None  # 3 classes: no top-5
-    # issue 21 (kind 8): the curve said 0.0 (3 classes; 1.66 % on CIFAR-10) where the final said null
+    # the curve once said 0.0 (3 classes; 1.66 % on CIFAR-10) where the final said null
     assert [p["test_top5_error"] for p in loaded["curve"]] == [None] * len(loaded["curve"])
     assert [p["iteration"] for p in loaded["curve"]] == [2, 4]
     assert loaded["dataset"]["num_train"] == 32 and loaded["dataset"]["fingerprint"]
@@ -209,7 +209,7 @@ def test_top5_is_reported_from_100_classes_and_then_in_curve_and_final_alike():
             assert 0 <= result["top5_error"] <= result["top1_error"]
 
 
-# --- run identity (issue 21, kind 1) ----------------------------------------------------------------
+# --- run identity ----------------------------------------------------------------
 
 def test_trainings_that_differ_never_share_a_name(tmp_path, data_root, one_thread):
     """Runs that differ in lr, batch size or iterations once shared the default name: one's results
@@ -291,7 +291,7 @@ def test_the_lock_holds_across_processes(tmp_path):
         pass
 
 
-# --- checked before the work (issue 21, kind 3) --------------------------------------------------------
+# --- checked before the work --------------------------------------------------------
 
 def test_a_folder_that_cannot_be_written_is_found_before_training(tmp_path, data_root):
     from ranlib.errors import StorageError

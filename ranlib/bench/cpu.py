@@ -1,5 +1,5 @@
 """The CPU's figures (``python -m ranlib.bench --device cpu``) and the bf16-vs-fp32 training check
-(``python -m ranlib.bench --precision-check``), issue 18.
+(``python -m ranlib.bench --precision-check``): what makes the CPU the study's machine, measured.
 
 :func:`cpu_figures` measures, in one process: the training step's images/s
 (:func:`ranlib.training.cpu_batch.step_seconds`, the loop's own step on synthetic batches) per

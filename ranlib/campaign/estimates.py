@@ -29,7 +29,7 @@ from ranlib.training.checkpoint import CHECKPOINT_NAME
 
 # Attention-56's bare training step (Nesterov SGD, batch 128, synthetic 32x32 images) in images/s per
 # (precision, channels_last), measured on the project's machine: AMD EPYC, 2 cores with AVX-512 and
-# native bf16, torch 2.14.1, 2 threads (issue 18). Attention-92 (205 images/s) and ResNet-164 (186)
+# native bf16, torch 2.14.1, 2 threads (``python -m ranlib.bench --device cpu``). Attention-92 (205 images/s) and ResNet-164 (186)
 # at bf16 and channels_last train at the same multiply-add rate within 4 % (130 and 138 against
 # 135 G multiply-adds/s), so one rate per multiply-add serves every CIFAR network; batch 64 and
 # 256 were within 14 % of batch 128.
@@ -37,7 +37,7 @@ CPU_STEP_IMAGES_PER_S = {("fp32", False): 124.0, ("fp32", True): 177.0, ("bf16",
                          ("bf16", True): 366.0}
 CPU_RATE_MODEL = "cifar_attention56"
 # The real loop (`ranlib train ... --precision bf16 --channels-last --batch-size 128` on the JPEG
-# copy: augmentation, evaluation, logging) reached 290 images/s, this share of the bare step (issue 18).
+# copy: augmentation, evaluation, logging) reached 290 images/s, this share of the bare step (the same machine).
 CPU_LOOP_SHARE = 290.0 / 366.0
 # Settings a measured rate is reused for: a run that trains with other ones runs at another speed.
 _SPEED_SETTINGS = ("precision", "channels_last", "batch_size")

@@ -230,7 +230,7 @@ def training_size(config: dict) -> dict:
             "train_macs": 3 * macs * images}
 
 
-# The order a CPU trains the study in, by claims per CPU-hour (issue 18): (why, rows as
+# The order a CPU trains the study in, by claims per CPU-hour (the first finished runs settle the most claims): (why, rows as
 # (experiment, row key)), each part seed by seed. A planned run takes the place of the first row it
 # is a training of, whichever experiment planned it (Attention-56 with the default switches is
 # Table 1's mixed row, Table 3's ARL row and Table 4's encoder-decoder row).

@@ -101,7 +101,7 @@ def algorithms(deterministic: bool):
     the previous setting restored on exit. Fresh memory is not filled with NaN meanwhile: that is a
     debugging aid of ``torch.use_deterministic_algorithms`` (``torch.utils.deterministic.
     fill_uninitialized_memory``) which changes no result of a correct kernel and costs a CPU
-    training step about 10 % (issue 18's profile)."""
+    training step about 10 % (PyTorch's profiler, a CPU step of Attention-56)."""
     import torch.utils.deterministic as det
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -176,7 +176,7 @@ def cuda_time_s(work, *, warmup: int = 2, repeats: int = 5) -> float:
 
 
 PEAK_MATMUL_SIZE = 8192  # the matrix-peak measurement: (n x n) @ (n x n), on CUDA
-PEAK_MATMUL_SIZE_CPU = 1024  # large enough for a CPU's peak (issue 18: 907 GFLOP/s bf16 on 2 cores)
+PEAK_MATMUL_SIZE_CPU = 1024  # large enough for a CPU's peak (907 GFLOP/s bf16 measured on the project's 2 cores)
 PEAK_MATMUL_REPEATS = 20
 
 
