@@ -17,6 +17,7 @@ from .errors import RanlibError, ResultsExistError, print_error
 from .models.complexity import model_table
 from .training.flags import add_train_flags, key_values
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ranlib",
                                      description="Residual Attention Network reproduction: train, evaluate, list models.")

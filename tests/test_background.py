@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ranlib.campaign import background, estimates, cli as campaign
+from ranlib.campaign import background, estimates
+from ranlib.campaign import cli as campaign
 from ranlib.campaign.plan import CIFAR_EXPERIMENTS, plan_campaign
 from ranlib.campaign.runner import Campaign
-from ranlib.study.ledger import LEDGER_NAME, read_ledger
-
-from ranlib.study import planning
-from ranlib.training.results import load_results
 from ranlib.campaign.sitting import GROUP_STARTUP_S
+from ranlib.study import planning
+from ranlib.study.ledger import LEDGER_NAME, read_ledger
+from ranlib.training.results import load_results
+
 from test_train import REPO, make_folder_dataset, subprocess_env
 
 TINY = {"batch_size": 4, "iterations": 40, "eval_every": 20, "checkpoint_every": 40, "log_every": 1,

@@ -13,14 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ranlib.bench import cli as bench, concurrent as concurrent_bench, fused as fused_bench
-from ranlib.bench import layers as layer_bench, profile as profile_bench, step as step_bench
-
+from ranlib.bench import cli as bench
+from ranlib.bench import concurrent as concurrent_bench
+from ranlib.bench import fused as fused_bench
+from ranlib.bench import layers as layer_bench
+from ranlib.bench import profile as profile_bench
+from ranlib.bench import step as step_bench
+from ranlib.errors import CheckpointError, ConfigError, RanlibError, UnknownNameError
+from ranlib.models import fused
 from ranlib.training import loop
 from ranlib.training.config import resolve
-from ranlib.models import fused
-from ranlib.errors import CheckpointError, ConfigError, RanlibError, UnknownNameError
 from ranlib.training.results import benchmark_file_name
+
 from test_cli import error_line
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 

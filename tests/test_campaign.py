@@ -12,13 +12,13 @@ import pytest
 from ranlib.campaign import cli as campaign
 from ranlib.campaign.archive import pack, unpack
 from ranlib.campaign.plan import CIFAR_EXPERIMENTS, plan_campaign
-from ranlib.campaign.runner import Campaign, LOG_NAME
+from ranlib.campaign.runner import LOG_NAME, Campaign
+from ranlib.errors import RanlibError, ResultsExistError
+from ranlib.study import planning
 from ranlib.study.ledger import LEDGER_NAME, read_ledger
 from ranlib.study.planning import training_size
-
-from ranlib.study import planning
-from ranlib.errors import RanlibError, ResultsExistError
 from ranlib.training.results import load_results
+
 from test_train import REPO, make_folder_dataset, subprocess_env
 
 TINY = {"batch_size": 4, "iterations": 2, "eval_every": 2, "checkpoint_every": 2,
@@ -103,8 +103,9 @@ def test_plan_rows_and_bad_selections(tmp_path):
 def test_a_run_trained_under_its_old_name_is_still_found(tmp_path):
     """a batch other than the profile's now shows in the name (-b128), but a run
     trained before under the plain name is matched by its configuration, not by its name."""
-    from ranlib.training.results import write_results
     from test_results import make_record
+
+    from ranlib.training.results import write_results
 
     def plan():
         return plan_campaign(["attention_types"], profile="quick", seeds=[0], dataset="cifar10-jpeg",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ranlib.training import checkpoint as ckpt
 from ranlib.errors import CheckpointError
+from ranlib.training import checkpoint as ckpt
 
 
 def _draws():

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from ranlib.training import checkpoint as ckpt
 from ranlib.cli import main
-from test_train import (REPO, TINY_MODEL, make_folder_dataset, one_thread, single_thread,  # noqa: F401 (fixture)
-                        subprocess_env)
+from ranlib.training import checkpoint as ckpt
+
+from test_train import REPO, TINY_MODEL, make_folder_dataset, one_thread, single_thread, subprocess_env  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +263,8 @@ BAD_STRINGS = {"experiment": ["a/b"], "run_name": [".hidden"], "model": ["resnet
 
 def _bad_train_options():
     """(option, extra argv, exit status, what the error must name) for every `ranlib train` option."""
-    from ranlib.training.flags import TRAIN_HELP
     from ranlib.training.config import TRAIN_OPTIONS
+    from ranlib.training.flags import TRAIN_HELP
 
     cases = []
     for name in TRAIN_HELP:

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from ranlib.bench import cli as bench, cpu as cpu_bench
-
+from ranlib.bench import cli as bench
+from ranlib.bench import cpu as cpu_bench
 from ranlib.errors import CheckpointError
+from ranlib.study import performance
 from ranlib.training import cpu_batch, loop, recipes, runtime
 from ranlib.training.config import TrainConfig, resolve
 from ranlib.training.step import TrainStep
 
-from ranlib.study import performance
 from test_train import TINY_MODEL, make_folder_dataset, one_thread, tiny_config  # noqa: F401 (fixture)
 
 RATES = {64: 335.0, 128: 366.0, 256: 316.0}  # Attention-56's figures on the project's CPU: 128 is fastest

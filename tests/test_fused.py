@@ -18,13 +18,24 @@ import torch
 import torch.nn.functional as F
 
 import ranlib
+from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
+from ranlib.models.fused import (
+    FusedConv2d,
+    FusionError,
+    choose_conv_impls,
+    fuse,
+    fuse_inputs,
+    fused_optimizer_state,
+    member_optimizer_state,
+    member_state_dict,
+    member_view,
+    shared_inputs,
+)
 from ranlib.training import evaluation, loop
 from ranlib.training.config import TrainConfig, resolve
-from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
-from ranlib.models.fused import (FusedConv2d, FusionError, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
-                                 member_optimizer_state, member_state_dict, member_view, shared_inputs)
 from ranlib.training.results import load_results
 from ranlib.training.step import TrainStep
+
 from test_train import REPO, make_folder_dataset, single_thread, subprocess_env, tiny_config
 
 # (model, each member's switches): every CIFAR family and switch, ARL and NAL side by side.

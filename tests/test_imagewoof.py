@@ -14,8 +14,8 @@ import ranlib
 from ranlib.data import cifar as data
 from ranlib.data import decode, imagewoof
 from ranlib.data.folders import IMAGENET_MEAN, IMAGENET_STD
-from ranlib.errors import ConfigError, DataFormatError, DataNotFoundError, RanlibError, print_error
 from ranlib.data.imagewoof import RandomResizedCropBatches, load_imagewoof, load_imagewoof_split
+from ranlib.errors import ConfigError, DataFormatError, DataNotFoundError, RanlibError, print_error
 
 REAL_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagewoof" / imagewoof.NPZ_NAME
 PER_CLASS = {"train": 3, "val": 2}

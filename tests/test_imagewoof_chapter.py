@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ranlib.errors import UnknownNameError
 from ranlib.study import imagewoof, planning, plots, report, verdicts
 from ranlib.study.experiments import EXPERIMENTS, experiment
-from ranlib.errors import UnknownNameError
 from ranlib.training.config import TrainConfig, resolve
 from ranlib.training.recipes import IMAGEWOOF_TRAIN_IMAGES, PROFILES, RECIPES, scaled_schedule, schedule_key
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fakedata import encode, pack_npz, random_images
 from ranlib.data import cifar as data
 from ranlib.data import decode
+from ranlib.errors import DataFormatError, DataNotFoundError
 from ranlib.study import jpeg_gap
 from ranlib.training import loop
 from ranlib.training.config import TrainConfig
-from ranlib.errors import DataFormatError, DataNotFoundError
+
+from fakedata import encode, pack_npz, random_images
 
 N_TEST = 10
 

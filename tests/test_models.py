@@ -15,18 +15,12 @@ from torch import nn
 
 import ranlib
 import ranlib.models
-from ranlib.study import paper
-from ranlib.models.analysis import capture_masks, stage_responses
 from ranlib.models import UnknownModelError
-from ranlib.models.attention import (
-    AttentionFusion,
-    AttentionModule,
-    EncoderDecoderMask,
-    LocalMask,
-    MaskActivation,
-)
+from ranlib.models.analysis import capture_masks, stage_responses
+from ranlib.models.attention import AttentionFusion, AttentionModule, EncoderDecoderMask, LocalMask, MaskActivation
 from ranlib.models.choices import OPEN_CHOICES
 from ranlib.models.units import fan_in_std
+from ranlib.study import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((ROOT / "tests" / "data" / "official_deploy_specs.json").read_text())

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ranlib.errors import ConfigError, DataFormatError, RanlibError
 from ranlib.data.noise import apply_label_noise, transition_matrix
+from ranlib.errors import ConfigError, DataFormatError, RanlibError
 
 # Chi-square critical value for 90 degrees of freedom (10 rows x 9 free cells) at p = 0.001.
 CHI2_90_P001 = 124.84

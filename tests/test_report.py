@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ranlib.study import complexity, compute, experiments, jpeg_gap, paper, planning, plots, report, tables, verdicts
-
 from ranlib import paths
+from ranlib.study import complexity, compute, experiments, jpeg_gap, paper, planning, plots, report, tables, verdicts
 from ranlib.study.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
 from ranlib.training.results import write_results
 

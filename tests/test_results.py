@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from ranlib import files
-
-from ranlib.training import results
 from ranlib.errors import ResultsExistError, ResultsSchemaError
+from ranlib.training import results
 
 
 def make_record(run_name: str = "run-a", top1: float = 5.5) -> dict:

@@ -10,15 +10,15 @@ import sys
 import time
 
 import pytest
+from test_notebooks import _execute, _text_outputs
 
 from ranlib.campaign import sitting
 from ranlib.campaign.archive import unpack
 from ranlib.campaign.plan import plan_campaign
-from ranlib.study.planning import group_runs
-
 from ranlib.study import planning, report
 from ranlib.study.ledger import LEDGER_NAME, read_ledger
-from test_notebooks import _execute, _text_outputs
+from ranlib.study.planning import group_runs
+
 from test_train import REPO, make_folder_dataset, subprocess_env
 
 papermill = pytest.importorskip("papermill")

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.training import evaluation, loop, recipes, splits
 from ranlib.training.config import IDENTITY_FIELDS, IDENTITY_SUFFIX, TrainConfig, resolve
-from ranlib.training.runtime import Dist, native_bf16, resolve_precision
-from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
 from ranlib.training.results import load_results
+from ranlib.training.runtime import Dist, native_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = "cifar_attention56"

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from ranlib.errors import RanlibError, ResultsExistError, print_error
 from ranlib.training import provenance
+from ranlib.training.config import COMPILE_MODES
 from ranlib.training.results import benchmark_file_name, setup_text
 from ranlib.training.runtime import PEAK_MATMUL_SIZE, PEAK_MATMUL_SIZE_CPU
-from ranlib.training.config import COMPILE_MODES
 
 from . import profile as profile_bench
 from .concurrent import measure_concurrent
@@ -137,8 +137,8 @@ def bench_one(case: Case, args: argparse.Namespace, *, baseline: bool) -> dict:
     With ``--profile`` the record has a ``"profile"`` entry, which ``main`` writes to its own file.
     """
     import ranlib
-    from ranlib.training.runtime import Dist, resolve_precision, select_device
     from ranlib.training.recipes import PROFILES, RECIPES
+    from ranlib.training.runtime import Dist, resolve_precision, select_device
 
     model_name, batch_size = case.model, case.batch_size
     try:

@@ -138,8 +138,8 @@ def cpu_figures(model: str, *, batch_size: int | None, steps: int, warmup: int, 
     """The CPU's figures as one record (see the module docstring)."""
     import ranlib
     from ranlib.training.cpu_batch import fastest_batch
-    from ranlib.training.runtime import resolve_precision
     from ranlib.training.recipes import CPU_BATCHES
+    from ranlib.training.runtime import resolve_precision
 
     started, before = provenance.utc_now(), _conditions()
     device = torch.device("cpu")

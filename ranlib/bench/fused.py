@@ -106,9 +106,9 @@ def measure_fused(model_name: str, *, members: int, batch_size: int, graphs: boo
 
     import ranlib
     from ranlib.models.fused import choose_conv_impls, fuse
+    from ranlib.training.evaluation import build_model
     from ranlib.training.runtime import autocast, cuda_time_s, peak_memory_bytes
     from ranlib.training.step import GRAPH_WARMUP_STEPS, TrainStep
-    from ranlib.training.evaluation import build_model
 
     started = time.perf_counter()
     info = ranlib.model_info(model_name)

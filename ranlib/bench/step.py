@@ -118,12 +118,11 @@ def measure(model_name: str, *, batch_size: int, device: torch.device, precision
     ``before_timing`` is called between the warm-up and the timed steps; ``profile_steps`` more
     steps then run under the profiler, their summary under the figures' ``"profile"`` key.
     """
+    import ranlib
     from ranlib.data.batches import GpuBatches
-    from ranlib.training.runtime import autocast, peak_memory_bytes
     from ranlib.training.evaluation import build_model
     from ranlib.training.loop import enable_grad_checkpointing
-
-    import ranlib
+    from ranlib.training.runtime import autocast, peak_memory_bytes
 
     info = ranlib.model_info(model_name)
     size = image_size or info.input_size

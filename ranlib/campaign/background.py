@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ranlib.training import provenance
 from ranlib.errors import ERROR_PREFIX, RanlibError
-from .estimates import Estimator, format_duration, read_progress, run_dir
 from ranlib.paths import cache_dir
+from ranlib.training import provenance
+
+from .estimates import Estimator, format_duration, read_progress, run_dir
 
 LOCK_NAME, STATE_NAME, LOG_NAME = "lock", "state.json", "campaign.log"
 DEFAULT_NICE = 10  # a background study leaves the machine to whoever works on it
@@ -231,9 +232,8 @@ def _run_status(run: dict, campaign_running: bool) -> str:
 
 
 def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) -> str:
-    from ranlib.training.results import results_path
-
     from ranlib.training.config import TrainConfig, resolve
+    from ranlib.training.results import results_path
 
     config = run["config"]
     folder = run_dir(config)
@@ -330,8 +330,9 @@ def detach(args, *, state_dir: Path, planned: int, nice: int | None) -> int:
     import subprocess
     import sys
 
-    from . import pinned
     from ranlib.paths import repo_root, resolve_path
+
+    from . import pinned
 
     checkout = repo_root()
     if checkout is None:

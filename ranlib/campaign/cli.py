@@ -45,8 +45,18 @@ from . import background, pinned
 from .archive import EXTRA_RESULTS, pack, unpack
 from .plan import CIFAR_EXPERIMENTS, Plan, default_checkpoints, plan_campaign
 from .runner import Campaign
-from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, fit_batch, imagewoof_masks_step,
-                      jpeg_gap_step, preflight, print_table, study_slices)
+from .sitting import (
+    ARCHIVE_NAME,
+    GROUP_STARTUP_S,
+    SittingLog,
+    estimate_group_s,
+    fit_batch,
+    imagewoof_masks_step,
+    jpeg_gap_step,
+    preflight,
+    print_table,
+    study_slices,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,8 +220,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """A campaign in the foreground, or with ``--detach`` in the background from a pinned commit
     (:mod:`ranlib.campaign.background`); either way under the campaign lock. On a CPU the runs go in the
     CPU's order (:func:`ranlib.study.planning.cpu_order`), one at a time (fused groups do not pay there)."""
-    from .estimates import Estimator
     from ranlib.training.runtime import Dist, select_device
+
+    from .estimates import Estimator
 
     if args.max_group is not None:
         _check_max_group(args.max_group)
@@ -287,8 +298,8 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 def _cmd_sitting(args: argparse.Namespace) -> int:
     """One GPU sitting (:mod:`ranlib.campaign.sitting` says what it does and in which order)."""
-    from ranlib.training.runtime import Dist, select_device
     from ranlib.training.recipes import PROFILES
+    from ranlib.training.runtime import Dist, select_device
 
     if not args.minutes > 0:
         raise RanlibError(f"--minutes must be positive, not {args.minutes:g}")

@@ -107,9 +107,9 @@ class Estimator:
 
     def settled(self, config: dict):
         """The config as the training will run it here (schedule and device defaults filled in)."""
-        from ranlib.training.runtime import Dist
         from ranlib.training.config import TrainConfig, resolve
         from ranlib.training.loop import _settle_runtime
+        from ranlib.training.runtime import Dist
 
         c = resolve(TrainConfig(**config))
         _settle_runtime(c, self.device, Dist())
@@ -129,6 +129,7 @@ class Estimator:
 
     def _seconds(self, config: dict, iteration: int | None) -> float | None:
         from ranlib.models.complexity import model_counts
+
         from .sitting import GROUP_STARTUP_S, StepModel, estimate_group_s
 
         c = self.settled(config)

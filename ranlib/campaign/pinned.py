@@ -20,9 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from ranlib.training.checkpoint import CHECKPOINT_NAME
 from ranlib.errors import RanlibError
 from ranlib.paths import cache_dir, source_root
+from ranlib.training.checkpoint import CHECKPOINT_NAME
 
 CODE_PATHS = ("ranlib", "pyproject.toml")  # what decides what trains
 COMMIT_NAME = "commit"  # beside a run's checkpoint: the commit it started on

@@ -177,11 +177,11 @@ def preflight(device_request: str, *, batch_size: int, members: int = 4,
     import torch
 
     import ranlib
-    from ranlib.training.checkpoint import load_checkpoint, save_checkpoint
     from ranlib.models.fused import choose_conv_impls, fuse, member_state_dict
+    from ranlib.training.checkpoint import load_checkpoint, save_checkpoint
+    from ranlib.training.evaluation import evaluate_members
     from ranlib.training.runtime import Dist, autocast, cuda_time_s, select_device, synchronize
     from ranlib.training.step import GRAPH_WARMUP_STEPS, TrainStep
-    from ranlib.training.evaluation import evaluate_members
 
     report = Preflight()
     device = select_device(device_request, Dist())

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ranlib.options import Option
+
 from ._registry import register_model
 from .network import ResidualNet, StageSpec
 from .units import UNITS

@@ -18,7 +18,6 @@ from . import paper
 from .experiments import model_label
 from .verdicts import COMPLEXITY_TOLERANCE, DEPLOY_TOLERANCE, judge_complexity
 
-
 COMPLEXITY_COLUMNS = ["model", "params (M)", "paper params (M)", "official params (M)", "GMACs",
                       "paper GFLOPs", "official GMACs"]
 

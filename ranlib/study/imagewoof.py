@@ -180,6 +180,7 @@ def masks_commands(profile: str = "quick", seed: int = 0) -> str:
     import shlex
 
     from ranlib.training.flags import train_argv
+
     from .planning import plan_runs
 
     exp = experiment(EXPERIMENT)

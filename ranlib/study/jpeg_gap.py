@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ranlib.training import provenance
 from ranlib.data.batches import GpuBatches
 from ranlib.data.cifar import load_arrays
 from ranlib.data.decode import read_npz, sha256_file
-from ranlib.paths import resolve_path
 from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
+from ranlib.paths import resolve_path
+from ranlib.training import provenance
+from ranlib.training.evaluation import evaluate, load_trained, trained_model
 from ranlib.training.results import ensure_writable
 from ranlib.training.runtime import Dist, resolve_precision, select_device
-from ranlib.training.evaluation import evaluate, load_trained, trained_model
 
 EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
 # sha256 of the shared copy's exact subset (../shared/data/cifar10-jpeg/README.md): only that file is

@@ -14,7 +14,6 @@ import pandas as pd
 from ranlib.paths import resolve_path
 from ranlib.training.results import benchmark_file_name, setup_text
 
-
 # Targets for the training step on one H100 (the Performance page checks the figures against them).
 TARGET_SPEEDUP = 3.0  # ranlib's CIFAR path over the plain baseline, Attention-92
 

@@ -15,10 +15,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .experiments import EXPERIMENTS, Row, experiment, record_noise_level, with_model_defaults
-from .ledger import charged_device_s, with_charged_time
 from ranlib.paths import resolve_path
 from ranlib.training.results import load_results, results_path
+
+from .experiments import EXPERIMENTS, Row, experiment, record_noise_level, with_model_defaults
+from .ledger import charged_device_s, with_charged_time
 
 
 def run_name(row: Row, profile: str, seed: int) -> str:

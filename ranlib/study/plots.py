@@ -13,11 +13,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ranlib.paths import resolve_path
+
 from . import paper
 from .experiments import MODEL_LABELS, experiment
-from ranlib.paths import resolve_path
-from .labels import device_text, record_budget
-from .labels import record_profile
+from .labels import device_text, record_budget, record_profile
 from .report import normalised_responses
 
 
@@ -217,9 +217,9 @@ def checkpoint_masks(path: str | os.PathLike, *, num_images: int = 4, device: st
 
     from ranlib.data import cifar as data
     from ranlib.training.checkpoint import load_checkpoint
+    from ranlib.training.config import TrainConfig, resolve
     from ranlib.training.runtime import Dist, select_device
     from ranlib.training.splits import load_cifar_split
-    from ranlib.training.config import TrainConfig, resolve
 
     path = resolve_path(path)
     saved = load_checkpoint(path)
@@ -272,6 +272,7 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike, records: Sequence[dict]
     """The ``last.pt`` of the most recent run in ``records`` (of ``model`` only, if given) that has
     one; runs at a larger budget first (quick before smoke). None when there is none."""
     from ranlib.training.checkpoint import CHECKPOINT_NAME
+
     from .verdicts import PROFILE_RANK
 
     def order(record):

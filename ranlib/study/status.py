@@ -20,12 +20,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from .experiments import EXPERIMENTS, experiment, with_model_defaults
-from .labels import budget_phrase, conditions, device_kind, hours_number
-from .ledger import device_minutes
 from ranlib.paths import display_path, resolve_path
+
+from .experiments import EXPERIMENTS, experiment, with_model_defaults
+from .labels import budget_phrase, conditions, device_kind, hours_number, record_profile
+from .ledger import device_minutes
 from .planning import load_records
-from .labels import record_profile
 from .report import claims_summary, commands_block
 from .verdicts import NOT_RUN, PROFILE_RANK, VERDICTS
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ranlib.errors import ConfigError, DataNotFoundError, RanlibError, UnknownNameError
 from ranlib.options import DEVICE, check_all, options_from_hints
+
 from .recipes import PROFILES, RECIPES, Profile, model_info, scaled_schedule, schedule_key
 from .results import check_name
 from .runtime import device_type, resolve_precision

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from . import provenance
 from ranlib.files import atomic_write
 from ranlib.paths import cache_dir
+
+from . import provenance
 from .runtime import algorithms
 
 CACHE_NAME = "cpu-batch.json"
@@ -45,6 +46,7 @@ def step_seconds(model: str, *, batch_size: int, precision: str, channels_last: 
     ``(batch_size, 3, input_size, input_size)`` batches."""
     import ranlib
     from ranlib.models.fused import fuse
+
     from .step import TrainStep
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -15,11 +15,12 @@ import os
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt
-from . import provenance
 from ranlib.errors import CheckpointError, ConfigError
 from ranlib.models.fused import shared_inputs
 from ranlib.options import check_all
+
+from . import checkpoint as ckpt
+from . import provenance
 from .config import TRAIN_OPTIONS, TrainConfig, check_dataset
 from .runtime import Dist, all_reduce, autocast, resolve_precision, select_device
 from .splits import load_split

@@ -20,6 +20,7 @@ import torch.nn as nn
 from ranlib.errors import ConfigError
 from ranlib.options import DEVICE, Option
 
+
 @dataclass
 class Dist:
     """This process's place in a torchrun job (world_size 1 without torchrun)."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ranlib.errors import ConfigError, InputSizeError
+
 from .runtime import Dist
 
 STAGE_RESPONSE_BATCH = 64  # fixed test images (the first ones) for Figure 4's stage responses
