@@ -205,7 +205,7 @@ def imagewoof() -> nbformat.NotebookNode:
                           "{glue:md}`imagewoof_recipe`. The estimate below is 6 FLOPs per multiply-add "
                           "per training image (forward and backward) at an assumed share of the "
                           "H200's dense bf16 peak, plus a start-up per training process: an "
-                          "assumption until `ranlib.bench.step` measures it (the open-choices page says "
+                          "assumption until `python -m ranlib.bench` measures it (the open-choices page says "
                           "why these numbers). Both seeds of a network train as one fused process "
                           "(`ranlib train --seeds 0 1`). All rows, 2 seeds: "
                           "{glue:md}`imagewoof_estimate`."),

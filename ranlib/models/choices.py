@@ -162,6 +162,6 @@ OPEN_CHOICES = [
             "FLOPs per training image (1.6 GMACs for Attention-56 to 3.8 for ResNet-200 at 112 px), at an "
             "assumed 30 % of the H200's 989 TFLOP/s dense bf16 peak plus 25 s start-up per process, is "
             "37-54 s per network with 2 seeds, about 5 minutes for all seven (7 at 15 %): one time-limited "
-            "GPU slot. The throughput is an assumption until ranlib.bench.step measures it.",
+            "GPU slot. The throughput is an assumption until `python -m ranlib.bench` measures it.",
     ),
 ]
