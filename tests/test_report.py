@@ -755,3 +755,18 @@ def test_the_jpeg_caveat_reads_a_measured_cost_or_labels_the_quoted_one(tmp_path
     assert measured["source"] == "measured" and measured["points"] == 1.0
     assert (measured["low"], measured["high"]) == pytest.approx((1.0 - half, 1.0 + half))
     assert "+1.00 points" in measured["text"] and "measured here" in measured["text"]
+
+
+def test_an_absolute_claim_on_the_jpeg_copy_is_allowed_the_measured_cost(tmp_path):
+    records = arl_nal_records([8.4, 8.6], [9.0, 9.1], profile="paper", iterations=160000, batch_size=64)
+    quoted = claim(report.claims_table("arl_vs_nal", records, tmp_path), "Attention-56 ARL: error")
+    assert quoted["verdict"] == verdicts.CONSISTENT_JPEG and "with 3.00 for the JPEG copy" in quoted["reason"]
+    (tmp_path / "jpeg_gap").mkdir()
+    (tmp_path / "jpeg_gap" / "a.json").write_text(json.dumps({
+        "checkpoint": "c/last.pt", "model": "cifar_attention56", "iteration": 8000, "num_images": 846,
+        "top1_error_exact": 14.0, "top1_error_jpeg": 14.5, "jpeg_minus_exact": 0.5,
+        "jpeg_minus_exact_interval": [-0.2, 1.2], "mean_abs_pixel_difference": 5.8, "provenance": {}}))
+    measured = claim(report.claims_table("arl_vs_nal", records, tmp_path), "Attention-56 ARL: error")
+    tol = verdicts.ABS_TOLERANCE["cifar"] + verdicts.SPREAD_SIGMAS * verdicts.mean_std([8.4, 8.6])[1]
+    # the band's upper end is the tolerance plus the measured interval's upper end, not the quoted 3
+    assert measured["verdict"] == verdicts.PARTLY and f"+{tol + 1.2:.2f}]" in measured["reason"]

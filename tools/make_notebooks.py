@@ -111,7 +111,7 @@ def table_cells(name: str) -> list[nbformat.NotebookNode]:
         new_code_cell(f"table = report.show_results(EXPERIMENT, records)\n"
                       f"glue(\"{name}_table\", table, display=False)", metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts"),
-        new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
+        new_code_cell("claims = report.claims_table(EXPERIMENT, records, RESULTS)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
                       "report.show_claims(EXPERIMENT, records, claims, RESULTS)", metadata=CODE_FOLDED),
         new_code_cell("ax = plots.plot_learning_curves(EXPERIMENT, records)\n"
@@ -239,7 +239,7 @@ tables.show(cost, formats=imagewoof.FORMATS)''', metadata=CODE_FOLDED),
                       metadata=CODE_FOLDED),
         new_markdown_cell("## Verdicts\n\nNo absolute claims: the paper gives no Imagewoof numbers. Its "
                           "*paper* column is the ImageNet gap of Table 7, for the ordering it claims."),
-        new_code_cell("claims = report.claims_table(EXPERIMENT, records)\n"
+        new_code_cell("claims = report.claims_table(EXPERIMENT, records, RESULTS)\n"
                       "report.glue_claims(EXPERIMENT, records, claims)\n"
                       "report.show_claims(EXPERIMENT, records, claims, RESULTS)", metadata=CODE_FOLDED),
         new_markdown_cell("## Context: a public yardstick\n\nfast.ai's leaderboard trains Imagewoof "
