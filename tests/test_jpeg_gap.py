@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -49,8 +50,25 @@ def test_exact_and_jpeg_errors_of_one_model(trained):
     assert "not the CIFAR-10 JPEG copy" in result["jpeg_images"]["label"] and not result["exact_subset_verified"]
     assert result["jpeg_minus_exact"] == pytest.approx(result["top1_error_jpeg"] - result["top1_error_exact"])
     assert result["mean_abs_pixel_difference"] > 1  # JPEG q75 moved the pixels
+    low, high = result["jpeg_minus_exact_interval"]
+    flips = result["discordant_images"]
+    gap = 100 * (flips["only_jpeg_wrong"] - flips["only_exact_wrong"]) / N_TEST
+    assert result["jpeg_minus_exact"] == pytest.approx(gap)
+    assert low <= result["jpeg_minus_exact"] <= high
     for error in (result["top1_error_exact"], result["top1_error_jpeg"]):
         assert 0 <= error <= 100 and (error * N_TEST / 100) == pytest.approx(round(error * N_TEST / 100))
+
+
+def test_the_paired_interval_counts_only_the_images_whose_verdict_changed():
+    exact = torch.tensor([True] * 90 + [False] * 10)
+    same = jpeg_gap.paired_interval(exact, exact.clone())
+    assert same == [0.0, 0.0]  # the same predictions: no gap and no doubt about it
+    jpeg = exact.clone()
+    jpeg[:4] = False  # four images JPEG gets wrong, one it gets right
+    jpeg[95] = True
+    low, high = jpeg_gap.paired_interval(exact, jpeg)
+    half = 1.96 * math.sqrt((5 / 100 - 0.03 ** 2) / 100) * 100
+    assert (low, high) == pytest.approx((3.0 - half, 3.0 + half))
 
 
 def test_identical_pixels_give_no_gap(trained, tmp_path):

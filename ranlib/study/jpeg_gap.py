@@ -31,7 +31,7 @@ from ranlib.paths import resolve_path
 from ranlib.training import provenance
 from ranlib.training.evaluation import evaluate, load_trained, trained_model
 from ranlib.training.results import ensure_writable
-from ranlib.training.runtime import Dist, resolve_precision, select_device
+from ranlib.training.runtime import Dist, autocast, resolve_precision, select_device
 
 EXACT_SUBSET_FILE = "cifar10-exact-subset.npz"
 # sha256 of the shared copy's exact subset (../shared/data/cifar10-jpeg/README.md): only that file is
@@ -55,9 +55,34 @@ def load_exact_test_subset(path: str | Path) -> tuple[np.ndarray, np.ndarray, np
     return npz["x_test"], npz["y_test"].astype(np.int64), npz["test_index"].astype(np.int64)
 
 
+@torch.no_grad()
+def _correct(model: torch.nn.Module, batches, device: torch.device, precision: str) -> torch.Tensor:
+    """Per image, in order: whether the model's top-1 prediction is its label (bool, shape ``(N,)``)."""
+    model.eval()
+    hits = []
+    for x, y in batches:
+        with autocast(device, precision):
+            hits.append(model(x).float().argmax(1).eq(y).cpu())
+    return torch.cat(hits)
+
+
+def paired_interval(exact_correct: torch.Tensor, jpeg_correct: torch.Tensor, z: float = 1.96) -> list[float]:
+    """95 % interval, in points, of the JPEG images' top-1 error minus the exact images' (the same
+    model on the same images, so the two errors are correlated): the Wald interval of a paired
+    difference of proportions, the one McNemar's test goes with (Agresti, *Categorical Data
+    Analysis*, 10.1), from the discordant images alone."""
+    n = len(exact_correct)
+    only_jpeg_wrong = int((exact_correct & ~jpeg_correct).sum())
+    only_exact_wrong = int((~exact_correct & jpeg_correct).sum())
+    gap = (only_jpeg_wrong - only_exact_wrong) / n
+    half = z * math.sqrt(max((only_jpeg_wrong + only_exact_wrong) / n - gap ** 2, 0.0) / n)
+    return [100 * (gap - half), 100 * (gap + half)]
+
+
 def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str | Path | None = None,
              device: str = "auto", precision: str = "auto", batch_size: int = 256) -> dict:
-    """Top-1 error of a checkpoint on the exact official test images and on their JPEG versions."""
+    """Top-1 error of a checkpoint on the exact official test images and on their JPEG versions, and
+    the 95 % interval of their difference (:func:`paired_interval`)."""
     data_root = Path(data_root)
     default_exact = data_root.parent if data_root.is_file() else data_root  # beside the JPEG copy's npz
     exact_file = exact_subset_path(exact_path or default_exact)
@@ -70,11 +95,12 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
     dev = select_device(device, Dist())
     prec = resolve_precision(precision, dev)
     model = trained_model(saved, trained, jpeg.num_classes, checkpoint).to(dev)
-    results = {}
+    results, correct = {}, {}
     for name, images in (("exact", exact_images), ("jpeg", jpeg_images)):
         batches = GpuBatches(torch.from_numpy(images), torch.from_numpy(exact_labels), batch_size=batch_size,
                              train=False, device=dev, mean=saved.get("data_mean"))
         results[name] = evaluate(model, batches, dev, prec)
+        correct[name] = _correct(model, batches, dev, prec)
     errors = {name: result["top1_error"] for name, result in results.items()}
     return {
         "experiment": "jpeg_gap",
@@ -90,6 +116,9 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
         "top1_error_exact": errors["exact"],
         "top1_error_jpeg": errors["jpeg"],
         "jpeg_minus_exact": errors["jpeg"] - errors["exact"],
+        "jpeg_minus_exact_interval": paired_interval(correct["exact"], correct["jpeg"]),
+        "discordant_images": {"only_jpeg_wrong": int((correct["exact"] & ~correct["jpeg"]).sum()),
+                              "only_exact_wrong": int((~correct["exact"] & correct["jpeg"]).sum())},
         "mean_abs_pixel_difference": float(np.abs(jpeg_images.astype(np.int16) - exact_images).mean()),
         "provenance": provenance.collect(dev, precision=prec, seed=trained.seed),
     }
