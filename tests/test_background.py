@@ -300,9 +300,10 @@ def test_status_says_whether_a_run_resumes_or_starts_over(tmp_path, caches, data
 
 # --- the CPU's plan -------------------------------------------------------------------------------
 
-def test_the_cpu_order_puts_the_claims_per_cpu_hour_first():
+def test_the_cpu_order_puts_the_claims_per_cpu_hour_first(tmp_path):
+    # an empty results folder: the checkout's own results would leave their runs out of the plan
     plan = plan_campaign(list(CIFAR_EXPERIMENTS), profile="quick", seeds=[0, 1],
-                                  dataset="cifar10-jpeg", data_root="d")
+                         dataset="cifar10-jpeg", data_root="d", results_dir=tmp_path)
     ordered = planning.cpu_order(plan.runs)
     assert sorted(c["run_name"] for _, c in ordered) == sorted(c["run_name"] for c in plan.runs)
 
