@@ -19,18 +19,8 @@ import torch.nn.functional as F
 
 import ranlib
 from ranlib.errors import CheckpointError, ConfigError, ResultsExistError
-from ranlib.models.fused import (
-    FusedConv2d,
-    FusionError,
-    choose_conv_impls,
-    fuse,
-    fuse_inputs,
-    fused_optimizer_state,
-    member_optimizer_state,
-    member_state_dict,
-    member_view,
-    shared_inputs,
-)
+from ranlib.models.fused import (FusedConv2d, FusionError, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
+                                 member_optimizer_state, member_state_dict, member_view, shared_inputs)
 from ranlib.training import evaluation, loop
 from ranlib.training.config import TrainConfig, resolve
 from ranlib.training.results import load_results

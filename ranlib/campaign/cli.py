@@ -45,18 +45,8 @@ from . import background, pinned
 from .archive import EXTRA_RESULTS, pack, unpack
 from .plan import CIFAR_EXPERIMENTS, Plan, default_checkpoints, plan_campaign
 from .runner import Campaign
-from .sitting import (
-    ARCHIVE_NAME,
-    GROUP_STARTUP_S,
-    SittingLog,
-    estimate_group_s,
-    fit_batch,
-    imagewoof_masks_step,
-    jpeg_gap_step,
-    preflight,
-    print_table,
-    study_slices,
-)
+from .sitting import (ARCHIVE_NAME, GROUP_STARTUP_S, SittingLog, estimate_group_s, fit_batch, imagewoof_masks_step,
+                      jpeg_gap_step, preflight, print_table, study_slices)
 
 
 def build_parser() -> argparse.ArgumentParser:

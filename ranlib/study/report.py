@@ -32,17 +32,8 @@ from .labels import conditions, device_kind, device_text, hours_number, record_b
 from .ledger import device_minutes
 from .planning import load_records, train_commands
 from .tables import MISSING, format_mean_std, show
-from .verdicts import (
-    NOT_RUN,
-    NOT_RUN_SMOKE,
-    PROFILE_RANK,
-    judge_absolute,
-    judge_ordering,
-    judge_parity,
-    mean_std,
-    rule_sentence,
-    welch_gap,
-)
+from .verdicts import (NOT_RUN, NOT_RUN_SMOKE, PROFILE_RANK, judge_absolute, judge_ordering, judge_parity, mean_std,
+                       rule_sentence, welch_gap)
 
 # ----------------------------------------------------------------------------------------------
 # A chapter's tables

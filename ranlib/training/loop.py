@@ -31,15 +31,8 @@ import torch.nn as nn
 
 from ranlib.errors import CheckpointError, ConfigError, DataFormatError, RanlibError, ResultsExistError, StorageError
 from ranlib.files import FolderLock, check_free_space, check_writable
-from ranlib.models.fused import (
-    FusedConv2d,
-    choose_conv_impls,
-    fuse,
-    fuse_inputs,
-    fused_optimizer_state,
-    member_optimizer_state,
-    member_state_dict,
-)
+from ranlib.models.fused import (FusedConv2d, choose_conv_impls, fuse, fuse_inputs, fused_optimizer_state,
+                                 member_optimizer_state, member_state_dict)
 
 from . import checkpoint as ckpt
 from . import provenance
@@ -47,20 +40,8 @@ from .config import RESUMABLE_CHANGES, TrainConfig, check_group, resolve
 from .evaluation import build_model, evaluate_members
 from .recipes import WarmupStepLR, model_info
 from .results import SCHEMA_VERSION, results_path, write_record, write_results
-from .runtime import (
-    Dist,
-    algorithms,
-    all_reduce,
-    autocast,
-    average_bn_running_stats,
-    cuda_time_s,
-    init_distributed,
-    peak_memory_bytes,
-    resolve_precision,
-    seed_everything,
-    select_device,
-    synchronize,
-)
+from .runtime import (Dist, algorithms, all_reduce, autocast, average_bn_running_stats, cuda_time_s, init_distributed,
+                      peak_memory_bytes, resolve_precision, seed_everything, select_device, synchronize)
 from .splits import load_split
 from .step import TrainStep
 
