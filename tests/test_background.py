@@ -354,6 +354,31 @@ def test_cpu_hours_come_from_the_run_s_measured_speed_and_its_checkpoint(tmp_pat
     assert estimator.seconds(other) == pytest.approx(recorded)
 
 
+def test_a_sitting_that_began_beside_other_work_is_timed_by_its_windows_not_its_running_average(tmp_path):
+    # 50-iteration windows at batch 100: three at 50 images/s (a loaded machine), then twelve at 200.
+    windows = [50.0] * 3 + [200.0] * 12
+    lines, seconds = [], 0.0
+    for i, rate in enumerate(windows, start=1):
+        seconds += 50 * 100 / rate
+        lines.append((10 + 50 * i, 50 * i * 100 / seconds))  # what the loop logs: the sitting's running average
+    assert estimates.window_rates(10, 100, lines) == pytest.approx(windows)
+    assert lines[-1][1] < 150  # the running average still remembers the loaded start
+    settings = {"batch_size": 100, "iterations": 8000, "precision": "bf16", "channels_last": True}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("".join(
+        [json.dumps({"event": "start", "iteration": 0, "config": dict(settings, batch_size=50)}) + "\n",
+         json.dumps({"event": "train", "iteration": 50, "images_per_s": 10.0}) + "\n",  # other settings: left out
+         json.dumps({"event": "resume", "iteration": 10, "config": settings}) + "\n"]
+        + [json.dumps({"event": "train", "iteration": i, "images_per_s": r}) + "\n" for i, r in lines]
+        + ['{"event": "train", "iter\n']))  # a line cut by a kill
+    progress = estimates.read_progress(folder)
+    assert progress.iteration == lines[-1][0] and progress.iterations == 8000
+    assert progress.images_per_s == pytest.approx(200.0)  # the last RECENT_WINDOWS windows
+    assert progress.typical_images_per_s == pytest.approx(200.0)  # the median of the fifteen
+    assert estimates.read_progress(tmp_path / "none") == estimates.Progress(0, None)
+
+
 def test_plan_for_a_cpu_prints_the_order_and_cpu_hours(tmp_path, capsys):
     assert campaign.main(["plan", "--device", "cpu", "--profile", "quick", "--seeds", "0", "--experiments",
                           "arl_vs_nal", "--rows", "attention164-arl", "attention56-nal", "--data-root", "d",

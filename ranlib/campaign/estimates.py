@@ -5,15 +5,22 @@ a later campaign), ``campaign plan --device cpu`` prints every run's CPU-hours, 
 status`` gives the running one's ETA; all three ask :class:`Estimator`. Its figure for a run is,
 best first:
 
-1. the run's own images/s in its latest sitting (the ``train`` lines of the ``metrics.jsonl``
-   beside its checkpoint: what its first iterations measured);
+1. the run's own images/s (the ``train`` lines of the ``metrics.jsonl`` beside its checkpoint):
+   for the run training now, its latest :data:`RECENT_WINDOWS` log windows; else the median window
+   of all its sittings;
 2. the multiply-add rate of the other runs in the same checkpoint folder that trained with the
-   same settings (device type, precision, memory format, batch): the rate fitted on this machine;
+   same settings (device type, precision, memory format, batch), each at its median window: the
+   rate fitted on this machine;
 3. on a CPU, the rate recorded on the project's machine (:data:`CPU_STEP_IMAGES_PER_S`);
    on CUDA without a measurement there is no estimate (None).
 
 Each is the run's training steps and evaluations at that rate (:func:`ranlib.campaign.sitting.estimate_group_s`),
 less the share its checkpoint has already done.
+
+Why windows: a ``train`` line's images/s is the sitting's running average. A sitting that began
+beside other work (this machine gives every login session an equal CPU share, whatever the
+campaign's nice value) keeps a low average for hours after the machine went quiet; the images/s
+of each window between two lines, recovered from consecutive averages, does not.
 """
 
 from __future__ import annotations
@@ -41,18 +48,43 @@ CPU_RATE_MODEL = "cifar_attention56"
 CPU_LOOP_SHARE = 290.0 / 366.0
 # Settings a measured rate is reused for: a run that trains with other ones runs at another speed.
 _SPEED_SETTINGS = ("precision", "channels_last", "batch_size")
+# Log windows (``log_every`` iterations each) the running run's current rate is the median of.
+RECENT_WINDOWS = 10
 
 
 @dataclass(frozen=True)
 class Progress:
-    """What a run's files say: the iteration its checkpoint resumes from, its length, and the
-    latest sitting's last logged iteration and images/s (None before its first ``train`` line)."""
+    """What a run's files say: the iteration its checkpoint resumes from, its length, the latest
+    sitting's last logged iteration and settings, and two rates in images/s (None before the
+    first ``train`` line): ``images_per_s``, the median of the latest sitting's last
+    :data:`RECENT_WINDOWS` log windows (its speed now), and ``typical_images_per_s``, the median
+    window of every sitting that trained with the latest one's speed settings."""
 
     checkpoint_iteration: int
     iterations: int | None
     iteration: int | None = None
     images_per_s: float | None = None
+    typical_images_per_s: float | None = None
     settings: dict | None = None  # the latest sitting's resolved configuration
+
+
+def window_rates(start_iteration: int, batch_size: int, lines: Sequence[tuple[int, float]]) -> list[float]:
+    """Images/s in each window between a sitting's consecutive ``train`` lines.
+
+    ``lines`` are (iteration, images/s) pairs, the images/s being the sitting's running average
+    since ``start_iteration`` (as :mod:`ranlib.training.loop` logs it): the training
+    seconds up to a line are ``(iteration - start_iteration) * batch_size / images_per_s``.
+    The first window runs from the sitting's start. Windows without training time are skipped.
+    """
+    rates, previous_iteration, previous_s = [], start_iteration, 0.0
+    for iteration, average in lines:
+        if not average or average <= 0:
+            continue
+        seconds = (iteration - start_iteration) * batch_size / average
+        if seconds > previous_s and iteration > previous_iteration:
+            rates.append((iteration - previous_iteration) * batch_size / (seconds - previous_s))
+        previous_iteration, previous_s = iteration, seconds
+    return rates
 
 
 def run_dir(config: dict) -> Path:
@@ -75,7 +107,7 @@ def checkpoint_iteration(path: Path) -> int:
 def read_progress(folder: Path) -> Progress:
     """A run folder's :class:`Progress` (its checkpoint and ``metrics.jsonl``)."""
     done = checkpoint_iteration(folder / CHECKPOINT_NAME)
-    settings, last = None, None
+    sittings: list[tuple[dict, int, list[tuple[int, float]]]] = []  # (config, start iteration, train lines)
     metrics = folder / "metrics.jsonl"
     lines = metrics.read_text(errors="replace").splitlines() if metrics.is_file() else []
     for line in lines:
@@ -84,11 +116,19 @@ def read_progress(folder: Path) -> Progress:
         except ValueError:
             continue  # a line cut by a kill
         if event.get("event") in ("start", "resume"):
-            settings, last = event.get("config"), None
-        elif event.get("event") == "train":
-            last = event
-    return Progress(done, (settings or {}).get("iterations"), last and last.get("iteration"),
-                    last and last.get("images_per_s"), settings)
+            sittings.append((event.get("config") or {}, int(event.get("iteration") or 0), []))
+        elif event.get("event") == "train" and sittings and event.get("iteration") is not None:
+            sittings[-1][2].append((int(event["iteration"]), event.get("images_per_s")))
+    if not sittings:
+        return Progress(done, None)
+    settings, start, last_lines = sittings[-1]
+    batch = int(settings.get("batch_size") or 0)
+    recent = window_rates(start, batch, last_lines)[-RECENT_WINDOWS:]
+    windows = [rate for config, begin, train in sittings if _speed(config) == _speed(settings)
+               for rate in window_rates(begin, int(config.get("batch_size") or 0), train)]
+    last = last_lines[-1] if last_lines else (None, None)
+    return Progress(done, settings.get("iterations"), last[0], statistics.median(recent) if recent else None,
+                    statistics.median(windows) if windows else None, settings)
 
 
 class Estimator:
@@ -135,7 +175,8 @@ class Estimator:
         c = self.settled(config)
         macs = 3 * model_counts(c.model, c.model_kwargs, input_size=c.train_size)["macs"]  # per training image
         progress = read_progress(run_dir(config))
-        mine = _speed(progress.settings) == _speed(c.to_dict()) and progress.images_per_s
+        measured = progress.images_per_s if iteration is not None else progress.typical_images_per_s
+        mine = _speed(progress.settings) == _speed(c.to_dict()) and measured
         rate = mine * macs if mine else self.macs_per_s(c, Path(config["checkpoint_dir"]))
         if rate is None:
             return None
@@ -153,10 +194,10 @@ class Estimator:
             measured = []
             for folder in sorted(checkpoint_dir.glob("*/*")) if checkpoint_dir.is_dir() else []:
                 p = read_progress(folder)
-                if p.images_per_s and p.settings and p.settings.get("device", "auto") in ("auto", self.device.type):
+                if p.typical_images_per_s and p.settings and p.settings.get("device", "auto") in ("auto", self.device.type):
                     counts = model_counts(p.settings["model"], p.settings.get("model_kwargs"),
                                           input_size=p.settings.get("train_size"))
-                    measured.append((_speed(p.settings), p.images_per_s * 3 * counts["macs"]))
+                    measured.append((_speed(p.settings), p.typical_images_per_s * 3 * counts["macs"]))
             self._rates[checkpoint_dir] = measured
         same = [rate for speed, rate in self._rates[checkpoint_dir] if speed == _speed(c.to_dict())]
         if same:
