@@ -379,6 +379,20 @@ def test_a_sitting_that_began_beside_other_work_is_timed_by_its_windows_not_its_
     assert estimates.read_progress(tmp_path / "none") == estimates.Progress(0, None)
 
 
+def test_the_recorded_cpu_rates_are_the_committed_benchmark_s():
+    bench = json.loads((REPO / "results" / "performance" / "cpu-cifar_attention56.json").read_text())
+    assert bench["model"] == estimates.CPU_RATE_MODEL
+    fastest = {}  # the batch the constants name: 128 for bf16 with channels_last, else the one timed
+    for step in bench["step"]:
+        key = (step["precision"], step["channels_last"])
+        if key != ("bf16", True) or step["batch_size"] == 128:
+            fastest[key] = step["images_per_s"]
+    assert fastest.keys() == estimates.CPU_STEP_IMAGES_PER_S.keys()
+    for key, rate in fastest.items():
+        assert estimates.CPU_STEP_IMAGES_PER_S[key] == pytest.approx(rate, rel=0.01), key
+    assert estimates.CPU_LOOP_SHARE == pytest.approx(bench["loop"]["share"], rel=0.01)
+
+
 def test_plan_for_a_cpu_prints_the_order_and_cpu_hours(tmp_path, capsys):
     assert campaign.main(["plan", "--device", "cpu", "--profile", "quick", "--seeds", "0", "--experiments",
                           "arl_vs_nal", "--rows", "attention164-arl", "attention56-nal", "--data-root", "d",

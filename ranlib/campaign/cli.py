@@ -183,8 +183,9 @@ def _print_cpu_plan(plan: Plan, device) -> int:
               f"{size['iterations']:>6} {size['batch_size']:>5} {hours:>6.2f}  "
               f"{f'checkpoint at {done}' if done else 'start'}")
     print(f"{len(plan.runs)} runs to train one at a time, about {total:.1f} CPU-hours in all; {len(plan.skipped)} "
-          f"left out. CPU-hours at each run's images/s measured in its last sitting, else the rate of the runs "
-          f"measured in the checkpoint folder, else the rate recorded on the project's machine (ranlib.campaign.estimates)")
+          f"left out. CPU-hours at each run's images/s measured in its own sittings (the median log window), else "
+          f"the rate of the runs measured in the checkpoint folder, else the rate recorded on the project's machine "
+          f"(ranlib.campaign.estimates)")
     _print_skipped(plan)
     return 0
 
