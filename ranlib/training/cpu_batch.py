@@ -1,8 +1,9 @@
 """The batch a CPU trains fastest at: measured once per machine, cached, the same ever after.
 
 On a CPU the speed of a step depends on the batch in ways no rule predicts (caches, how well two
-threads share a small layer): on the project's 2-core EPYC, Attention-56 (bf16, channels_last, 2 threads) at
-ran at 335, 366 and 316 images/s at batch 64, 128 and 256. :func:`fastest_batch` times a few training
+threads share a small layer): on the project's 2-core EPYC, Attention-56 (bf16, channels_last, 2 threads)
+ran at 156, 175 and 169 images/s at batch 64, 128 and 256 (``results/performance/cpu-cifar_attention56.json``),
+and at 335, 366 and 316 in an earlier measurement. :func:`fastest_batch` times a few training
 steps at each candidate batch and keeps the fastest. The rates are cached in
 ``<user cache>/ranlib/cpu-batch.json`` (:func:`ranlib.paths.cache_dir`) under a key naming the
 CPU, torch's thread count and version, the model, precision and memory format, so every later
