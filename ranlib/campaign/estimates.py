@@ -18,8 +18,8 @@ Each is the run's training steps and evaluations at that rate (:func:`ranlib.cam
 less the share its checkpoint has already done.
 
 Why windows: a ``train`` line's images/s is the sitting's running average. A sitting that began
-beside other work (this machine gives every login session an equal CPU share, whatever the
-campaign's nice value) keeps a low average for hours after the machine went quiet; the images/s
+beside other work (a kernel that groups CPU time by session gives each an equal share, whatever
+the campaign's nice value) keeps a low average for hours after the machine went quiet; the images/s
 of each window between two lines, recovered from consecutive averages, does not.
 """
 
