@@ -151,8 +151,10 @@ def test_parity_verdicts_use_the_welch_interval():
 def test_every_verdict_has_a_legend_line_and_rules_state_their_numbers():
     assert set(verdicts.LEGEND) == set(verdicts.VERDICTS[:6])  # the "not run here" kinds share a line
     rule = verdicts.rule_sentence({"ordering", "parity", "absolute"}, jpeg_cost="2-3 points, quoted")
-    for number in ("95 %", "4.30", "12.71", "±1 point", "±0.5", "3 points", "2-3 points, quoted"):
+    for number in ("95 %", "4.30", "12.71", "±1 point", "±0.5", "by 3.00 points", "2-3 points, quoted"):
         assert number in rule, number
+    measured = verdicts.rule_sentence({"absolute"}, jpeg_cost="+0.71 points measured", jpeg_allowance=2.01)
+    assert "by 2.01 points" in measured and "3.00" not in measured  # the allowance the verdicts use
     assert verdicts.CONSISTENT_JPEG in rule and verdicts.INCONCLUSIVE in rule
     assert "tie" not in verdicts.rule_sentence({"ordering"})
 
@@ -757,7 +759,7 @@ def test_the_jpeg_caveat_reads_a_measured_cost_or_labels_the_quoted_one(tmp_path
     assert "+1.00 points" in measured["text"] and "measured here" in measured["text"]
 
 
-def test_an_absolute_claim_on_the_jpeg_copy_is_allowed_the_measured_cost(tmp_path):
+def test_an_absolute_claim_on_the_jpeg_copy_is_allowed_the_measured_cost(tmp_path, monkeypatch):
     records = arl_nal_records([8.4, 8.6], [9.0, 9.1], profile="paper", iterations=160000, batch_size=64)
     quoted = claim(report.claims_table("arl_vs_nal", records, tmp_path), "Attention-56 ARL: error")
     assert quoted["verdict"] == verdicts.CONSISTENT_JPEG and "with 3.00 for the JPEG copy" in quoted["reason"]
@@ -770,3 +772,9 @@ def test_an_absolute_claim_on_the_jpeg_copy_is_allowed_the_measured_cost(tmp_pat
     tol = verdicts.ABS_TOLERANCE["cifar"] + verdicts.SPREAD_SIGMAS * verdicts.mean_std([8.4, 8.6])[1]
     # the band's upper end is the tolerance plus the measured interval's upper end, not the quoted 3
     assert measured["verdict"] == verdicts.PARTLY and f"+{tol + 1.2:.2f}]" in measured["reason"]
+    assert jpeg_gap.jpeg_cost(tmp_path)["allowance"] == 1.2
+    # and the chapter's rule sentence states that allowance, not the quoted one
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(getattr(obj, "data", str(obj))))
+    report.show_claims("arl_vs_nal", records, report.claims_table("arl_vs_nal", records, tmp_path), tmp_path)
+    assert "by 1.20 points" in shown[0] and "by 3.00 points" not in shown[0]

@@ -178,8 +178,9 @@ def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
     """What the JPEG copy costs, for the caveat: measured (``results/jpeg_gap/*.json``, their mean)
     or, without a measurement, the figure the copy's README quotes, labelled as quoted.
 
-    Returns ``{"source": "measured" | "quoted", "points", "low", "high", "text", "short"}`` (points of
-    top-1 error; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the
+    Returns ``{"source": "measured" | "quoted", "points", "low", "high", "allowance", "text", "short"}``
+    (points of top-1 error; ``allowance``, what an absolute claim on the copy is allowed: the interval's
+    upper end, at least 0; ``text`` for the caveat, ``short`` for a verdict rule). A measured interval is the
     file's ``jpeg_minus_exact_interval`` when it has one, else a conservative one: the 95 % normal interval of the difference of two independent error rates on
     ``num_images`` images each (the two evaluations share their images, which only narrows the true
     interval, so this one is too wide rather than too narrow).
@@ -187,7 +188,7 @@ def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
     folder = resolve_path(results_root) / "jpeg_gap"
     gaps = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     if not gaps:
-        return {"source": "quoted", "points": None, "low": 2.0, "high": 3.0,
+        return {"source": "quoted", "points": None, "low": 2.0, "high": 3.0, "allowance": 3.0,
                 "text": "2-3 points of top-1 error, as the copy's README quotes one public report (quoted, not "
                         "measured here)",
                 "short": "2-3 points, quoted from the copy's README, not measured here"}
@@ -207,8 +208,8 @@ def jpeg_cost(results_root: str | os.PathLike = "results") -> dict:
             f"here on {', '.join(models)}: its error on the {gaps[0]['num_images']} exact official test images "
             "against their JPEG versions (what JPEG at test time costs; training on JPEG images may cost more)")
     short = f"{mean:+.2f} points measured here, 95 % interval {min(lows):+.2f} to {max(highs):+.2f}"
-    return {"source": "measured", "points": mean, "low": min(lows), "high": max(highs), "text": text,
-            "short": short}
+    return {"source": "measured", "points": mean, "low": min(lows), "high": max(highs),
+            "allowance": max(max(highs), 0.0), "text": text, "short": short}
 
 
 if __name__ == "__main__":

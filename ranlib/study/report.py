@@ -213,8 +213,7 @@ def claims_table(name: str, records: Sequence[dict], results_root: str | os.Path
     """
     exp = experiment(name)
     runs = runs_frame(name, records)
-    cost = jpeg_cost(results_root)
-    allowance = max(cost["high"], 0.0) if cost["source"] == "measured" else None
+    allowance = jpeg_cost(results_root)["allowance"]
     response = {}
     for record in records:  # last-stage response normalised to stage 1, per run
         curve = normalised_responses(record)
@@ -366,7 +365,8 @@ def show_claims(name: str, records: Sequence[dict], claims: pd.DataFrame,
     paper's numbers only, since every verdict would read *not run here*."""
     from IPython.display import Markdown, display
 
-    rule = rule_sentence(claims["kind"], jpeg_cost=jpeg_cost(results_root)["short"])
+    cost = jpeg_cost(results_root)
+    rule = rule_sentence(claims["kind"], jpeg_cost=cost["short"], jpeg_allowance=cost["allowance"])
     display(Markdown(f"**Rule.** {rule}\n\n{claim_units(claims['kind'])}"))
     view = claims_view(claims)
     if any(True for _ in experiment(name).runs_of(records)):

@@ -278,10 +278,11 @@ def judge_complexity(ours: float | None, reference: float | None,
 
 
 
-def rule_sentence(kinds: Iterable[str], *, jpeg_cost: str = "") -> str:
+def rule_sentence(kinds: Iterable[str], *, jpeg_cost: str = "", jpeg_allowance: float = JPEG_ALLOWANCE) -> str:
     """The verdict rule of a chapter's claims (their ``kind``s) in one sentence, with its numbers:
     the interval, its t quantile at two seeds a row, the tie margin, the absolute band and the JPEG
-    copy's allowance (``jpeg_cost``: what the caveat says the copy costs, measured or quoted)."""
+    copy's allowance (``jpeg_allowance``, in points, as :func:`judge_absolute` is given it;
+    ``jpeg_cost``: what the caveat says the copy costs, measured or quoted)."""
     kinds = set(kinds)
     t2, t1 = (t_quantile(0.5 + CONFIDENCE / 2, df) for df in (2, 1))
     parts = []
@@ -300,11 +301,11 @@ def rule_sentence(kinds: Iterable[str], *, jpeg_cost: str = "") -> str:
         parts.append(f"a tie is *reproduced* if the difference's {_CI} Welch interval lies inside "
                      f"±{PARITY_MARGIN:g} point, *not reproduced* if wholly outside, else *inconclusive*")
     if "absolute" in kinds:
-        allowance = f" (the copy's cost: {jpeg_cost})" if jpeg_cost else ""
+        allowance = f" (the upper end of the copy's cost: {jpeg_cost})" if jpeg_cost else ""
         parts.append(
             f"an error is compared with the paper's only at the paper's budget, inside ±{ABS_TOLERANCE['cifar']:g} "
             f"point on CIFAR (±{ABS_TOLERANCE['imagenet']:g} on ImageNet) plus {SPREAD_SIGMAS:g} seed spreads, "
-            f"widened upwards on the JPEG copy by {JPEG_ALLOWANCE:g} points{allowance}, where a match reads "
+            f"widened upwards on the JPEG copy by {jpeg_allowance:.2f} points{allowance}, where a match reads "
             f"*{CONSISTENT_JPEG}*")
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "." if text else ""
