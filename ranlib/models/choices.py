@@ -132,8 +132,9 @@ OPEN_CHOICES = [
         why="On the project's 2-core AMD EPYC (torch 2.14.1, 2 threads) Attention-56's step ran at 37 images/s "
             "in fp32 NCHW and 175 in bf16 channels_last (`python -m ranlib.bench --device cpu`, "
             "results/performance/cpu-cifar_attention56.json); a CPU's fastest batch is not predictable "
-            "(128 there, within 11 % of 64 and 256), so it is measured. Whether bf16 trains like fp32 is checked below: fp32 seeds 0 and 1 and bf16 "
-            "seed 0 trained alike, bf16 counting as fp32's equal when its loss curve stays as close to fp32's "
+            "(128 there, within 11 % of 64 and 256), so it is measured. Whether bf16 trains like fp32 is "
+            "checked below: fp32 seeds 0 and 1 and bf16 seed 0 trained alike, bf16 counting as fp32's equal "
+            "when its loss curve stays as close to fp32's "
             "of the same seed as the two fp32 seeds stay to each other.",
     ),
     dict(
