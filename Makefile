@@ -19,7 +19,10 @@ DEVICE ?= auto
 DATASET ?=
 DATA_ROOT ?=
 PYTEST_ARGS ?=
-# Two pytest workers; tests marked xdist_group("book") share one worker so the book builds once.
+# Two pytest workers, each test module on one worker (--dist loadfile), so that a module-scoped
+# fixture such as tests/test_book.py's built book is built once. Not --dist loadgroup: under
+# pytest 9.2 pytest-xdist 3.8 can no longer tag node ids with their xdist_group, so it ignores the
+# groups and both workers built the book at once (the race that failed CI at stop 26).
 PYTEST_WORKERS ?= 2
 
 .PHONY: venv test book reproduce device-data device-data-woof unpack clean-book
@@ -35,7 +38,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 # One OpenMP thread per process: two pytest workers (and the notebook kernels and subprocesses they
 # start) on two cores; more threads oversubscribe the cores and OpenMP's spin-waits slow tests 10x.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); \
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
 	status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests"; exit 0; fi; \
 	exit $$status

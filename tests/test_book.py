@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 JPEG_LABEL = "CIFAR-10 (JPEG q75 copy)"
 
-pytestmark = [pytest.mark.xdist_group("book"), pytest.mark.slow]
+pytestmark = pytest.mark.slow  # one worker runs this whole module (Makefile: --dist loadfile)
 
 
 def load_reproduce():

@@ -1,4 +1,4 @@
-"""A dress rehearsal of the GPU sitting on the CPU: smoke profile, about a minute's budget.
+"""A dress rehearsal of the GPU sitting on the CPU: smoke profile, a two-minute budget.
 
 It must stop on time, pack as it goes, unpack here, and the experiment pages render the new rows.
 """
@@ -23,7 +23,9 @@ from test_train import REPO, make_folder_dataset, subprocess_env
 
 papermill = pytest.importorskip("papermill")
 
-BUDGET_MINUTES = 1.2
+# Room for the set-up and the preflight (7 s alone, over 22 s beside the other pytest worker and a
+# campaign; 1.2 minutes then left no time to start the first group) and the claims slice (~30 s).
+BUDGET_MINUTES = 2.0
 
 
 def test_slices_put_the_claims_first():
