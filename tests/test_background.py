@@ -298,6 +298,41 @@ def test_status_says_whether_a_run_resumes_or_starts_over(tmp_path, caches, data
     assert f"resumes from its checkpoint at iteration 12/{TINY['iterations']}" in text, text
 
 
+def test_status_says_where_the_budget_s_end_stops_a_run_that_outlasts_it(tmp_path, caches):
+    [config] = planning.plan_runs("arl_vs_nal", profile="quick", seeds=[0], dataset="cifar10-jpeg", data_root="d",
+                                  results_dir=tmp_path / "results", checkpoint_dir=caches / "checkpoints",
+                                  device="cpu", rows=["attention92-arl"])
+    estimator = estimates.Estimator(torch.device("cpu"))
+    settled = estimator.settled(config).to_dict()
+    total, batch = settled["iterations"], settled["batch_size"]
+    folder = estimates.run_dir(config)
+    folder.mkdir(parents=True)
+    # half done, at a rate that needs an hour for the other half
+    rate = (total // 2) * batch / 3600.0
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps(line) + "\n" for line in
+        [{"event": "start", "iteration": 0, "config": settled}]
+        + [{"event": "train", "iteration": i, "images_per_s": rate} for i in range(50, total // 2 + 1, 50)]))
+    state_dir = caches / "campaign"
+    lock = background.CampaignLock.acquire(state_dir)  # this process plays the running campaign
+    try:
+        def status(budget_s: float) -> str:
+            tracker = background.Tracker(state_dir, [[config]], estimator=estimator, commit="abc", worktree=None,
+                                         command="python -m ranlib.campaign run ...", budget_s=budget_s)
+            tracker.running(budget_s)
+            tracker.started([config], pid=os.getpid(), commit="abc")
+            return "\n".join(background.status_lines(state_dir))
+
+        text = status(1800.0)  # half the hour left: it stops about three quarters of the way
+        assert f"iteration {total // 2}/{total}" in text, text
+        near = int(text.split("checkpoints near iteration ")[1].split("/")[0])
+        assert abs(near - 3 * total // 4) <= total // 50, text
+        assert "the next campaign resumes it" in text
+        assert "the budget ends first" not in status(3 * 3600.0)  # it finishes inside the budget
+    finally:
+        lock.release()
+
+
 # --- the CPU's plan -------------------------------------------------------------------------------
 
 def test_the_cpu_order_puts_the_claims_per_cpu_hour_first(tmp_path):

@@ -20,8 +20,9 @@ started it), niced, with its output in ``campaign.log``. Its files are in ``<cac
   beside its checkpoint).
 
 ``status`` reads these and each run's folder (:mod:`ranlib.campaign.estimates`): the running run's
-iteration, images/s and ETA, and for each run still to train whether it resumes from a
-checkpoint on this machine or starts over. ``stop`` sends the campaign SIGTERM, which stops the
+iteration, images/s and ETA (and, when the budget ends first, about which iteration it will
+checkpoint at), and for each run still to train whether it resumes from a checkpoint on this
+machine or starts over. ``stop`` sends the campaign SIGTERM, which stops the
 training in flight at its next step with a checkpoint (:class:`ranlib.campaign.runner.Campaign`), and
 waits until the lock is free.
 """
@@ -214,9 +215,10 @@ def status_lines(state_dir: Path) -> list[str]:
     lines = [head, f"  log: {state.get('log')}"]
     estimator = Estimator(torch.device(state["device"])) if state.get("device") else None
     running = pid is not None and pid == state.get("pid")
+    budget_left = state["deadline"] - time.time() if running and state.get("deadline") else None
     for run in state["runs"]:
         lines.append(f"  {_run_status(run, running):<11} {run['experiment']}/{run['run_name']}: "
-                     f"{_run_detail(run, running, estimator)}")
+                     f"{_run_detail(run, running, estimator, budget_left)}")
     counts = {s: sum(r["status"] == s for r in state["runs"]) for s in ("finished", "interrupted", "failed")}
     if not running and any(r["status"] != "finished" for r in state["runs"]):
         lines.append(f"  resume with: {state['command']}")
@@ -231,7 +233,7 @@ def _run_status(run: dict, campaign_running: bool) -> str:
     return run["status"]
 
 
-def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) -> str:
+def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None, budget_left: float | None) -> str:
     from ranlib.training.config import TrainConfig, resolve
     from ranlib.training.results import results_path
 
@@ -243,8 +245,14 @@ def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None) 
         if progress.iteration is None:
             return f"starting (from iteration {progress.checkpoint_iteration}), commit {(run['commit'] or '?')[:10]}"
         eta = estimator.seconds(config, iteration=progress.iteration) if estimator else None
-        return (f"iteration {progress.iteration}/{total}, {progress.images_per_s:.0f} images/s, "
-                f"ETA {format_duration(eta)}")
+        detail = (f"iteration {progress.iteration}/{total}, {progress.images_per_s:.0f} images/s, "
+                  f"ETA {format_duration(eta)}")
+        if eta and budget_left is not None and eta > budget_left:
+            # the budget's end stops it first (with a checkpoint): say about where, at the rate the ETA assumes
+            near = progress.iteration + int((total - progress.iteration) * max(budget_left, 0) / eta)
+            detail += (f"; the budget ends first: it checkpoints near iteration {near}/{total} "
+                       "and the next campaign resumes it")
+        return detail
     if run["status"] == "finished":
         path = results_path(config["results_dir"], config["experiment"], config["run_name"])
         try:
