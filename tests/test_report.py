@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from ranlib import paths
-from ranlib.study import complexity, compute, experiments, jpeg_gap, paper, planning, plots, report, tables, verdicts
+from ranlib.study import (complexity, compute, experiments, jpeg_gap, labels, paper, planning, plots, report, tables,
+                          verdicts)
 from ranlib.study.ledger import LEDGER_FIELDS, LEDGER_NAME, append_ledger
 from ranlib.training.results import write_results
 
@@ -520,6 +521,17 @@ def test_runs_summary_names_budget_device_precision_data_and_cost():
     text = report.runs_summary(arl_nal_records([5.0], [6.0], device_type="cpu", wall_time_s=7200))
     assert text == ("2 runs at quick, 20 of the paper's 205 epochs (10 %); trained on AMD EPYC CPU (2 cores) "
                     "in bf16, on CIFAR-10 (JPEG q75 copy), seed 0; 4.0 CPU-hours in all.")
+
+
+@pytest.mark.parametrize("name, kind, text", [
+    ("Intel(R) Xeon(R) Processor", "cpu", "Intel Xeon CPU (2 cores)"),
+    ("Intel(R) Core(TM) i7-9700 CPU @ 3.00GHz", "cpu", "Intel Core i7-9700 @ 3.00GHz CPU (2 cores)"),
+    ("AMD EPYC", "cpu", "AMD EPYC CPU (2 cores)"),
+    ("NVIDIA H200", "cuda", "NVIDIA H200 GPU"),
+])
+def test_device_labels_drop_a_cpu_model_s_trademark_marks(name, kind, text):
+    record = {"provenance": {"device_name": name, "device_type": kind, "device_count": 2 if kind == "cpu" else 1}}
+    assert labels.device_text(record) == text
 
 
 def test_plots_render_with_and_without_results():

@@ -12,6 +12,7 @@ all cores of a CPU.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Sequence
 
 from .ledger import device_minutes
@@ -89,9 +90,13 @@ def device_kind(record: dict) -> str:
 
 
 def device_text(record: dict) -> str:
-    """``"NVIDIA H200 GPU"``, ``"AMD EPYC CPU (2 cores)"``."""
+    """``"NVIDIA H200 GPU"``, ``"AMD EPYC CPU (2 cores)"``; a CPU model's trademark marks and the words
+    "Processor" and "CPU" are dropped (``"Intel(R) Xeon(R) Processor"`` reads ``"Intel Xeon CPU (2 cores)"``);
+    the tables keep the provenance's own string."""
     prov = record.get("provenance", {})
     name, kind = prov.get("device_name") or "?", device_kind(record)
+    if kind == "CPU":
+        name = " ".join(re.sub(r"\((r|tm)\)|\b(processor|cpu)\b", " ", name, flags=re.I).split()) or "?"
     count = prov.get("device_count")
     return f"{name} CPU ({count} cores)" if kind == "CPU" and count else f"{name} {kind}"
 
