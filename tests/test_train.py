@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ranlib.errors import ConfigError, DataNotFoundError, ResultsExistError, UnknownNameError
-from ranlib.training import evaluation, loop, recipes, splits
+from ranlib.training import evaluation, loop, provenance, recipes, splits
 from ranlib.training.config import IDENTITY_FIELDS, IDENTITY_SUFFIX, TrainConfig, resolve
 from ranlib.training.results import load_results
 from ranlib.training.runtime import Dist, native_bf16, resolve_precision
@@ -84,6 +84,18 @@ def one_thread():
 
 
 # --- schedule -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module, command", [("ranlib.bench.__main__", "python -m ranlib.bench --device cpu"),
+                                             ("ranlib.__main__", "python -m ranlib --device cpu")])
+def test_the_recorded_command_names_the_module_run_with_dash_m(monkeypatch, module, command):
+    import importlib.machinery
+    import types
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.machinery.ModuleSpec(module, None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [f"/x/{module.replace('.', '/')}.py", "--device", "cpu"])
+    assert provenance.command_line() == command
+
 
 def test_paper_schedule_is_the_default():
     rule = recipes.scaled_schedule(recipes.RECIPES["cifar"], 64)

@@ -77,10 +77,13 @@ def gpu_driver() -> str | None:
 
 
 def command_line() -> str:
-    """The command that started this process, as one string."""
+    """The command that started this process, as one string: ``python -m ranlib.bench ...`` for a
+    package run with ``-m`` (the module from ``__main__``'s spec)."""
     argv = list(sys.argv)
     if argv and argv[0].endswith("__main__.py"):
-        argv[0] = "python -m ranlib"
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else "ranlib"
+        argv[0] = f"python -m {module}"
     return " ".join(argv)
 
 
