@@ -19,6 +19,7 @@ from ranlib.campaign import cli as campaign
 from ranlib.campaign.plan import CIFAR_EXPERIMENTS, plan_campaign
 from ranlib.campaign.runner import Campaign
 from ranlib.campaign.sitting import GROUP_STARTUP_S
+from ranlib.errors import RanlibError
 from ranlib.study import planning
 from ranlib.study.ledger import LEDGER_NAME, read_ledger
 from ranlib.training.results import load_results
@@ -272,6 +273,27 @@ def test_a_run_resumes_on_the_commit_it_started_on(tmp_path, caches):
     assert git(older, "rev-parse", "HEAD") == first and older.parent == here.parent == caches / "worktrees"
     env = pinned.code_env(older, {"PYTHONPATH": "/elsewhere"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(older), "/elsewhere"]
+
+
+def test_a_worktree_whose_record_the_repository_lost_is_made_afresh(tmp_path, caches):
+    import shutil
+
+    from ranlib.campaign import pinned
+
+    repo = checkout(tmp_path)
+    commit = git(repo, "rev-parse", "HEAD")
+    here = pinned.worktree(repo, commit)
+    shutil.rmtree(repo / ".git" / "worktrees")  # as in a restored or re-cloned checkout
+    with pytest.raises(subprocess.CalledProcessError):
+        git(here, "rev-parse", "HEAD")
+    assert pinned.worktree(repo, commit) == here
+    assert git(here, "rev-parse", "HEAD") == commit and git(here, "status", "--porcelain") == ""
+    stranger = caches / "worktrees" / "not-a-worktree"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("not ranlib's")
+    with pytest.raises(RanlibError, match="is not a clean worktree"):
+        pinned.worktree(repo, "not-a-worktree")
+    assert (stranger / "keep.txt").is_file()  # a folder that is no worktree is never deleted
 
 
 # --- status of what is left -----------------------------------------------------------------------

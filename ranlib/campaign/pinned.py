@@ -10,12 +10,14 @@ commit, clean (:func:`ranlib.training.provenance.git_state` reads the package's 
 Uncommitted changes to the code (``ranlib/``, ``pyproject.toml``) would not be in the pinned
 commit: :func:`checkout_commit` refuses them in one line. A run keeps the commit it started on:
 its folder records it (:func:`record_commit`), and a later campaign resumes its checkpoint from
-that commit's worktree, so one training never mixes two versions of the code.
+that commit's worktree (made afresh when the checkout has lost its record of it, as a re-cloned or
+restored one has), so one training never mixes two versions of the code.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,10 @@ def worktree(repo: Path, commit: str) -> Path:
     """``<cache>/worktrees/<commit>``: a detached worktree of ``commit`` of the repository ``repo``
     (any of its worktrees), created when missing, checked to be clean at that commit."""
     path = cache_dir() / "worktrees" / commit
+    if _orphaned(path):
+        # Its record under repo's .git/worktrees is gone (a re-cloned or restored checkout): git can no longer
+        # use the folder. It only ever holds a checkout of the commit, made here, so make it afresh.
+        shutil.rmtree(path)
     if not path.exists():
         git("worktree", "prune", cwd=repo)  # forget a worktree folder deleted by hand
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +76,16 @@ def worktree(repo: Path, commit: str) -> Path:
         raise RanlibError(f"{path} is not a clean worktree of commit {commit[:10]}; remove it (git worktree remove "
                           f"--force {path}) and start again")
     return path
+
+
+def _orphaned(path: Path) -> bool:
+    """Whether ``path`` is a worktree folder whose record in its repository is gone: its ``.git``
+    file reads ``gitdir: <repo>/.git/worktrees/<name>`` and that folder no longer exists."""
+    dot_git = path / ".git"
+    if not dot_git.is_file():
+        return False
+    key, _, gitdir = dot_git.read_text().partition(":")
+    return key.strip() == "gitdir" and not Path(gitdir.strip()).exists()
 
 
 def code_env(folder: Path, env: dict | None = None) -> dict:
