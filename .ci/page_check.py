@@ -147,12 +147,20 @@ PHONE_FRAME = """<!DOCTYPE html><html><body style="margin:0">
 }});</script></body></html>"""
 
 
+def findings(dom: str) -> dict | None:
+    """The measurements the script left in a dumped ``dom``, None when it holds none. The theme's
+    script may add attributes to the report's ``<pre>`` (``tabindex="-1"`` makes a wide one
+    scrollable by keyboard), so any attributes after its id are accepted."""
+    import html
+
+    found = re.search(r'<pre id="ranlib-page-check"[^>]*>(.*?)</pre>', dom, re.S)
+    return json.loads(html.unescape(found.group(1))) if found else None
+
+
 def measure(page: Path, width: int = WIDTH, attempts: int = 3) -> dict:
     """The script's findings on ``page`` (a built HTML file) at ``width`` px (:data:`PHONE`: the
     verdict column only, in a frame of that width). A render that ends before the page's load
     event (a busy machine) is tried again, up to ``attempts`` times."""
-    import html
-
     copy = page.with_name(f".page-check-{page.name}")
     frame = page.with_name(f".page-check-frame-{page.name}")
     text = page.read_text(encoding="utf8")
@@ -165,9 +173,9 @@ def measure(page: Path, width: int = WIDTH, attempts: int = 3) -> dict:
             with tempfile.TemporaryDirectory() as profile:
                 dom = subprocess.run([*browser(profile), "--dump-dom", shown.as_uri()],
                                      capture_output=True, text=True, timeout=120).stdout
-            found = re.search(r'<pre id="ranlib-page-check">(.*?)</pre>', dom, re.S)
-            if found:
-                return json.loads(html.unescape(found.group(1)))
+            found = findings(dom)
+            if found is not None:
+                return found
     finally:
         copy.unlink()
         frame.unlink()
