@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RanlibError, ResultsExistError, print_error
+from .errors import RanlibError, ResultsExistError, print_error, quiet_on_closed_pipe
 from .models.complexity import model_table
 from .training.flags import add_train_flags, key_values
 
@@ -116,6 +116,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     import ranlib

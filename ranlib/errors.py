@@ -7,7 +7,10 @@ Workers append classes at the end of this file.
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from typing import Callable
 
 ERROR_PREFIX = "ranlib: error:"
 
@@ -15,6 +18,23 @@ ERROR_PREFIX = "ranlib: error:"
 def print_error(exc: BaseException) -> None:
     """The one line every command prints on stderr for bad input: ``ranlib: error: <message>``."""
     print(f"{ERROR_PREFIX} {' '.join(str(exc).split())}", file=sys.stderr)
+
+
+def quiet_on_closed_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's ``main`` so that a reader who stops early (``campaign status | head``) ends
+    the command quietly with status 1 instead of a ``BrokenPipeError`` traceback.
+
+    Follows the note on SIGPIPE in Python's ``signal`` documentation: stdout is pointed at
+    ``os.devnull`` so that the interpreter's last flush at exit cannot raise a second time.
+    """
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+    return wrapped
 
 
 class RanlibError(Exception):

@@ -204,6 +204,37 @@ def test_python_dash_m_exits_without_traceback():
     assert proc.stderr.startswith("ranlib: error: unknown model 'no_such_model'") and "Traceback" not in proc.stderr
 
 
+CLOSED_PIPE_SCRIPT = """
+from ranlib.errors import quiet_on_closed_pipe
+
+@quiet_on_closed_pipe
+def main():
+    for i in range(200_000):  # far more than a pipe buffer, so the write after the reader left fails
+        print("line", i)
+    return 0
+
+raise SystemExit(main())
+"""
+
+
+def test_reader_closing_the_pipe_ends_a_command_quietly():
+    """`campaign status | head`: the reader takes one line and leaves; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", CLOSED_PIPE_SCRIPT], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "line 0\n"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert stderr == ""
+
+
+@pytest.mark.parametrize("module", ["ranlib.cli", "ranlib.campaign.cli", "ranlib.bench.cli", "ranlib.study.jpeg_gap"])
+def test_every_command_survives_a_closed_pipe(module):
+    import importlib
+
+    assert hasattr(importlib.import_module(module).main, "__wrapped__"), f"{module}.main is not quiet_on_closed_pipe"
+
+
 # --- benchmark ------------------------------------------------------------------------------------------
 
 def test_bench_runs_on_cpu_with_two_steps(tmp_path, capsys, one_thread):

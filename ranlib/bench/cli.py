@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ranlib.errors import RanlibError, ResultsExistError, print_error
+from ranlib.errors import RanlibError, ResultsExistError, print_error, quiet_on_closed_pipe
 from ranlib.training import provenance
 from ranlib.training.config import COMPILE_MODES
 from ranlib.training.results import benchmark_file_name, setup_text
@@ -226,6 +226,7 @@ def _write(path: Path | None, record: dict, overwrite: bool) -> None:
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """``started``: the ``time.perf_counter()`` from which ``--budget-seconds`` counts (default: now;
     ``python -m ranlib.bench`` passes its process's start)."""

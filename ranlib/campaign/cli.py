@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ranlib.errors import RanlibError, print_error
+from ranlib.errors import RanlibError, print_error, quiet_on_closed_pipe
 from ranlib.paths import cache_dir, resolve_path
 from ranlib.study.experiments import EXPERIMENTS
 from ranlib.study.ledger import LEDGER_NAME
@@ -432,6 +432,7 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for `status` to say how to resume

@@ -26,7 +26,8 @@ import torch
 from ranlib.data.batches import GpuBatches
 from ranlib.data.cifar import load_arrays
 from ranlib.data.decode import read_npz, sha256_file
-from ranlib.errors import DataFormatError, DataNotFoundError, RanlibError, print_error
+from ranlib.errors import (DataFormatError, DataNotFoundError, RanlibError, print_error,
+                           quiet_on_closed_pipe)
 from ranlib.paths import resolve_path
 from ranlib.training import provenance
 from ranlib.training.evaluation import evaluate, load_trained, trained_model
@@ -126,6 +127,7 @@ def jpeg_gap(checkpoint: str | Path, *, data_root: str | Path, exact_path: str |
     }
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ranlib.study.jpeg_gap", description=__doc__.split("\n\n")[1])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `ranlib train` (last.pt)")
