@@ -4,6 +4,7 @@ the ledger, and carrying results between machines (real CPU trainings on tiny da
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -189,6 +190,34 @@ def test_a_stopped_run_checkpoints_and_the_next_campaign_resumes_it(tmp_path, da
     [record] = load_results(tmp_path / "results" / "mask_structure")
     assert record["provenance"]["resumed"] and record["final"]["iteration"] == 30
     assert [l["status"] for l in ledger_lines(tmp_path)] == ["interrupted", "finished"]
+
+
+# Stand-ins for a training, stopped once they run (their marker file exists): one stops as the loop
+# does after its checkpoint (exit 128 + SIGTERM), one is killed by the signal, as in start-up.
+CHECKPOINTS_ON_SIGTERM = ("import signal, sys, time, pathlib\n"
+                          "signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))\n"
+                          "pathlib.Path(sys.argv[1]).touch()\ntime.sleep(60)")
+DIES_ON_SIGTERM = "import sys, time, pathlib\npathlib.Path(sys.argv[1]).touch()\ntime.sleep(60)"
+
+
+@pytest.mark.parametrize("script, kept", [(CHECKPOINTS_ON_SIGTERM, True), (DIES_ON_SIGTERM, False)])
+def test_the_ledger_says_whether_a_stopped_sitting_kept_a_checkpoint(tmp_path, script, kept):
+    marker = tmp_path / "running"
+
+    class StandIn(Campaign):
+        def command(self, group):
+            return [sys.executable, "-c", script, str(marker)]
+
+        def stop_requested(self):
+            return super().stop_requested() or marker.exists()
+
+    config = {"checkpoint_dir": str(tmp_path), "experiment": "mask_structure", "run_name": "r", "model": "m",
+              "profile": "quick", "seed": 0}
+    [line] = StandIn([[config]], ledger=tmp_path / "ledger.csv", stop_grace_s=30, echo=False).run()
+    assert line["status"] == "interrupted", line
+    assert ("with a checkpoint" in line["message"]) is kept
+    assert ("nothing of this sitting was kept" in line["message"]) is not kept
+    assert read_ledger(tmp_path / "ledger.csv")[0]["message"] == line["message"]
 
 
 def test_a_failing_run_is_reported_in_one_line_and_the_others_go_on(tmp_path, data_root, child_env):

@@ -191,8 +191,7 @@ class Campaign:
         if code == 0:
             status, message = "finished", ""
         elif stopped and code in (128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGKILL):
-            status, message = "interrupted", "stopped (the budget's end or `campaign stop`) with a checkpoint; " \
-                                             "the next campaign resumes it"
+            status, message = "interrupted", _stop_message(code)
         else:
             status, message = "failed", _last_error(Path(a.log.name))
         lines = []
@@ -217,6 +216,17 @@ class Campaign:
     def _say(self, text: str) -> None:
         if self.echo:
             print(f"campaign: {text}", flush=True)
+
+
+def _stop_message(code: int) -> str:
+    """The ledger's message for a training the campaign stopped, by its exit code: ``128 + SIGTERM`` is
+    the training loop's own stop, after it checkpointed (:class:`ranlib.training.loop.TrainingInterrupted`);
+    a process the signal killed outright (SIGTERM in start-up, before the loop's handler was set, or
+    SIGKILL past the stop grace) saved nothing of this sitting."""
+    if code == 128 + signal.SIGTERM:
+        return "stopped (the budget's end or `campaign stop`) with a checkpoint; the next campaign resumes it"
+    return ("stopped (the budget's end or `campaign stop`) before it wrote a checkpoint: nothing of this "
+            "sitting was kept; the next campaign resumes from its last checkpoint, if it has one")
 
 
 def _stop_with_parent() -> None:
