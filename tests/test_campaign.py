@@ -216,7 +216,7 @@ def test_the_ledger_says_whether_a_stopped_sitting_kept_a_checkpoint(tmp_path, s
     [line] = StandIn([[config]], ledger=tmp_path / "ledger.csv", stop_grace_s=30, echo=False).run()
     assert line["status"] == "interrupted", line
     assert ("with a checkpoint" in line["message"]) is kept
-    assert ("nothing of this sitting was kept" in line["message"]) is not kept
+    assert ("before it wrote its stop checkpoint" in line["message"]) is not kept
     assert read_ledger(tmp_path / "ledger.csv")[0]["message"] == line["message"]
 
 

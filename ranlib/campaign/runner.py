@@ -222,11 +222,11 @@ def _stop_message(code: int) -> str:
     """The ledger's message for a training the campaign stopped, by its exit code: ``128 + SIGTERM`` is
     the training loop's own stop, after it checkpointed (:class:`ranlib.training.loop.TrainingInterrupted`);
     a process the signal killed outright (SIGTERM in start-up, before the loop's handler was set, or
-    SIGKILL past the stop grace) saved nothing of this sitting."""
+    SIGKILL past the stop grace) lost what it trained since its last periodic checkpoint."""
     if code == 128 + signal.SIGTERM:
         return "stopped (the budget's end or `campaign stop`) with a checkpoint; the next campaign resumes it"
-    return ("stopped (the budget's end or `campaign stop`) before it wrote a checkpoint: nothing of this "
-            "sitting was kept; the next campaign resumes from its last checkpoint, if it has one")
+    return ("stopped (the budget's end or `campaign stop`) before it wrote its stop checkpoint: what it "
+            "trained since its last checkpoint is lost; the next campaign resumes from that one, if it has one")
 
 
 def _stop_with_parent() -> None:
