@@ -734,7 +734,7 @@ def test_status_box_says_what_ran_what_was_judged_and_what_is_left(tmp_path):
     assert "4 runs at quick, 20 of the paper's 205 epochs (10 %)" in text
     assert "AMD EPYC CPU (2 cores) in bf16" in text and "CIFAR-10 (JPEG q75 copy)" in text
     assert "4.0 CPU-hours" in text
-    assert "1 reproduced" in text and "at quick, 20 of the paper's 205 epochs (10 %)" in text
+    assert "claims (1 reproduced), at quick, 20 of the paper's 205 epochs (10 %)" in text
     assert "Not run:**" in text and "[Rerun anything](/rerun.md)" in text
 
 

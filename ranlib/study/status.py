@@ -231,9 +231,10 @@ def status_markdown(results_root: str | os.PathLike = "results", *, claims: pd.D
     shared = shared_trainings(paper_claims)
     repeats = sum(len(chapters) - 1 for _, chapters in shared)
     which = "; ".join(f"{label} in {_tables(chapters)}" for label, chapters in shared)
-    count = (f"**Judged:** {len(judged)} of the paper's {len(paper_claims)} claims ({counts_text(paper_claims)})"
-             + (f", at {judged_budgets(claims)}" if len(judged) else "") + ". "
-             + (f"{repeats} of them repeat another's number, since one training serves several tables "
+    # The brackets break down the judged claims only; the unjudged ones are the "Not run" line's.
+    count = (f"**Judged:** {len(judged)} of the paper's {len(paper_claims)} claims"
+             + (f" ({counts_text(judged)}), at {judged_budgets(claims)}" if len(judged) else "") + ". "
+             + (f"{repeats} of the paper's claims repeat another's number, since one training serves several tables "
                 f"({which}). " if repeats else "")
              + f"Apart from them: {len(groups['proxy'])} claims of Table 7's orderings on the Imagewoof proxy "
                f"({counts_text(groups['proxy'])}) and {len(groups['facts'])} architecture counts "
