@@ -320,6 +320,31 @@ def test_status_says_whether_a_run_resumes_or_starts_over(tmp_path, caches, data
     assert f"resumes from its checkpoint at iteration 12/{TINY['iterations']}" in text, text
 
 
+def test_status_gives_a_resumed_run_s_whole_training_time_not_only_this_campaign_s(tmp_path, caches, data_root):
+    from ranlib.training.results import results_path
+
+    [config] = planning.plan_runs(RUN[0], profile="smoke", seeds=[0], dataset="folder", data_root=str(data_root),
+                                  results_dir=tmp_path / "results", checkpoint_dir=caches / "checkpoints",
+                                  device="cpu", rows=["attention56-local"], overrides=TINY)
+    state_dir = caches / "campaign"
+    state_dir.mkdir(parents=True)
+    path = results_path(config["results_dir"], RUN[0], RUN[1])
+    path.parent.mkdir(parents=True)
+
+    def status(campaign_s: float, run_s: float) -> str:
+        path.write_text(json.dumps({"final": {"top1_error": 46.43}, "cost": {"wall_time_s": run_s}}))
+        tracker = background.Tracker(state_dir, [[config]], estimator=None, commit="abc", worktree=None,
+                                     command="python -m ranlib.campaign run ...", budget_s=600)
+        tracker.finished([{"experiment": RUN[0], "run_name": RUN[1], "status": "finished",
+                           "message": "", "wall_s": campaign_s}])
+        tracker.ended("1 finished")
+        return "\n".join(background.status_lines(state_dir))
+
+    text = status(1788.0, 12232.0)  # its last 30 minutes ran in this campaign, 3.4 hours in all
+    assert "top-1 error 46.43 % after 3 h 24 min in all, 30 min of it in this campaign" in text, text
+    assert "top-1 error 46.43 % after 30 min -> " in status(1788.0, 1790.0)  # trained in one campaign
+
+
 def test_status_says_where_the_budget_s_end_stops_a_run_that_outlasts_it(tmp_path, caches):
     [config] = planning.plan_runs("arl_vs_nal", profile="quick", seeds=[0], dataset="cifar10-jpeg", data_root="d",
                                   results_dir=tmp_path / "results", checkpoint_dir=caches / "checkpoints",

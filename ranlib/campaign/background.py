@@ -256,8 +256,12 @@ def _run_detail(run: dict, campaign_running: bool, estimator: Estimator | None, 
     if run["status"] == "finished":
         path = results_path(config["results_dir"], config["experiment"], config["run_name"])
         try:
-            error = json.loads(path.read_text())["final"]["top1_error"]
-            return f"top-1 error {error:.2f} % after {format_duration(run.get('wall_s'))} -> {path}"
+            record = json.loads(path.read_text())
+            error, run_wall = record["final"]["top1_error"], record["cost"]["wall_time_s"]
+            took = format_duration(run_wall)
+            if run.get("wall_s") is not None and run_wall > run["wall_s"] + 60:  # resumed: earlier sittings count
+                took += f" in all, {format_duration(run['wall_s'])} of it in this campaign"
+            return f"top-1 error {error:.2f} % after {took} -> {path}"
         except (OSError, ValueError, KeyError, TypeError):
             return f"finished after {format_duration(run.get('wall_s'))}; no results file at {path} now"
     if run["status"] == "failed":
