@@ -298,47 +298,45 @@ def test_a_worktree_whose_record_the_repository_lost_is_made_afresh(tmp_path, ca
 
 # --- status of what is left -----------------------------------------------------------------------
 
-def test_status_says_whether_a_run_resumes_or_starts_over(tmp_path, caches, data_root):
-    [config] = planning.plan_runs(RUN[0], profile="smoke", seeds=[0], dataset="folder", data_root=str(data_root),
-                                  results_dir=tmp_path / "results", checkpoint_dir=caches / "checkpoints",
-                                  device="cpu", rows=["attention56-local"], overrides=TINY)
-    state_dir = caches / "campaign"
-    state_dir.mkdir(parents=True)
+def ended_campaign_status(config: dict, state_dir: Path, status: str, wall_s: float) -> str:
+    """`campaign status` after a campaign that ended with its one run (RUN) `status` after `wall_s` seconds."""
     tracker = background.Tracker(state_dir, [[config]], estimator=estimates.Estimator(torch.device("cpu")),
                                  commit="abc", worktree=None, command="python -m ranlib.campaign run ...",
                                  budget_s=600)
-    tracker.finished([{"experiment": RUN[0], "run_name": RUN[1], "status": "interrupted", "message": "",
-                       "wall_s": 5.0}])
-    tracker.ended("0 finished, 1 interrupted")
-    text = "\n".join(background.status_lines(state_dir))
-    assert "none running" in text and "starts over: its checkpoint is not in" in text, text  # another machine's
-    assert "resume with: python -m ranlib.campaign run ..." in text
-    folder = estimates.run_dir(config)
-    folder.mkdir(parents=True)
-    torch.save({"iteration": 12}, folder / "last.pt")
-    text = "\n".join(background.status_lines(state_dir))
-    assert f"resumes from its checkpoint at iteration 12/{TINY['iterations']}" in text, text
+    tracker.finished([{"experiment": RUN[0], "run_name": RUN[1], "status": status, "message": "", "wall_s": wall_s}])
+    tracker.ended(f"1 {status}")
+    return "\n".join(background.status_lines(state_dir))
 
 
-def test_status_gives_a_resumed_run_s_whole_training_time_not_only_this_campaign_s(tmp_path, caches, data_root):
-    from ranlib.training.results import results_path
-
+@pytest.fixture
+def smoke_config(tmp_path, caches, data_root) -> dict:
     [config] = planning.plan_runs(RUN[0], profile="smoke", seeds=[0], dataset="folder", data_root=str(data_root),
                                   results_dir=tmp_path / "results", checkpoint_dir=caches / "checkpoints",
                                   device="cpu", rows=["attention56-local"], overrides=TINY)
-    state_dir = caches / "campaign"
-    state_dir.mkdir(parents=True)
-    path = results_path(config["results_dir"], RUN[0], RUN[1])
+    (caches / "campaign").mkdir(parents=True)
+    return config
+
+
+def test_status_says_whether_a_run_resumes_or_starts_over(smoke_config, caches):
+    text = ended_campaign_status(smoke_config, caches / "campaign", "interrupted", 5.0)
+    assert "none running" in text and "starts over: its checkpoint is not in" in text, text  # another machine's
+    assert "resume with: python -m ranlib.campaign run ..." in text
+    folder = estimates.run_dir(smoke_config)
+    folder.mkdir(parents=True)
+    torch.save({"iteration": 12}, folder / "last.pt")
+    text = "\n".join(background.status_lines(caches / "campaign"))
+    assert f"resumes from its checkpoint at iteration 12/{TINY['iterations']}" in text, text
+
+
+def test_status_gives_a_resumed_run_s_whole_training_time_not_only_this_campaign_s(smoke_config, caches):
+    from ranlib.training.results import results_path
+
+    path = results_path(smoke_config["results_dir"], RUN[0], RUN[1])
     path.parent.mkdir(parents=True)
 
     def status(campaign_s: float, run_s: float) -> str:
         path.write_text(json.dumps({"final": {"top1_error": 46.43}, "cost": {"wall_time_s": run_s}}))
-        tracker = background.Tracker(state_dir, [[config]], estimator=None, commit="abc", worktree=None,
-                                     command="python -m ranlib.campaign run ...", budget_s=600)
-        tracker.finished([{"experiment": RUN[0], "run_name": RUN[1], "status": "finished",
-                           "message": "", "wall_s": campaign_s}])
-        tracker.ended("1 finished")
-        return "\n".join(background.status_lines(state_dir))
+        return ended_campaign_status(smoke_config, caches / "campaign", "finished", campaign_s)
 
     text = status(1788.0, 12232.0)  # its last 30 minutes ran in this campaign, 3.4 hours in all
     assert "top-1 error 46.43 % after 3 h 24 min in all, 30 min of it in this campaign" in text, text
