@@ -288,7 +288,7 @@ def test_the_intro_and_the_summary_open_with_the_status_box(built_book, page):
     text = page_text(built_book / f"{page}.html")
     # what was run, how many claims were judged and how, what is not run and what it needs
     assert "Run:" in text and "Judged:" in text and "Not run:" in text
-    judged = groups["paper"][~groups["paper"]["verdict"].str.startswith(verdicts.NOT_RUN)]
+    judged = status.judged_claims(groups["paper"])
     assert says(f"{len(judged)} of the paper's {len(groups['paper'])} claims ({status.counts_text(judged)})", text)
     # the brackets break down the judged claims; the unjudged are counted under "Not run" only
     assert not re.search(r"Judged: \d+ of the paper's \d+ claims \([^)]*not run here", text)

@@ -197,6 +197,11 @@ def counts_text(frame: pd.DataFrame) -> str:
     return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)  # in the legend's order
 
 
+def judged_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims that got a verdict (every one whose verdict is not "not run here ...")."""
+    return claims[~claims["verdict"].str.startswith(NOT_RUN)]
+
+
 def split_claims(claims: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The summary's three groups: the paper's experiments, proxy claims (Imagewoof), counts."""
     proxy = claims["experiment"].map(lambda n: n in EXPERIMENTS and experiment(n).task == "imagewoof")
@@ -227,7 +232,7 @@ def status_markdown(results_root: str | os.PathLike = "results", *, claims: pd.D
         ran += (f" {smoke} smoke run{'s are' if smoke != 1 else ' is'} never judged: seconds long, "
                 "they check the code only.")
     paper_claims = groups["paper"]
-    judged = paper_claims[~paper_claims["verdict"].str.startswith(NOT_RUN)]
+    judged = judged_claims(paper_claims)
     shared = shared_trainings(paper_claims)
     repeats = sum(len(chapters) - 1 for _, chapters in shared)
     which = "; ".join(f"{label} in {_tables(chapters)}" for label, chapters in shared)
